@@ -1,0 +1,1 @@
+"""Adapters from frameworks (NumPy, scikit-learn, PyTorch) to the graft_array core."""

@@ -1,0 +1,25 @@
+"""graft_array: GRAFT (Gradient-Aware Fast MaxVol) data subset selection on any array.
+
+Importing this package loads NumPy and array-api-compat only; Numba, torch and
+CuPy are loaded when a call needs them.
+"""
+
+from ._backends import which_backend
+from ._exceptions import BackendUnavailableError, ConvergenceWarning, GradientRankWarning, RankDeficiencyWarning
+from ._maxvol import maxvol
+from ._select import LastLayerGrads, Selection, select
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "maxvol",
+    "select",
+    "Selection",
+    "LastLayerGrads",
+    "which_backend",
+    "GradientRankWarning",
+    "BackendUnavailableError",
+    "ConvergenceWarning",
+    "RankDeficiencyWarning",
+    "__version__",
+]

@@ -1,0 +1,114 @@
+"""Which implementation runs for which array: the capability table and ``resolve``.
+
+One small table maps each routine to its native kernels per backend; anything
+without a native kernel uses the generic array-API code on the array's own
+device. Resolution looks at the array's type and device only (cached), never
+imports torch or cupy, and never moves data between devices on its own.
+
+=============================  ===========  ==================================
+input                          ``auto``     what runs
+=============================  ===========  ==================================
+NumPy array                    numba        Numba kernels on the array itself
+torch CPU tensor               numba        DLPack view -> Numba -> torch
+CuPy array / torch CUDA        cuda         array-API code on the device (the
+                                            RawKernels are a later step)
+any other array-API array      array_api    array-API code in its namespace
+=============================  ===========  ==================================
+"""
+
+import functools
+import importlib
+
+import array_api_compat as aac
+
+from ._exceptions import BackendUnavailableError
+from ._namespace import describe
+
+__all__ = ["BACKENDS", "KERNELS", "which_backend", "resolve", "kernel"]
+
+BACKENDS = ("auto", "numba", "array_api", "cuda")
+
+# routine -> backend -> "module:function". Backends missing from a row use the
+# row's "array_api" entry on the array's device.
+KERNELS = {
+    "maxvol": {
+        "numba": "graft_array._numba.maxvol:run_maxvol",
+        "array_api": "graft_array._agnostic.maxvol:run_maxvol",
+    },
+}
+
+
+def _kind(x):
+    """(kind, device type) of an array, e.g. ("numpy", "cpu"), ("torch", "cuda")."""
+    if aac.is_numpy_array(x):
+        return "numpy", "cpu"
+    if aac.is_torch_array(x):
+        return "torch", x.device.type
+    if aac.is_cupy_array(x):
+        return "cupy", "cuda"
+    return type(x).__module__.split(".")[0], "other"
+
+
+@functools.lru_cache(maxsize=None)
+def _auto(kind, device_type):
+    if kind == "numpy" or (kind == "torch" and device_type == "cpu"):
+        return "numba"
+    if kind == "cupy" or (kind == "torch" and device_type == "cuda"):
+        return "cuda"
+    return "array_api"
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_available():
+    try:
+        importlib.import_module("numba")
+    except ImportError:
+        return False
+    return True
+
+
+def which_backend(x):
+    """The backend that ``backend="auto"`` runs for the array ``x``.
+
+    One of ``"numba"`` (NumPy arrays and CPU torch tensors), ``"cuda"`` (CuPy
+    arrays and CUDA tensors; for now the array-API code on the device) and
+    ``"array_api"`` (any other array-API namespace).
+    """
+    if not aac.is_array_api_obj(x):
+        raise TypeError(f"which_backend expects an array; got {describe(x)}.")
+    name = _auto(*_kind(x))
+    if name == "numba" and not _numba_available():  # pragma: no cover - numba is a core dependency
+        return "array_api"
+    return name
+
+
+def resolve(x, backend, func):
+    """The backend that runs ``func`` on ``x``; raise if an explicit request cannot run."""
+    if backend not in BACKENDS:
+        opts = ", ".join(repr(b) for b in BACKENDS)
+        raise ValueError(f"The 'backend' parameter of {func} must be one of {opts}. Got {backend!r} instead.")
+    if backend == "auto":
+        return which_backend(x)
+    kind, dev = _kind(x)
+    if backend == "numba":
+        if not (kind == "numpy" or (kind == "torch" and dev == "cpu")):
+            raise BackendUnavailableError(
+                f"backend='numba' runs on NumPy arrays and CPU torch tensors only; got {describe(x)}. "
+                "Move the data to the host yourself, or use backend='auto'."
+            )
+        if not _numba_available():  # pragma: no cover
+            raise BackendUnavailableError("backend='numba' needs the numba package, which is not installed.")
+    if backend == "cuda" and not (kind == "cupy" or (kind == "torch" and dev == "cuda")):
+        raise BackendUnavailableError(
+            f"backend='cuda' runs on CuPy arrays and CUDA torch tensors only; got {describe(x)}."
+        )
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(routine, backend):
+    """The function implementing ``routine`` on ``backend`` (imported on first use)."""
+    row = KERNELS[routine]
+    target = row.get(backend, row["array_api"])
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)

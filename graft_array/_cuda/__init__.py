@@ -1,0 +1,1 @@
+"""CuPy RawModule sources and launchers (GPU paths)."""
