@@ -1,0 +1,1 @@
+"""Generic array-API implementations: the fallback for any namespace."""

@@ -1,0 +1,156 @@
+"""The public :func:`maxvol`: argument checks, dispatch, warnings."""
+
+import warnings
+
+import numpy as np
+
+from ._backends import kernel, resolve
+from ._common import METHODS
+from ._exceptions import ConvergenceWarning, RankDeficiencyWarning
+from ._namespace import device_of, from_numpy_like, to_numpy_view
+from ._validation import (
+    check_array,
+    check_bool,
+    check_int,
+    check_option,
+    check_real,
+    nonfinite_error,
+)
+
+__all__ = ["maxvol"]
+
+_FUNC = "maxvol"
+
+
+def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_rows=None, backend="auto"):
+    """Select k rows of V that span its columns well (a large |det| of the chosen block).
+
+    Parameters
+    ----------
+    V : array of shape (n, r) or (batch, n, r), float32 or float64
+        One row per sample (e.g. the top-r left singular vectors of a feature
+        matrix). NumPy, PyTorch (CPU or CUDA), CuPy or any array-API array. It is
+        never modified.
+    k : int
+        Number of rows to select, ``1 <= k <= n``. ``k > r`` extends the square
+        selection greedily (rect_maxvol, Mikhalev & Oseledets 2018).
+    method : {"deim", "volume", "tournament"}, default="deim"
+        * ``"deim"``: the paper's Fast MaxVol done right (discrete empirical
+          interpolation): at step j take the row with the largest |entry| of
+          column j of the LU residual. Its rows are exactly the row pivots of LU
+          with partial pivoting on ``V[:, :k]`` (LAPACK getrf). O(n k^2).
+        * ``"volume"``: greedy volume maximisation: take the row with the
+          largest residual norm after projecting out the rows chosen so far.
+          Exactly the order of QR with column pivoting on ``V.T`` (LAPACK
+          geqp3); invariant to rotations of V's columns. O(n k r), float64.
+        * ``"tournament"``: communication-avoiding pivoting: deim on tiles of
+          ``tile_rows`` rows, then again on the union of their candidates, in
+          one pass over V, parallel over tiles. Volume close to deim's, faster
+          on large n; its prefixes are not guaranteed to be the rows of a run
+          with a smaller k.
+        ``deim`` and ``volume`` are nested: the first m rows for k are the rows
+        for m.
+    refine : bool, default=False
+        Improve the selection with Goreinov et al. (2010) maxvol swaps on the
+        square problem ``V[:, :k]`` until ``max|V[:, :k] V[S, :k]^-1| <= tol``
+        or ``max_iters`` swaps. Needs ``k <= r``.
+    tol : float >= 1, default=1.05
+        Dominance tolerance of the refinement.
+    max_iters : int >= 0, default=100
+        Maximum number of refinement swaps; a :class:`ConvergenceWarning` is
+        issued when they run out.
+    tile_rows : int or None, default=None
+        Rows per tile of the tournament (at least 2 * min(k, r)); None picks a
+        size that keeps a tile in cache.
+    backend : {"auto", "numba", "array_api", "cuda"}, default="auto"
+        Where to run; see :func:`which_backend`. An explicit backend that cannot
+        run on the input raises :class:`BackendUnavailableError`.
+
+    Returns
+    -------
+    indices : int64 array of shape (k,) or (batch, k)
+        Unique row indices in selection order, in V's namespace and on its
+        device.
+
+    Warns
+    -----
+    RankDeficiencyWarning
+        When V (a batch of it) has numerical rank below min(k, r). Each
+        deficient step then takes the unselected row of largest Euclidean norm
+        (ties: lowest index), so the output still has k unique rows and stays
+        nested.
+    ConvergenceWarning
+        When ``refine=True`` stops at ``max_iters``.
+
+    Notes
+    -----
+    Ties go to the lowest row index. deim and tournament eliminate in V's dtype
+    (as LAPACK does); volume, the k > r extension and the refinement accumulate
+    in float64. Memory is O(n r) per batch: no n x n matrix is ever formed.
+    """
+    xp = check_array(V, "V", _FUNC, ndims=(2, 3), shape_doc="(n, r) or (batch, n, r)")
+    n, r = V.shape[-2], V.shape[-1]
+    k = check_int(k, "k", _FUNC, low=1, high=n)
+    method = check_option(method, "method", _FUNC, METHODS)
+    refine = check_bool(refine, "refine", _FUNC)
+    tol = check_real(tol, "tol", _FUNC, low=1.0)
+    max_iters = check_int(max_iters, "max_iters", _FUNC, low=0)
+    kk = min(k, r)
+    tile_rows = check_int(tile_rows, "tile_rows", _FUNC, low=2 * kk, allow_none=True)
+    if refine and k > r:
+        raise ValueError(
+            f"refine=True needs k <= r (a square problem); got k={k} with V of {r} column(s). "
+            "Use refine=False for k > r (the rectangular extension is already greedy in volume)."
+        )
+    name = resolve(V, backend, _FUNC)
+    run = kernel("maxvol", name)
+    batched = V.ndim == 3
+    opts = dict(method=method, tile_rows=tile_rows, refine=refine, tol=tol, max_iters=max_iters)
+
+    if name == "numba":
+        from ._numba.checks import all_finite
+
+        Vn = to_numpy_view(V)
+        if Vn.dtype == np.float16:
+            Vn = Vn.astype(np.float32)
+        if not all_finite(Vn):
+            raise nonfinite_error("V", _FUNC, V)
+        V3 = Vn if batched else Vn[None]
+        pivots, ranks, converged, _ = run(V3, k, **opts)
+        ranks, converged = list(ranks), list(converged)
+        out = from_numpy_like(pivots if batched else pivots[0], V)
+    else:
+        if not bool(xp.all(xp.isfinite(V))):
+            raise nonfinite_error("V", _FUNC, V)
+        V3 = V if batched else xp.expand_dims(V, axis=0)
+        if V3.dtype == getattr(xp, "float16", None):
+            V3 = xp.astype(V3, xp.float32)
+        dev = device_of(V)
+        pivots, ranks, converged, _ = run(V3, k, xp=xp, device=dev, **opts)
+        out = xp.asarray(pivots if batched else pivots[0], dtype=xp.int64, device=dev)
+
+    _warn_rank(ranks, kk, k, batched)
+    if refine and not all(converged):
+        bad = sum(1 for c in converged if not c)
+        where = f" in {bad} of {len(converged)} batches" if batched else ""
+        warnings.warn(
+            f"maxvol refinement did not reach max|B| <= tol={tol} within max_iters={max_iters} swaps{where}; "
+            "the rows returned are the best found so far.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return out
+
+
+def _warn_rank(ranks, kk, k, batched):
+    short = [i for i, rk in enumerate(ranks) if rk < kk]
+    if not short:
+        return
+    low = min(int(ranks[i]) for i in short)
+    where = f" in {len(short)} of {len(ranks)} batches (first: batch {short[0]})" if batched else ""
+    warnings.warn(
+        f"V has numerical rank {low} < min(k, r) = {kk}{where}; the {k - low} remaining position(s) "
+        "were filled with the unselected rows of largest Euclidean norm.",
+        RankDeficiencyWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,1 @@
+"""Numba CPU kernels (imported lazily: ``import graft_array`` never loads numba)."""

@@ -1,0 +1,1466 @@
+"""Numba CPU kernels of the maxvol family (deim, volume, tournament, rect extension, refine).
+
+The contract (pivot order, ties, tolerances, fill rule, ...) is the one of
+:mod:`graft_array._agnostic.maxvol`; this module only changes *how* it is
+computed. Everything for all batches runs in one compiled call, parallel over
+batches (``prange``), or over tiles / row blocks when there are fewer batches
+than threads.
+
+Layout tricks
+-------------
+DEIM (greedy LU row pivots, = LAPACK ``getrf``):
+
+* **Column-major work buffer.** Each batch (or tournament tile) is transposed
+  once into ``W`` of shape ``(k, m)``: ``W[c]`` is column ``c`` of the matrix,
+  contiguous over the rows, so every elimination loop is a contiguous,
+  vectorised axpy over rows and the pivot search is a contiguous scan.
+* **No row swaps.** A selected row is *zeroed* in the remaining columns
+  instead of being swapped to the front. Rows keep their positions (which are
+  in ascending row-index order), so "ties go to the lowest index" is simply
+  "first position", and the unselected rows never need compacting. A zero row
+  cannot win the next argmax unless every candidate is <= tol (then a fill row
+  is taken anyway). The price is updating up to ``k`` extra (zero) rows.
+* **Blocked, rank-8 updates.** Pivots are chosen in panels of ``_BS = 8``
+  columns. Inside a panel each column is brought up to date just before its
+  pivot search with one rank-s pass (left-looking); after the panel every
+  trailing column gets a single rank-8 pass (right-looking, row-blocked so that
+  the eight multiplier vectors stay in L1). One load/store of a column per
+  eight multiply-adds instead of one per multiply-add. The updates are written
+  as small separate kernels (``_upd1/2/4/8``): LLVM vectorises those reliably,
+  it does not when they are inlined into a large loop nest.
+* **Vectorised argmax.** LLVM does not vectorise float max-reductions without
+  no-NaN function attributes, so the pivot search compares the IEEE bit
+  patterns of ``|x|`` as integers (monotone for finite floats), chunk by chunk,
+  and then scans only the winning chunk for the first position.
+* float32 stays float32 in the elimination (like ``sgetrf``).
+
+Tournament: tiles of ``tile_rows`` rows are independent DEIMs (work buffer per
+tile, sized to stay in L2), run in parallel over (batch, tile) pairs, level by
+level. The whole-batch tolerance needs ``max|V_b|``; instead of an extra pass
+over V, level 0 uses each tile's own (smaller) max and records the smallest
+pivot it accepted; a tile is redone with the true tolerance only if that pivot
+could have been refused by it (never happens on full-rank input).
+
+Volume (greedy volume = QR with column pivoting on V^T), float64: residual
+norms only decrease, so a row's last computed residual norm is an upper bound
+of its current one. Rows are brought up to date lazily: each step evaluates the
+row of largest bound, then only the rows whose bound is still >= the best exact
+value found, each with the dot products against all directions added since its
+last update (one visit of the row instead of one pass over V per pivot). The
+arithmetic per row (downdate order, geqp3-style recomputation) is exactly the
+eager one, and bounds carry a tiny slack covering the recomputations, so the
+argmax is the eager argmax.
+"""
+
+import math
+
+import numba
+import numpy as np
+import llvmlite.binding as _llvm
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .._common import default_tile_rows
+
+__all__ = ["run_maxvol"]
+
+# Fast-math flags: reassociation and FMA contraction (only change rounding). Not nnan/ninf: the code
+# compares with +-inf sentinels. The max-reductions get their no-NaN flag from _fmax itself.
+_FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_BS = 8  # panel width of the blocked elimination (rank of the trailing updates)
+_RB = 256  # rows per cache block of the trailing update (8 multiplier blocks stay in L1)
+_NOT_FOUND = -1
+# llvm.prefetch is overloaded on the pointer type: 'p0' with opaque pointers (LLVM >= 15), 'p0i8' before.
+_PREFETCH_NAME = "llvm.prefetch.p0" if _llvm.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+_ROWPAR_MIN_ROWS = 4096  # fewer batches than threads and at least this many rows: split the rows instead
+
+
+# ---------------------------------------------------------------------------
+# Scalar helpers
+# ---------------------------------------------------------------------------
+
+
+@intrinsic
+def _fmax(typingctx, a, b):
+    """``max(a, b)`` as ``llvm.maxnum`` with fast-math flags (no NaNs here).
+
+    LLVM vectorises a max-reduction written with it; Python's ``max`` or a
+    compare-and-select stays scalar in numba (the select carries no no-NaN flag).
+    """
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lty = context.get_value_type(a)
+        name = "llvm.maxnum.f32" if a == types.float32 else "llvm.maxnum.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lty, [lty, lty]), name)
+        return builder.call(fn, args, fastmath=("fast",))
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _prefetch_row(typingctx, X, i):
+    """Software prefetch (``llvm.prefetch``, read, high locality) of the 8 cache lines from ``X[i, 0]``."""
+    if not (isinstance(X, types.Array) and X.ndim == 2 and X.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        xa = context.make_array(signature.args[0])(context, builder, args[0])
+        iv = context.cast(builder, args[1], signature.args[1], types.intp)
+        p = cgutils.get_item_pointer2(context, builder, xa.data, cgutils.unpack_tuple(builder, xa.shape),
+                                      cgutils.unpack_tuple(builder, xa.strides), "C",
+                                      [iv, context.get_constant(types.intp, 0)])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            _PREFETCH_NAME)
+        base = builder.bitcast(p, i8p)
+        nbytes = X.dtype.bitwidth // 8 * 64
+        for off in range(0, nbytes, 64):
+            builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), off)]), ir.Constant(i32, 0),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(X, i), codegen
+
+
+def _one_like(a):  # pragma: no cover - replaced by the overload inside compiled code
+    raise NotImplementedError
+
+
+@overload(_one_like)
+def _one_like_ol(a):
+    """1 in the dtype of array ``a`` (keeps float32 arithmetic float32)."""
+    if a.dtype == types.float32:
+        return lambda a: np.float32(1.0)
+    return lambda a: np.float64(1.0)
+
+
+def _simd_width(a):  # pragma: no cover - replaced by the overload inside compiled code
+    raise NotImplementedError
+
+
+def _lanes(dtype):
+    """Elements of ``dtype`` in one 256-bit vector (the transpose block size)."""
+    return 8 if dtype == types.float32 else 4
+
+
+@overload(_simd_width)
+def _simd_width_ol(a):
+    w = _lanes(a.dtype)
+    return lambda a: w
+
+
+@intrinsic
+def _transpose_block(typingctx, W, i0, X, rows, c0):
+    """``W[c0 + t, i0 + k] = X[rows[i0 + k], c0 + t]`` for ``t, k < w`` (``w`` = one 256-bit vector).
+
+    ``w`` row loads, an in-register transpose (unpack / shuffle / lane permute,
+    the classic AVX pattern) and ``w`` stores. Numba cannot express this (its
+    SLP vectoriser is off), and the scalar transpose costs ~1 cycle per element.
+    Both arrays must be C-contiguous 2-D of the same float dtype.
+    """
+    if not (isinstance(W, types.Array) and isinstance(X, types.Array) and W.dtype == X.dtype
+            and W.dtype in (types.float32, types.float64) and W.ndim == 2 and X.ndim == 2
+            and W.layout == "C" and X.layout == "C" and isinstance(rows, types.Array) and rows.ndim == 1):
+        return None
+    vw = _lanes(W.dtype)
+
+    def codegen(context, builder, signature, args):
+        wv, i0v, xv, rv, c0v = args
+        tys = signature.args
+        intp = context.get_value_type(types.intp)
+        i0v = context.cast(builder, i0v, tys[1], types.intp)
+        c0v = context.cast(builder, c0v, tys[4], types.intp)
+        wa = context.make_array(tys[0])(context, builder, wv)
+        xa = context.make_array(tys[2])(context, builder, xv)
+        ra = context.make_array(tys[3])(context, builder, rv)
+        vptr = ir.VectorType(context.get_value_type(W.dtype), vw).as_pointer()
+
+        def ptr(ary, aty, inds):
+            return cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+                                             cgutils.unpack_tuple(builder, ary.strides), aty.layout, inds)
+
+        v = []
+        for k in range(vw):
+            rk = builder.load(ptr(ra, tys[3], [builder.add(i0v, ir.Constant(intp, k))]))
+            rk = context.cast(builder, rk, tys[3].dtype, types.intp)
+            load = builder.load(builder.bitcast(ptr(xa, tys[2], [rk, c0v]), vptr))
+            load.align = 1
+            v.append(load)
+
+        def sh(a, b, idx):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), vw), idx))
+
+        if vw == 4:
+            t0, t1 = sh(v[0], v[1], [0, 4, 2, 6]), sh(v[0], v[1], [1, 5, 3, 7])
+            t2, t3 = sh(v[2], v[3], [0, 4, 2, 6]), sh(v[2], v[3], [1, 5, 3, 7])
+            out = [sh(t0, t2, [0, 1, 4, 5]), sh(t1, t3, [0, 1, 4, 5]),
+                   sh(t0, t2, [2, 3, 6, 7]), sh(t1, t3, [2, 3, 6, 7])]
+        else:
+            ulo, uhi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+            t = []
+            for k in range(4):
+                t += [sh(v[2 * k], v[2 * k + 1], ulo), sh(v[2 * k], v[2 * k + 1], uhi)]
+            slo, shi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+            q = [sh(t[0], t[2], slo), sh(t[0], t[2], shi), sh(t[1], t[3], slo), sh(t[1], t[3], shi),
+                 sh(t[4], t[6], slo), sh(t[4], t[6], shi), sh(t[5], t[7], slo), sh(t[5], t[7], shi)]
+            lo, hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+            out = [sh(q[k], q[k + 4], lo) for k in range(4)] + [sh(q[k], q[k + 4], hi) for k in range(4)]
+        for k in range(vw):
+            st = builder.store(out[k], builder.bitcast(ptr(wa, tys[0], [builder.add(c0v, ir.Constant(intp, k)), i0v]),
+                                                       vptr))
+            st.align = 1
+        return context.get_dummy_value()
+
+    return types.none(W, i0, X, rows, c0), codegen
+
+
+@njit(cache=True, nogil=True)
+def _padded(m):
+    """Leading dimension for a work buffer of ``m`` rows.
+
+    A multiple of 16 elements plus 16: consecutive columns never sit a multiple
+    of 4 KiB apart, so the nine streams of a rank-8 update do not collide in
+    the same L1 sets.
+    """
+    return (m + 15) // 16 * 16 + 16
+
+
+# ---------------------------------------------------------------------------
+# Vector kernels on the column-major work buffer W (k, m)
+# ---------------------------------------------------------------------------
+# They index with unsigned integers: with signed indices numba emits the
+# negative-index wraparound, which hides the affine access pattern from LLVM
+# ("unsafe indirect dependence") and the loops stay scalar. Each update also
+# returns max |W[c, i]| of the updated rows (a free by-product) for the pivot
+# search of the next column.
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _col_absmax(W, c, i0, i1):
+    """``max |W[c, i]|`` for ``i0 <= i < i1`` (``i0 < i1``)."""
+    c = np.uint64(c)
+    best = abs(W[c, np.uint64(i0)])
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        best = _fmax(best, abs(W[c, i]))
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _absmax_flat(x):
+    """``max |x|`` of a contiguous 1-D float array as float64 (0 if empty)."""
+    if x.shape[0] == 0:
+        return 0.0
+    best = abs(x[0])
+    for i in range(np.uint64(x.shape[0])):
+        best = _fmax(best, abs(x[i]))
+    return float(best)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _first_abs_equal(W, c, val, m):
+    """Lowest ``i < m`` with ``|W[c, i]| == val``, or ``_NOT_FOUND``.
+
+    Branch-free (vectorised) minimum of the matching indices over blocks of 256
+    rows, stopping after the first block that matches: a plain early-exit scan
+    costs a branch misprediction at the (random) pivot position.
+    """
+    cu = np.uint64(c)
+    for i0 in range(0, m, 256):
+        i1 = min(i0 + 256, m)
+        pos = np.int64(i1)
+        for i in range(np.uint64(i0), np.uint64(i1)):
+            k = np.int64(i)
+            pos = min(pos, k if abs(W[cu, i]) == val else np.int64(i1))
+        if pos < i1:
+            return pos
+    return _NOT_FOUND
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _upd1(W, c, j, u0, i0, i1):
+    """``W[c, i] -= W[j, i] u0`` for ``i0 <= i < i1``; returns the new ``max |W[c, i]|``."""
+    c = np.uint64(c)
+    j = np.uint64(j)
+    best = W[c, np.uint64(i0)] - W[c, np.uint64(i0)]  # typed zero (finite input)
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        x = W[c, i] - W[j, i] * u0
+        W[c, i] = x
+        best = _fmax(best, abs(x))
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _upd2(W, c, j, u0, u1, i0, i1):
+    """Rank-2 update of column ``c`` by multiplier columns ``j, j+1``, see :func:`_upd1`."""
+    c = np.uint64(c)
+    j0 = np.uint64(j)
+    j1 = j0 + np.uint64(1)
+    best = W[c, np.uint64(i0)] - W[c, np.uint64(i0)]  # typed zero (finite input)
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        x = W[c, i] - (W[j0, i] * u0 + W[j1, i] * u1)
+        W[c, i] = x
+        best = _fmax(best, abs(x))
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _upd4(W, c, j, u0, u1, u2, u3, i0, i1):
+    """Rank-4 update of column ``c`` by multiplier columns ``j .. j+3``, see :func:`_upd1`."""
+    c = np.uint64(c)
+    j0 = np.uint64(j)
+    j1 = j0 + np.uint64(1)
+    j2 = j0 + np.uint64(2)
+    j3 = j0 + np.uint64(3)
+    best = W[c, np.uint64(i0)] - W[c, np.uint64(i0)]  # typed zero (finite input)
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        x = W[c, i] - ((W[j0, i] * u0 + W[j1, i] * u1) + (W[j2, i] * u2 + W[j3, i] * u3))
+        W[c, i] = x
+        best = _fmax(best, abs(x))
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _upd8(W, c, j, u0, u1, u2, u3, u4, u5, u6, u7, i0, i1):
+    """Rank-8 update of column ``c`` by multiplier columns ``j .. j+7``, see :func:`_upd1`.
+
+    One load/store of ``W[c]`` per eight multiply-adds.
+    """
+    c = np.uint64(c)
+    j0 = np.uint64(j)
+    j1 = j0 + np.uint64(1)
+    j2 = j0 + np.uint64(2)
+    j3 = j0 + np.uint64(3)
+    j4 = j0 + np.uint64(4)
+    j5 = j0 + np.uint64(5)
+    j6 = j0 + np.uint64(6)
+    j7 = j0 + np.uint64(7)
+    best = W[c, np.uint64(i0)] - W[c, np.uint64(i0)]  # typed zero (finite input)
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        x = W[c, i] - (((W[j0, i] * u0 + W[j1, i] * u1) + (W[j2, i] * u2 + W[j3, i] * u3)) + (
+            (W[j4, i] * u4 + W[j5, i] * u5) + (W[j6, i] * u6 + W[j7, i] * u7)))
+        W[c, i] = x
+        best = _fmax(best, abs(x))
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _upd8x2(W, c, j, u0, u1, u2, u3, u4, u5, u6, u7, v0, v1, v2, v3, v4, v5, v6, v7, i0, i1):
+    """Rank-8 update of the two columns ``c`` (by ``u``) and ``c+1`` (by ``v``).
+
+    Shares the multiplier loads between the two columns (10 loads per 16
+    multiply-adds). Returns the new ``max |W[c, i]|`` of the first column.
+    """
+    c0 = np.uint64(c)
+    c1 = c0 + np.uint64(1)
+    j0 = np.uint64(j)
+    j1 = j0 + np.uint64(1)
+    j2 = j0 + np.uint64(2)
+    j3 = j0 + np.uint64(3)
+    j4 = j0 + np.uint64(4)
+    j5 = j0 + np.uint64(5)
+    j6 = j0 + np.uint64(6)
+    j7 = j0 + np.uint64(7)
+    best = W[c0, np.uint64(i0)] - W[c0, np.uint64(i0)]
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        l0 = W[j0, i]
+        l1 = W[j1, i]
+        l2 = W[j2, i]
+        l3 = W[j3, i]
+        l4 = W[j4, i]
+        l5 = W[j5, i]
+        l6 = W[j6, i]
+        l7 = W[j7, i]
+        x = W[c0, i] - (((l0 * u0 + l1 * u1) + (l2 * u2 + l3 * u3)) + ((l4 * u4 + l5 * u5) + (l6 * u6 + l7 * u7)))
+        y = W[c1, i] - (((l0 * v0 + l1 * v1) + (l2 * v2 + l3 * v3)) + ((l4 * v4 + l5 * v5) + (l6 * v6 + l7 * v7)))
+        W[c0, i] = x
+        W[c1, i] = y
+        best = _fmax(best, abs(x))
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _trailing_update(W, j0, j1, kk, U, i0, i1):
+    """Rank-(j1 - j0) update of every column ``c >= j1`` over rows ``[i0, i1)``.
+
+    Returns ``max |W[j1, i]|`` over those rows (the next pivot column).
+    """
+    c = j1
+    best = W[c, i0] - W[c, i0]
+    if j1 - j0 == 8:
+        while c + 1 < kk:
+            cm = _upd8x2(W, c, j0, U[0, c], U[1, c], U[2, c], U[3, c], U[4, c], U[5, c], U[6, c], U[7, c],
+                         U[0, c + 1], U[1, c + 1], U[2, c + 1], U[3, c + 1],
+                         U[4, c + 1], U[5, c + 1], U[6, c + 1], U[7, c + 1], i0, i1)
+            if c == j1:
+                best = cm
+            c += 2
+    while c < kk:
+        cm = _rank_update(W, c, j0, j1 - j0, U, i0, i1)
+        if c == j1:
+            best = cm
+        c += 1
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _rank_update(W, c, j0, s, U, i0, i1):
+    """``W[c, i] -= sum_{t<s} W[j0+t, i] U[t, c]`` for ``i0 <= i < i1``, in passes of rank 8/4/2/1.
+
+    Returns ``max |W[c, i]|`` over the updated rows (``s >= 1``).
+    """
+    t = 0
+    best = W[c, i0] - W[c, i0]
+    while s - t >= 8:
+        best = _upd8(W, c, j0 + t, U[t, c], U[t + 1, c], U[t + 2, c], U[t + 3, c],
+                     U[t + 4, c], U[t + 5, c], U[t + 6, c], U[t + 7, c], i0, i1)
+        t += 8
+    if s - t >= 4:
+        best = _upd4(W, c, j0 + t, U[t, c], U[t + 1, c], U[t + 2, c], U[t + 3, c], i0, i1)
+        t += 4
+    if s - t >= 2:
+        best = _upd2(W, c, j0 + t, U[t, c], U[t + 1, c], i0, i1)
+        t += 2
+    if s - t >= 1:
+        best = _upd1(W, c, j0 + t, U[t, c], i0, i1)
+    return best
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _pivot_row(U, W, s, j0, p, f, c0, c1):
+    """Row ``s`` of ``U``: pivot row ``p`` in columns ``[c0, c1)`` after the panel's first ``s`` steps, times ``f``.
+
+    The multiplier columns are kept unscaled (``W[j0 + t] = pivot_t * L_t``) and
+    the factor ``f = 1 / pivot_s`` goes into ``U`` instead, which saves a pass
+    over every pivot column: ``U[s, c] = f (W[c, p] - sum_{t<s} W[j0 + t, p] U[t, c])``.
+    """
+    su = np.uint64(s)
+    pu = np.uint64(p)
+    for c in range(np.uint64(c0), np.uint64(c1)):
+        U[su, c] = W[c, pu]
+    for t in range(np.uint64(s)):
+        a = W[np.uint64(j0) + t, pu]
+        for c in range(np.uint64(c0), np.uint64(c1)):
+            U[su, c] -= a * U[t, c]
+    for c in range(np.uint64(c0), np.uint64(c1)):
+        U[su, c] *= f
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _row_norms(Vb, rows, m, nrm):
+    """Euclidean norms (float64) of the full rows ``Vb[rows[i], :]``, ``i < m``."""
+    r = Vb.shape[1]
+    for i in range(m):
+        x = Vb[rows[i]]
+        s = 0.0
+        for t in range(r):
+            v = float(x[t])
+            s += v * v
+        nrm[i] = math.sqrt(s)
+
+
+@njit(cache=True, nogil=True)
+def _fill_pick(nrm, sel, m):
+    """Unselected position of largest norm, ties to the lowest position."""
+    best = -1.0
+    p = -1
+    for i in range(m):
+        if not sel[i] and nrm[i] > best:
+            best = nrm[i]
+            p = i
+    return p
+
+
+# ---------------------------------------------------------------------------
+# DEIM on one column-major work buffer
+# ---------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _deim_core(W, m, kk, tol, Vb, rows, piv, sel, nrm, U):
+    """Greedy LU row pivots (DEIM) of the ``m x kk`` matrix held column-major in ``W``.
+
+    Parameters
+    ----------
+    W : (>= kk, >= m) float32/float64 array
+        ``W[c, i]`` is entry ``(i, c)`` of the matrix; overwritten (multipliers).
+    m, kk : int
+        Rows and columns used; the pivot positions are in ``range(m)``.
+    tol : float
+        A step whose largest remaining ``|entry|`` is ``<= tol`` takes a fill row.
+    Vb : (n, r) array
+        Source batch; fill rows are chosen by the norm of ``Vb[rows[i], :]``.
+    rows : int64 array
+        Row of ``Vb`` behind each position (ascending, so the lowest position is
+        the lowest row index).
+    piv : int64 array (>= kk)
+        Output: pivot positions in selection order.
+    sel, nrm : bool / float64 scratch arrays (>= m).
+    U : (_BS, >= kk) array of W's dtype, scratch: the panel's pivot rows.
+
+    Returns
+    -------
+    rank : int
+        Number of non-fill pivots.
+    min_ok : float
+        Smallest accepted ``|pivot|`` (``inf`` if none): the tournament uses it to
+        check that a larger tolerance would have taken the same decisions.
+
+    Notes
+    -----
+    Panel ``[j0, j1)``: for each of its columns ``j`` (left-looking) the updates
+    of the panel's earlier steps are applied in one rank-s pass, the pivot rows
+    of those steps are zeroed, the pivot ``p`` is the first largest ``|W[j]|``,
+    the multipliers ``W[j] / W[j, p]`` replace the column, and row ``s`` of
+    ``U`` receives the fully updated pivot row ``p`` for all later columns.
+    After the panel each trailing column gets one rank-(j1 - j0) pass (and its
+    pivot rows are zeroed). A fill step stores zero multipliers.
+    """
+    for i in range(m):
+        sel[i] = False
+    have_nrm = False
+    rank = 0
+    min_ok = np.inf
+    one = _one_like(W)
+    zero = one - one
+    nxt = _col_absmax(W, 0, 0, m)  # max |column| of the next column to pivot on
+    for j0 in range(0, kk, _BS):
+        j1 = min(j0 + _BS, kk)
+        for j in range(j0, j1):
+            s = j - j0
+            amax = nxt
+            if s > 0:
+                amax = _rank_update(W, j, j0, s, U, 0, m)
+                stale = False
+                for t in range(s):
+                    q = piv[j0 + t]
+                    if abs(W[j, q]) == amax:
+                        stale = True  # the max was a round-off residue of an eliminated row
+                    W[j, q] = zero
+                if stale:
+                    amax = _col_absmax(W, j, 0, m)
+            p = _first_abs_equal(W, j, amax, m)
+            if amax > tol:
+                sel[p] = True
+                piv[j] = p
+                rank += 1
+                if amax < min_ok:
+                    min_ok = float(amax)
+                # Row s of U: pivot row p in the later columns, after the panel's earlier steps.
+                _pivot_row(U, W, s, j0, p, one / W[j, p], j + 1, kk)
+            else:
+                if not have_nrm:
+                    _row_norms(Vb, rows, m, nrm)
+                    have_nrm = True
+                p = _fill_pick(nrm, sel, m)
+                sel[p] = True
+                piv[j] = p
+                for i in range(m):
+                    W[j, i] = zero
+                for c in range(j + 1, kk):
+                    U[s, c] = zero
+        # Trailing columns: one rank-(j1 - j0) pass each, row-blocked; keep the max of column j1.
+        b = j1 - j0
+        if j1 < kk:
+            nxt = zero
+            for i0 in range(0, m, _RB):
+                cm = _trailing_update(W, j0, j1, kk, U, i0, min(i0 + _RB, m))
+                if cm > nxt:
+                    nxt = cm
+            stale = False
+            for c in range(j1, kk):
+                for t in range(b):
+                    q = piv[j0 + t]
+                    if c == j1 and abs(W[c, q]) == nxt:
+                        stale = True
+                    W[c, q] = zero
+            if stale:
+                nxt = _col_absmax(W, j1, 0, m)
+    return rank, min_ok
+
+
+@njit(cache=True, nogil=True)
+def _load_cols(Vb, rows, m, kk, W):
+    """Transpose ``Vb[rows[i], :kk]`` (``i < m``) into ``W[:kk, :m]``.
+
+    Blocks of one vector width go through :func:`_transpose_block`, for 64
+    rows at a time per column group (the source rows stay in L1/L2 while each
+    column of ``W`` receives whole cache lines); the ragged edges are copied
+    element by element.
+    """
+    vw = _simd_width(W)
+    mv = m - m % vw
+    kv = kk - kk % vw
+    for i0 in range(0, mv, 64):
+        i1 = min(i0 + 64, mv)
+        for c0 in range(0, kv, vw):
+            for ib in range(i0, i1, vw):
+                _transpose_block(W, ib, Vb, rows, c0)
+        for c in range(kv, kk):
+            for i in range(i0, i1):
+                W[c, i] = Vb[rows[i], c]
+    for i in range(mv, m):
+        x = Vb[rows[i]]
+        for c in range(kk):
+            W[c, i] = x[c]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _deim_batched(V, kk, eps, nthreads):
+    """DEIM pivots of every batch of ``V`` (B, n, r), first ``kk`` columns, parallel over batches.
+
+    Returns
+    -------
+    piv : (B, kk) int64
+    rank : (B,) int64
+    """
+    nb, n, r = V.shape
+    piv_out = np.empty((nb, kk), np.int64)
+    rank_out = np.empty(nb, np.int64)
+    nch = min(nb, 4 * nthreads)
+    for ch in prange(nch):
+        W = np.empty((kk, _padded(n)), V.dtype)
+        U = np.empty((_BS, kk), V.dtype)
+        rows = np.arange(n)
+        piv = np.empty(kk, np.int64)
+        sel = np.empty(n, np.bool_)
+        nrm = np.empty(n, np.float64)
+        for b in range(ch * nb // nch, (ch + 1) * nb // nch):
+            Vb = V[b]
+            _load_cols(Vb, rows, n, kk, W)
+            if kk == r:  # max |V_b| from the transposed copy, which is in cache by now
+                vmax = 0.0
+                for c in range(kk):
+                    vmax = max(vmax, float(_col_absmax(W, c, 0, n)))
+            else:
+                vmax = _absmax_flat(Vb.reshape(n * r))
+            tol = max(n, r) * eps * vmax
+            rank, _ = _deim_core(W, n, kk, tol, Vb, rows, piv, sel, nrm, U)
+            rank_out[b] = rank
+            for j in range(kk):
+                piv_out[b, j] = piv[j]
+    return piv_out, rank_out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _deim_rowpar(Vb, kk, eps, nparts):
+    """DEIM of one large batch with its rows split over ``nparts`` threads.
+
+    The same arithmetic as :func:`_deim_core` on each row (parts start at
+    multiples of ``_RB`` rows, so even the vectorised / remainder split of
+    every loop is the same), hence the same pivots; per pivot step the parts
+    update their slice of the column and report their first largest entry, and
+    the global pivot row is combined serially.
+
+    Returns
+    -------
+    piv : (kk,) int64
+        Pivot rows in selection order.
+    rank : int
+    """
+    n, r = Vb.shape
+    chunk = ((n + nparts - 1) // nparts + _RB - 1) // _RB * _RB
+    P = (n + chunk - 1) // chunk
+    W = np.empty((P, kk, _padded(chunk)), Vb.dtype)
+    U = np.empty((_BS, kk), Vb.dtype)
+    pval = np.empty(P, Vb.dtype)
+    ppos = np.empty(P, np.int64)
+    pmax = np.empty(P)
+    for q in prange(P):
+        lo = q * chunk
+        hi = min(n, lo + chunk)
+        pmax[q] = _absmax_flat(Vb[lo:hi].reshape((hi - lo) * r))
+        _load_cols(Vb, np.arange(lo, hi), hi - lo, kk, W[q])
+        pval[q] = _col_absmax(W[q], 0, 0, hi - lo)
+    tol = max(n, r) * eps * pmax.max()
+    one = _one_like(U)
+    zero = one - one
+    piv = np.empty(kk, np.int64)
+    sel = np.zeros(n, np.bool_)
+    nrm = np.empty(0)
+    rank = 0
+    for j0 in range(0, kk, _BS):
+        j1 = min(j0 + _BS, kk)
+        for j in range(j0, j1):
+            s = j - j0
+            for q in prange(P):
+                lo = q * chunk
+                m = min(n, lo + chunk) - lo
+                Wq = W[q]
+                amax = pval[q]
+                if s > 0:
+                    amax = _rank_update(Wq, j, j0, s, U, 0, m)
+                    stale = False
+                    for t in range(s):
+                        g = piv[j0 + t] - lo
+                        if 0 <= g < m:
+                            if abs(Wq[j, g]) == amax:
+                                stale = True
+                            Wq[j, g] = zero
+                    if stale:
+                        amax = _col_absmax(Wq, j, 0, m)
+                pval[q] = amax
+                ppos[q] = _first_abs_equal(Wq, j, amax, m)
+            q = 0
+            for t in range(1, P):
+                if pval[t] > pval[q]:
+                    q = t
+            amax = pval[q]
+            lp = ppos[q]
+            if amax > tol:
+                piv[j] = q * chunk + lp
+                sel[piv[j]] = True
+                rank += 1
+                _pivot_row(U, W[q], s, j0, lp, one / W[q, j, lp], j + 1, kk)
+            else:
+                if nrm.shape[0] == 0:
+                    nrm = np.empty(n)
+                    _row_norms(Vb, np.arange(n), n, nrm)
+                g = _fill_pick(nrm, sel, n)
+                sel[g] = True
+                piv[j] = g
+                for q2 in prange(P):
+                    lo = q2 * chunk
+                    m = min(n, lo + chunk) - lo
+                    for i in range(m):
+                        W[q2, j, i] = zero
+                for c in range(j + 1, kk):
+                    U[s, c] = zero
+        for q in prange(P):
+            lo = q * chunk
+            m = min(n, lo + chunk) - lo
+            Wq = W[q]
+            if j1 < kk:
+                nxt = zero
+                for i0 in range(0, m, _RB):
+                    cm = _trailing_update(Wq, j0, j1, kk, U, i0, min(i0 + _RB, m))
+                    if cm > nxt:
+                        nxt = cm
+                stale = False
+                for t in range(j1 - j0):
+                    g = piv[j0 + t] - lo
+                    if 0 <= g < m:
+                        if abs(Wq[j1, g]) == nxt:
+                            stale = True
+                        for c in range(j1, kk):
+                            Wq[c, g] = zero
+                if stale:
+                    nxt = _col_absmax(Wq, j1, 0, m)
+                pval[q] = nxt
+    return piv, rank
+
+
+@njit(cache=True, nogil=True)
+def _sorted_rows(piv, k, rows, out):
+    """``out[:k] = sorted(rows[piv[:k]])`` (insertion sort; ``k`` is small)."""
+    for t in range(k):
+        v = rows[piv[t]]
+        u = t
+        while u > 0 and out[u - 1] > v:
+            out[u] = out[u - 1]
+            u -= 1
+        out[u] = v
+
+
+@njit(cache=True, nogil=True)
+def _tile_deim(Vb, rows, m, kc, tol, out):
+    """DEIM on the rows ``rows[:m]`` of ``Vb`` (first ``kc`` columns); ``out[:kc]`` = chosen rows, ascending.
+
+    Allocates its own (L2-sized) work buffers. Returns ``min_ok`` of :func:`_deim_core`.
+    """
+    W = np.empty((kc, _padded(m)), Vb.dtype)
+    U = np.empty((_BS, kc), Vb.dtype)
+    piv = np.empty(kc, np.int64)
+    sel = np.empty(m, np.bool_)
+    nrm = np.empty(m, np.float64)
+    _load_cols(Vb, rows, m, kc, W)
+    _, min_ok = _deim_core(W, m, kc, tol, Vb, rows, piv, sel, nrm, U)
+    _sorted_rows(piv, kc, rows, out)
+    return min_ok
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _tournament_first_level(V, kk, T, scale):
+    """Level 0 of the tournament: DEIM on consecutive tiles of ``T`` rows, parallel over (batch, tile).
+
+    The whole-batch tolerance ``scale * max|V_b|`` is not known before the
+    tiles have been read, so each tile first uses its own max (a lower bound).
+    Decisions can only differ if an accepted pivot lies within the true
+    tolerance; such a tile (never on full-rank input) is redone.
+
+    Returns
+    -------
+    cand : (B, nt * kk) int64
+        Each tile's chosen rows, ascending, tile after tile.
+    tol : (B,) float64
+        Whole-batch DEIM tolerances.
+    """
+    nb, n, r = V.shape
+    nt = (n + T - 1) // T
+    cand = np.empty((nb, nt * kk), np.int64)
+    tmax = np.empty((nb, nt))
+    tmin = np.empty((nb, nt))
+    for it in prange(nb * nt):
+        b = it // nt
+        t = it % nt
+        r0 = t * T
+        sz = min(T, n - r0)
+        Vb = V[b]
+        tmax[b, t] = _absmax_flat(Vb[r0:r0 + sz].reshape(sz * r))
+        tmin[b, t] = _tile_deim(Vb, np.arange(r0, r0 + sz), sz, min(kk, sz), scale * tmax[b, t],
+                                cand[b, t * kk:])
+    tol = np.empty(nb)
+    for b in range(nb):
+        tol[b] = scale * tmax[b].max()
+    redo = np.empty(nb * nt, np.int64)
+    nredo = 0
+    for it in range(nb * nt):
+        if tmin[it // nt, it % nt] <= tol[it // nt]:
+            redo[nredo] = it
+            nredo += 1
+    for q in prange(nredo):
+        b = redo[q] // nt
+        r0 = (redo[q] % nt) * T
+        sz = min(T, n - r0)
+        _tile_deim(V[b], np.arange(r0, r0 + sz), sz, min(kk, sz), tol[b], cand[b, (redo[q] % nt) * kk:])
+    return cand, tol
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _tournament_next_level(V, cand, m, kk, T, tol):
+    """One later tournament level: DEIM on tiles of the ``m`` candidates, parallel over (batch, tile)."""
+    nb = V.shape[0]
+    nt = (m + T - 1) // T
+    nxt = np.empty((nb, nt * kk), np.int64)
+    for it in prange(nb * nt):
+        b = it // nt
+        t = it % nt
+        r0 = t * T
+        sz = min(T, m - r0)
+        _tile_deim(V[b], cand[b, r0:r0 + sz], sz, min(kk, sz), tol[b], nxt[b, t * kk:])
+    return nxt
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _deim_on_rows(V, cand, m, kk, tol):
+    """DEIM of every batch on its candidate rows ``cand[b, :m]``; pivots mapped back to rows."""
+    nb = V.shape[0]
+    piv_out = np.empty((nb, kk), np.int64)
+    rank_out = np.empty(nb, np.int64)
+    for b in prange(nb):
+        Vb = V[b]
+        rows = cand[b, :m]
+        W = np.empty((kk, _padded(m)), V.dtype)
+        U = np.empty((_BS, kk), V.dtype)
+        piv = np.empty(kk, np.int64)
+        sel = np.empty(m, np.bool_)
+        nrm = np.empty(m, np.float64)
+        _load_cols(Vb, rows, m, kk, W)
+        rank, _ = _deim_core(W, m, kk, tol[b], Vb, rows, piv, sel, nrm, U)
+        rank_out[b] = rank
+        for j in range(kk):
+            piv_out[b, j] = rows[piv[j]]
+    return piv_out, rank_out
+
+
+@njit(cache=True, nogil=True)
+def _tournament_batched(V, kk, T, eps):
+    """Tournament pivoting of every batch (tiles of ``T > kk`` rows), see the module docstring.
+
+    Returns
+    -------
+    piv : (B, kk) int64
+    rank : (B,) int64
+    """
+    nb, n, r = V.shape
+    scale = max(n, r) * eps
+    if n <= T:
+        tol = np.empty(nb)
+        cand = np.empty((nb, n), np.int64)
+        for b in range(nb):
+            tol[b] = scale * _absmax_flat(V[b].reshape(n * r))
+            cand[b] = np.arange(n)
+        return _deim_on_rows(V, cand, n, kk, tol)
+    cand, tol = _tournament_first_level(V, kk, T, scale)
+    nt = (n + T - 1) // T
+    m = (nt - 1) * kk + min(kk, n - (nt - 1) * T)
+    while m > T:
+        cand = _tournament_next_level(V, cand, m, kk, T, tol)
+        nt = (m + T - 1) // T
+        m = (nt - 1) * kk + min(kk, m - (nt - 1) * T)
+    return _deim_on_rows(V, cand, m, kk, tol)
+
+
+# ---------------------------------------------------------------------------
+# Volume (greedy volume = geqp3 column pivoting on V^T), float64, lazy
+# ---------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _dot_rq(X, i, Q, l):
+    """``X[i, :] . Q[l, :]`` in float64 (X float32 or float64)."""
+    iu = np.uint64(i)
+    lu = np.uint64(l)
+    s = 0.0
+    for t in range(np.uint64(X.shape[1])):
+        s += float(X[iu, t]) * Q[lu, t]
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _dot_rv(X, i, u):
+    """``X[i, :] . u`` in float64."""
+    iu = np.uint64(i)
+    s = 0.0
+    for t in range(np.uint64(X.shape[1])):
+        s += float(X[iu, t]) * u[t]
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _dot_rr(X, i):
+    """``||X[i, :]||^2`` in float64."""
+    iu = np.uint64(i)
+    s = 0.0
+    for t in range(np.uint64(X.shape[1])):
+        v = float(X[iu, t])
+        s += v * v
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _exact_residual(X, i, Q, nq, res):
+    """``||x_i - sum_{l<nq} (x_i . q_l) q_l||^2`` (the geqp3-style explicit recomputation)."""
+    r = X.shape[1]
+    for t in range(r):
+        res[t] = float(X[i, t])
+    for l in range(nq):
+        c = _dot_rq(X, i, Q, l)
+        lu = np.uint64(l)
+        for t in range(np.uint64(r)):
+            res[t] -= c * Q[lu, t]
+    s = 0.0
+    for t in range(np.uint64(r)):
+        s += res[t] * res[t]
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _dots4(X, i, Q, l):
+    """``X[i, :] . Q[l + a, :]`` for ``a < 4`` (float64), sharing the loads of the row."""
+    iu = np.uint64(i)
+    l0 = np.uint64(l)
+    l1 = l0 + np.uint64(1)
+    l2 = l0 + np.uint64(2)
+    l3 = l0 + np.uint64(3)
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    for t in range(np.uint64(X.shape[1])):
+        x = float(X[iu, t])
+        s0 += x * Q[l0, t]
+        s1 += x * Q[l1, t]
+        s2 += x * Q[l2, t]
+        s3 += x * Q[l3, t]
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, nogil=True)
+def _downdate(X, i, Q, l, c, v, rho0, sqeps, res):
+    """Eager downdate ``v - c^2`` of row ``i`` by direction ``l``, then geqp3's test.
+
+    When the result falls to ``sqrt(eps64) * rho0_i`` it is recomputed
+    explicitly against ``q_0 .. q_l`` and becomes the new ``rho0_i``.
+    """
+    v -= c * c
+    if v <= sqeps * rho0[i]:
+        v = _exact_residual(X, i, Q, l + 1, res)
+        rho0[i] = v
+    return v
+
+
+@njit(cache=True, nogil=True)
+def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res):
+    """Apply to row ``i`` the downdates of directions ``done[i] .. nq-1``, in order, exactly as the eager loop.
+
+    The dot products (which do not depend on ``rho``) are computed four at a
+    time. Returns the new ``rho_i``.
+    """
+    v = rho[i]
+    l = done[i]
+    while l + 4 <= nq:
+        c0, c1, c2, c3 = _dots4(X, i, Q, l)
+        v = _downdate(X, i, Q, l, c0, v, rho0, sqeps, res)
+        v = _downdate(X, i, Q, l + 1, c1, v, rho0, sqeps, res)
+        v = _downdate(X, i, Q, l + 2, c2, v, rho0, sqeps, res)
+        v = _downdate(X, i, Q, l + 3, c3, v, rho0, sqeps, res)
+        l += 4
+    while l < nq:
+        v = _downdate(X, i, Q, l, _dot_rq(X, i, Q, l), v, rho0, sqeps, res)
+        l += 1
+    rho[i] = v
+    done[i] = nq
+    return v
+
+
+@njit(cache=True, nogil=True)
+def _cgs2(X, p, Q, nq, w):
+    """``w = x_p`` orthogonalised twice against ``q_0 .. q_{nq-1}`` (CGS2). Returns ``||w||``."""
+    r = X.shape[1]
+    for t in range(r):
+        w[t] = float(X[p, t])
+    for _ in range(2):
+        for l in range(nq):
+            c = 0.0
+            for t in range(r):
+                c += w[t] * Q[l, t]
+            for t in range(r):
+                w[t] -= c * Q[l, t]
+    s = 0.0
+    for t in range(r):
+        s += w[t] * w[t]
+    return math.sqrt(s)
+
+
+@njit(cache=True, nogil=True)
+def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand):
+    """Exact argmax of the current residual norms over rows ``[lo, hi)``, starting from ``(best, bi)``.
+
+    A row is brought up to date only if its bound ``key`` (last residual norm
+    plus slack) is still ``>= best``; ties go to the lowest row index. The
+    candidate rows (bound ``>=`` the starting ``best``) are listed first, then
+    visited in order while the next candidates' rows are prefetched a few
+    steps ahead: the rows are scattered in memory and the visits are latency-bound.
+    """
+    nc = 0
+    for i in range(lo, hi):
+        if key[i] >= best:
+            cand[nc] = i
+            nc += 1
+    for a in range(min(_AHEAD, nc)):
+        _prefetch_row(X, cand[a])
+    for a in range(nc):
+        if a + _AHEAD < nc:
+            nxt = cand[a + _AHEAD]
+            if key[nxt] >= best and done[nxt] < nq:
+                _prefetch_row(X, nxt)
+        i = cand[a]
+        if key[i] >= best:
+            if done[i] < nq:
+                v = _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res)
+                key[i] = v + slack * rho0[i]
+            else:
+                v = rho[i]
+            if v > best or (v == best and i < bi):
+                best = v
+                bi = i
+    return best, bi
+
+
+@njit(cache=True, nogil=True)
+def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand):
+    """Exact ``(max, argmax)`` of the current residual norms over the unselected rows of ``[lo, hi)``.
+
+    Seeds with the row of largest bound in the range, then scans the rows
+    whose bound can still win (:func:`_lazy_scan`). ``(-inf, -1)`` if every row
+    of the range is selected.
+    """
+    bi = -1
+    bk = -np.inf
+    for i in range(lo, hi):
+        if key[i] > bk:
+            bk = key[i]
+            bi = i
+    if bi < 0:
+        return -np.inf, -1
+    best = _bring_up(X, bi, Q, nq, rho, rho0, done, sqeps, res)
+    key[bi] = best + slack * rho0[bi]
+    return _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand)
+
+
+@njit(cache=True, nogil=True)
+def _volume_init(X):
+    """Squared row norms (float64): the initial residuals ``rho``, ``rho0`` and bounds ``key``."""
+    n = X.shape[0]
+    rho = np.empty(n)
+    for i in range(n):
+        rho[i] = _dot_rr(X, i)
+    return rho, rho.copy(), rho.copy()
+
+
+@njit(cache=True, nogil=True)
+def _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j):
+    """Step ``j`` with residual argmax ``p``: orthogonalise (CGS2), accept or take a fill row.
+
+    Returns the new number of directions ``nq``.
+    """
+    wn = _cgs2(X, p, Q, nq, w)
+    if not wn > tol:
+        p = _fill_argmax(nrm, key)
+    piv[j] = p
+    key[p] = -np.inf  # selected: never a candidate again
+    if wn > tol:
+        for t in range(X.shape[1]):
+            Q[nq, t] = w[t] / wn
+        nq += 1
+    return nq
+
+
+_AHEAD = 8  # candidates touched ahead in the lazy volume scan
+_SLACK = 4.0 * 2.220446049250313e-16  # times (k + 1)(2 r + 2) rho0: bound on a recomputation's jump
+
+
+@njit(cache=True, nogil=True)
+def _volume_one(X, kk, eps, piv):
+    """Greedy volume pivots of one batch ``X`` (n, r), lazy residual norms, serial. Returns the rank."""
+    n, r = X.shape
+    rho, rho0, key = _volume_init(X)
+    nrm = np.sqrt(rho)
+    tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
+    slack = _SLACK * (kk + 1) * (2 * r + 2)
+    sqeps = math.sqrt(2.220446049250313e-16)
+    done = np.zeros(n, np.int64)
+    Q = np.zeros((kk, r))
+    w = np.empty(r)
+    res = np.empty(r)
+    cand = np.empty(n, np.int64)
+    nq = 0
+    for j in range(kk):
+        _, p = _volume_chunk(X, 0, n, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand)
+        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j)
+    return nq
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _volume_rowpar(X, kk, eps, piv, nparts):
+    """:func:`_volume_one` with the rows split into ``nparts`` ranges scanned in parallel.
+
+    Each range yields its exact argmax; the lowest-index maximum of those is
+    the step's pivot. The per-row arithmetic does not depend on the split, so
+    the pivots are those of the serial kernel.
+    """
+    n, r = X.shape
+    rho, rho0, key = _volume_init(X)
+    nrm = np.sqrt(rho)
+    tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
+    slack = _SLACK * (kk + 1) * (2 * r + 2)
+    sqeps = math.sqrt(2.220446049250313e-16)
+    done = np.zeros(n, np.int64)
+    Q = np.zeros((kk, r))
+    w = np.empty(r)
+    res = np.empty((nparts, r))
+    cand = np.empty(n, np.int64)
+    pbest = np.empty(nparts)
+    pidx = np.empty(nparts, np.int64)
+    nq = 0
+    for j in range(kk):
+        for q in prange(nparts):
+            lo = q * n // nparts
+            hi = (q + 1) * n // nparts
+            pbest[q], pidx[q] = _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res[q],
+                                              cand[lo:hi])
+        p = -1
+        best = -np.inf
+        for q in range(nparts):  # ranges in row order: strict > keeps the lowest index on ties
+            if pidx[q] >= 0 and (p < 0 or pbest[q] > best):
+                best = pbest[q]
+                p = pidx[q]
+        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j)
+    return nq
+
+
+@njit(cache=True, nogil=True)
+def _fill_argmax(nrm, key):
+    """Fill row: largest norm among rows not selected (selected rows have ``key == -inf``)."""
+    best = -1.0
+    p = -1
+    for i in range(nrm.shape[0]):
+        if key[i] != -np.inf and nrm[i] > best:
+            best = nrm[i]
+            p = i
+    return p
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _volume_batched(V, kk, eps):
+    """Greedy volume pivots of every batch, parallel over batches."""
+    nb = V.shape[0]
+    piv = np.empty((nb, kk), np.int64)
+    rank = np.empty(nb, np.int64)
+    for b in prange(nb):
+        rank[b] = _volume_one(V[b], kk, eps, piv[b])
+    return piv, rank
+
+
+# ---------------------------------------------------------------------------
+# Rect extension (k > r) and refinement, float64
+# ---------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _inverse(A):
+    """Inverse of a small square float64 matrix by Gauss-Jordan with partial pivoting (A is overwritten)."""
+    k = A.shape[0]
+    inv = np.eye(k)
+    for c in range(k):
+        p = c
+        for i in range(c + 1, k):
+            if abs(A[i, c]) > abs(A[p, c]):
+                p = i
+        if p != c:
+            for t in range(k):
+                A[c, t], A[p, t] = A[p, t], A[c, t]
+                inv[c, t], inv[p, t] = inv[p, t], inv[c, t]
+        d = A[c, c]
+        for t in range(k):
+            A[c, t] /= d
+            inv[c, t] /= d
+        for i in range(k):
+            if i != c:
+                f = A[i, c]
+                if f != 0.0:
+                    for t in range(k):
+                        A[i, t] -= f * A[c, t]
+                        inv[i, t] -= f * inv[c, t]
+    return inv
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _row_times(X, i, M, y):
+    """``y = X[i, :] @ M`` in float64 (M square float64)."""
+    r = M.shape[0]
+    for t in range(r):
+        y[t] = 0.0
+    for a in range(np.uint64(r)):
+        xa = float(X[np.uint64(i), a])
+        for t in range(np.uint64(r)):
+            y[t] += xa * M[a, t]
+
+
+@njit(cache=True, nogil=True)
+def _rect_one(X, piv, k, rank, out):
+    """Extend the ``r`` pivots ``piv`` to ``k > r`` rows (greedy ``det(V_S^T V_S)``), or fill if ``rank < r``."""
+    n, r = X.shape
+    sel = np.zeros(n, np.bool_)
+    for j in range(r):
+        out[j] = piv[j]
+        sel[piv[j]] = True
+    if rank < r:
+        nrm = np.empty(n)
+        for i in range(n):
+            nrm[i] = math.sqrt(_dot_rr(X, i))
+        for t in range(r, k):
+            p = _fill_pick(nrm, sel, n)
+            sel[p] = True
+            out[t] = p
+        return
+    G = np.zeros((r, r))
+    for j in range(r):
+        for a in range(r):
+            xa = float(X[piv[j], a])
+            for c in range(r):
+                G[a, c] += xa * float(X[piv[j], c])
+    Gi = _inverse(G)
+    s = np.empty(n)
+    y = np.empty(r)
+    for i in range(n):
+        _row_times(X, i, Gi, y)
+        acc = 0.0
+        for t in range(r):
+            acc += y[t] * float(X[i, t])
+        s[i] = acc
+    u = np.empty(r)
+    for t in range(r, k):
+        p = -1
+        best = -np.inf
+        for i in range(n):
+            if not sel[i] and s[i] > best:
+                best = s[i]
+                p = i
+        sel[p] = True
+        out[t] = p
+        sp = s[p]
+        for a in range(r):
+            acc = 0.0
+            for c in range(r):
+                acc += Gi[a, c] * float(X[p, c])
+            u[a] = acc
+        d = 1.0 + sp
+        for i in range(n):
+            if not sel[i]:
+                c = _dot_rv(X, i, u)
+                s[i] -= c * c / d
+        for a in range(r):
+            for c in range(r):
+                Gi[a, c] -= u[a] * u[c] / d
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _rect_batched(V, piv, rank, k):
+    """Rect extension of every batch, parallel over batches. Returns (B, k) pivots."""
+    nb = V.shape[0]
+    out = np.empty((nb, k), np.int64)
+    for b in prange(nb):
+        _rect_one(V[b], piv[b], k, rank[b], out[b])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _refine_one(X, piv, tol, max_iters):
+    """Goreinov maxvol swaps on ``A = X[:, :k]`` (k = len(piv)), in place on ``piv``.
+
+    Returns ``(converged, iterations)``.
+    """
+    n = X.shape[0]
+    k = piv.shape[0]
+    AS = np.empty((k, k))
+    for a in range(k):
+        for c in range(k):
+            AS[a, c] = float(X[piv[a], c])
+    Ai = _inverse(AS)
+    B = np.empty((n, k))
+    y = np.empty(k)
+    for i in range(n):
+        for t in range(k):
+            y[t] = 0.0
+        for a in range(k):
+            xa = float(X[i, a])
+            for t in range(k):
+                y[t] += xa * Ai[a, t]
+        for t in range(k):
+            B[i, t] = y[t]
+    bi, bj, bv = _abs_argmax_2d(B)
+    col = np.empty(n)
+    row = np.empty(k)
+    for it in range(max_iters):
+        if bv <= tol:
+            return True, it
+        piv[bj] = bi
+        bij = B[bi, bj]
+        for i in range(n):
+            col[i] = B[i, bj]
+        for t in range(k):
+            row[t] = B[bi, t]
+        row[bj] -= 1.0
+        bv = -1.0
+        ni = 0
+        nj = 0
+        for i in range(n):
+            f = col[i] / bij
+            for t in range(k):
+                B[i, t] -= f * row[t]
+            for t in range(k):
+                a = abs(B[i, t])
+                if a > bv:
+                    bv = a
+                    ni = i
+                    nj = t
+        bi, bj = ni, nj
+    return bv <= tol, max_iters
+
+
+@njit(cache=True, nogil=True)
+def _abs_argmax_2d(B):
+    """Row-major first position of ``max |B|``: ``(i, j, value)``."""
+    bv = -1.0
+    bi = 0
+    bj = 0
+    for i in range(B.shape[0]):
+        for t in range(B.shape[1]):
+            a = abs(B[i, t])
+            if a > bv:
+                bv = a
+                bi = i
+                bj = t
+    return bi, bj, bv
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _refine_batched(V, piv, rank, tol, max_iters):
+    """Refinement of every batch with full rank (``rank == k``), parallel over batches."""
+    nb, k = piv.shape
+    conv = np.ones(nb, np.bool_)
+    iters = np.zeros(nb, np.int64)
+    for b in prange(nb):
+        if rank[b] == k:
+            c, it = _refine_one(V[b], piv[b], tol, max_iters)
+            conv[b] = c
+            iters[b] = it
+    return conv, iters
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+
+
+def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100):
+    """Maxvol row selection for every batch of ``V``, in one compiled call.
+
+    Parameters
+    ----------
+    V : numpy.ndarray, shape (B, n, r), float32 or float64
+        Any strides; never written to (copied to C order only if needed).
+    k : int
+        Rows to select, ``1 <= k <= n``.
+    method : {"deim", "volume", "tournament"}
+    tile_rows : int or None
+        Tournament tile size; ``None`` -> ``default_tile_rows(n, min(k, r))``.
+    refine : bool
+        Goreinov maxvol swaps after the greedy pass (caller guarantees ``k <= r``);
+        skipped for a batch whose rank is below ``k``.
+    tol : float
+        Refinement stops when ``max|V V_S^{-1}| <= tol``.
+    max_iters : int
+        Maximum number of refinement swaps.
+
+    Returns
+    -------
+    pivots : (B, k) int64
+        Selected rows, in selection order.
+    rank : (B,) int64
+        Number of non-fill pivots.
+    converged : (B,) bool
+        Refinement converged (True when no refinement ran).
+    iterations : (B,) int64
+        Refinement swaps performed (0 when no refinement ran).
+    """
+    V = np.asarray(V)
+    if not V.flags.c_contiguous:
+        V = np.ascontiguousarray(V)
+    nb, n, r = V.shape
+    kk = min(k, r)
+    eps = float(np.finfo(V.dtype).eps)
+    nthreads = numba.get_num_threads()
+    if method == "deim":
+        if nb < nthreads and n >= _ROWPAR_MIN_ROWS and nthreads > 1:
+            piv = np.empty((nb, kk), np.int64)
+            rank = np.empty(nb, np.int64)
+            for b in range(nb):  # few batches: parallel over rows instead
+                piv[b], rank[b] = _deim_rowpar(V[b], kk, eps, nthreads)
+        else:
+            piv, rank = _deim_batched(V, kk, eps, nthreads)
+    elif method == "tournament":
+        tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
+        tiles = max(tiles, kk + 1)  # the spec loop needs tiles > kk to shrink (the caller asks for >= 2 kk)
+        piv, rank = _tournament_batched(V, kk, tiles, eps)
+    elif nb < nthreads and n >= _ROWPAR_MIN_ROWS and nthreads > 1:
+        piv = np.empty((nb, kk), np.int64)
+        rank = np.empty(nb, np.int64)
+        for b in range(nb):  # few batches: parallel over row ranges instead
+            rank[b] = _volume_rowpar(V[b], kk, eps, piv[b], 2 * nthreads)
+    else:
+        piv, rank = _volume_batched(V, kk, eps)
+    if k > r:
+        piv = _rect_batched(V, piv, rank, k)
+    if refine and k <= r:
+        converged, iterations = _refine_batched(V, piv, rank, float(tol), int(max_iters))
+    else:
+        converged = np.ones(nb, dtype=np.bool_)
+        iterations = np.zeros(nb, dtype=np.int64)
+    return piv, rank, converged, iterations

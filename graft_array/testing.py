@@ -1,0 +1,314 @@
+"""Slow, obviously-correct reference implementations and assertion helpers.
+
+Used by the test-suite (and the benchmarks, for the published algorithm); never by
+the library itself. Everything here works on one NumPy batch ``V`` of shape
+``(n, r)``, in float64, with plain loops and ``numpy.linalg`` so that it can be
+read against the papers line by line.
+
+The references follow the same contract as the fast kernels (see
+:func:`graft_array.maxvol`): ties go to the lowest row index, a numerically
+deficient step takes a *fill row* (the unselected row of largest Euclidean norm)
+and is not used for elimination.
+"""
+
+import numpy as np
+
+__all__ = [
+    "reference_deim",
+    "reference_volume",
+    "reference_rect",
+    "reference_refine",
+    "reference_tournament",
+    "reference_maxvol",
+    "published_fast_maxvol",
+    "log_volume",
+    "lu_pivots",
+    "qrcp_pivots",
+    "reference_rho",
+    "reference_select",
+    "last_layer_gradients",
+]
+
+
+def _argmax_lowest(values, mask):
+    """Index of the largest ``values[i]`` with ``mask[i]`` True; ties -> lowest index."""
+    best, best_i = -np.inf, -1
+    for i in range(values.shape[0]):
+        if mask[i] and values[i] > best:
+            best, best_i = values[i], i
+    return best_i
+
+
+def _fill_row(V, free):
+    norms = np.sqrt(np.einsum("ij,ij->i", V.astype(np.float64), V.astype(np.float64)))
+    return _argmax_lowest(norms, free)
+
+
+def _deim_tol(V):
+    n, r = V.shape
+    scale = float(np.max(np.abs(V))) if V.size else 0.0
+    return max(n, r) * np.finfo(V.dtype).eps * scale
+
+
+def reference_deim(V, k, *, tol=None, fill_source=None):
+    """DEIM (the paper's "Fast MaxVol", done right): greedy on the LU residual.
+
+    Returns ``(pivots, rank)``. ``k <= r`` uses ``V[:, :k]``. Computes in V's dtype.
+    """
+    V = np.asarray(V)
+    n, r = V.shape
+    kk = min(k, r)
+    tol = _deim_tol(V) if tol is None else tol
+    R = np.array(V[:, :kk], copy=True)
+    free = np.ones(n, dtype=bool)
+    piv, rank = [], 0
+    for j in range(kk):
+        col = np.abs(R[:, j])
+        p = _argmax_lowest(col, free)
+        if not (col[p] > tol):
+            p = _fill_row(V, free)
+            free[p] = False
+            piv.append(p)
+            continue
+        free[p] = False
+        piv.append(p)
+        rank += 1
+        for i in range(n):
+            if free[i]:
+                R[i, j + 1:] -= (R[i, j] / R[p, j]) * R[p, j + 1:]
+    return np.array(piv, dtype=np.int64), rank
+
+
+def reference_volume(V, k):
+    """Greedy volume maximisation (= QR with column pivoting on ``V.T``).
+
+    Recomputes every residual explicitly with a least-squares projection at each
+    step: O(n r^2) per step, for tests only. Returns ``(pivots, rank)`` for
+    ``k <= r``.
+    """
+    V = np.asarray(V)
+    n, r = V.shape
+    X = V.astype(np.float64)
+    tol = max(n, r) * np.finfo(V.dtype).eps * float(np.max(np.linalg.norm(X, axis=1), initial=0.0))
+    free = np.ones(n, dtype=bool)
+    piv, basis, rank = [], [], 0
+    for j in range(min(k, r)):
+        if basis:
+            Q, _ = np.linalg.qr(X[basis].T)  # orthonormal basis of the chosen rows' span
+            res = X - (X @ Q) @ Q.T
+        else:
+            res = X
+        norms = np.einsum("ij,ij->i", res, res)
+        p = _argmax_lowest(norms, free)
+        if not (np.sqrt(norms[p]) > tol):
+            p = _fill_row(V, free)
+            free[p] = False
+            piv.append(p)
+            continue
+        free[p] = False
+        piv.append(p)
+        basis.append(p)
+        rank += 1
+    return np.array(piv, dtype=np.int64), rank
+
+
+def reference_rect(V, pivots, k):
+    """Extend ``pivots`` (r rows of full rank) to k > r rows, greedily maximising det(V_S^T V_S).
+
+    Brute force: every candidate's determinant by ``slogdet``. Mikhalev & Oseledets
+    (2018) rect_maxvol picks the same rows.
+    """
+    X = np.asarray(V, dtype=np.float64)
+    piv = list(int(p) for p in pivots)
+    n = X.shape[0]
+    while len(piv) < k:
+        best, best_i = -np.inf, -1
+        for i in range(n):
+            if i in piv:
+                continue
+            S = X[piv + [i]]
+            sign, ld = np.linalg.slogdet(S.T @ S)
+            val = ld if sign > 0 else -np.inf
+            if val > best:
+                best, best_i = val, i
+        piv.append(best_i)
+    return np.array(piv, dtype=np.int64)
+
+
+def reference_refine(V, pivots, *, tol=1.05, max_iters=100):
+    """Goreinov et al. (2010) maxvol swaps on the square problem ``V[:, :k]``.
+
+    Recomputes ``B = A inv(A_S)`` from scratch at every iteration. Returns
+    ``(pivots, converged, iterations)``.
+    """
+    piv = np.array(pivots, dtype=np.int64)
+    k = piv.shape[0]
+    A = np.asarray(V, dtype=np.float64)[:, :k]
+    for it in range(max_iters):
+        B = np.linalg.solve(A[piv].T, A.T).T
+        flat = int(np.argmax(np.abs(B)))  # row-major: lowest i, then lowest j
+        i, j = divmod(flat, k)
+        if abs(B[i, j]) <= tol:
+            return piv, True, it
+        piv[j] = i
+    B = np.linalg.solve(A[piv].T, A.T).T
+    return piv, bool(np.max(np.abs(B)) <= tol), max_iters
+
+
+def reference_tournament(V, k, *, tile_rows):
+    """Tournament (communication-avoiding) pivoting built from :func:`reference_deim`."""
+    V = np.asarray(V)
+    n, r = V.shape
+    kk = min(k, r)
+    tol = _deim_tol(V)
+    cand = np.arange(n)
+    while True:
+        if cand.shape[0] <= tile_rows:
+            p, rank = reference_deim(V[cand], kk, tol=tol)
+            return cand[p], rank
+        nxt = []
+        for s in range(0, cand.shape[0], tile_rows):
+            rows = cand[s:s + tile_rows]
+            p, _ = reference_deim(V[rows], min(kk, rows.shape[0]), tol=tol)
+            nxt.append(np.sort(rows[p]))
+        cand = np.concatenate(nxt)
+
+
+def reference_maxvol(V, k, *, method="deim", tile_rows=None, refine=False, tol=1.05, max_iters=100):
+    """The whole :func:`graft_array.maxvol` contract on one (n, r) NumPy batch, slowly.
+
+    Returns ``(pivots, rank)`` (after refinement when ``refine=True``).
+    """
+    from graft_array._common import default_tile_rows
+
+    V = np.asarray(V)
+    n, r = V.shape
+    if method == "deim":
+        piv, rank = reference_deim(V, k)
+    elif method == "volume":
+        piv, rank = reference_volume(V, k)
+    elif method == "tournament":
+        tr = default_tile_rows(n, min(k, r)) if tile_rows is None else tile_rows
+        piv, rank = reference_tournament(V, k, tile_rows=tr)
+    else:
+        raise ValueError(method)
+    if k > r:
+        if rank < r:
+            free = np.ones(n, dtype=bool)
+            free[piv] = False
+            extra = []
+            for _ in range(k - r):
+                p = _fill_row(V, free)
+                free[p] = False
+                extra.append(p)
+            piv = np.concatenate([piv, np.array(extra, dtype=np.int64)])
+        else:
+            piv = reference_rect(V, piv, k)
+    if refine and rank == k:
+        piv, _, _ = reference_refine(V, piv, tol=tol, max_iters=max_iters)
+    return piv, rank
+
+
+def lu_pivots(A):
+    """Row pivots of LU with partial pivoting (LAPACK getrf via scipy), in selection order."""
+    import scipy.linalg
+
+    A = np.asarray(A)
+    _, ipiv = scipy.linalg.lu_factor(A, check_finite=False)
+    perm = np.arange(A.shape[0])
+    for j, p in enumerate(ipiv):
+        perm[j], perm[p] = perm[p], perm[j]
+    return perm[: A.shape[1]].astype(np.int64)
+
+
+def qrcp_pivots(V, k=None):
+    """The first k rows chosen by QR with column pivoting on ``V.T`` (LAPACK geqp3 via scipy)."""
+    import scipy.linalg
+
+    _, perm = scipy.linalg.qr(np.asarray(V).T, pivoting=True, mode="r", check_finite=False)
+    return perm[: (V.shape[1] if k is None else k)].astype(np.int64)
+
+
+def log_volume(V, rows):
+    """log sqrt(det(V_S V_S^T)) for k <= r, log sqrt(det(V_S^T V_S)) for k > r (float64)."""
+    S = np.asarray(V, dtype=np.float64)[np.asarray(rows)]
+    G = S @ S.T if S.shape[0] <= S.shape[1] else S.T @ S
+    sign, ld = np.linalg.slogdet(G)
+    return 0.5 * ld if sign > 0 else -np.inf
+
+
+def published_fast_maxvol(V, k):
+    """Re-statement of the published GRAFT greedy (``graft-pytorch``'s ``index_sel``).
+
+    At step i it takes every row holding the largest ``|entry|`` of column i of the
+    *whole* working matrix, then deflates the later columns with the pseudo-inverse
+    of the current pivot rows only. Earlier pivots can re-enter, so the result may
+    contain duplicates and has a lower volume than DEIM; cost O(n k^3). The
+    published code also overwrites the caller's array; this re-statement works on a
+    copy so that a benchmark can call it repeatedly. Returns all rows picked, in
+    order, duplicates included (the published code later de-duplicates them).
+    """
+    W = np.array(np.asarray(V)[:, :k], dtype=np.float64, copy=True)
+    picked = []
+    for i in range(k):
+        col_max = np.max(np.abs(W[:, i]))
+        rows = np.where(np.abs(W) == col_max)[0]
+        W[:, i + 1:] = W[:, i + 1:] - W[:, : i + 1] @ (np.linalg.pinv(W[rows, : i + 1]) @ W[rows, i + 1:])
+        picked.extend(int(x) for x in rows)
+    return np.array(picked, dtype=np.int64)
+
+
+def reference_rho(G, pivots):
+    """rho(m) for m = 1..len(pivots) by explicit least squares: ||g - G_S^T x*|| / ||g||, g = sum_i G_i."""
+    G = np.asarray(G, dtype=np.float64)
+    g = G.sum(axis=0)
+    gn = np.linalg.norm(g)
+    out = []
+    for m in range(1, len(pivots) + 1):
+        A = G[np.asarray(pivots[:m])].T
+        x = np.linalg.lstsq(A, g, rcond=None)[0]
+        out.append(np.linalg.norm(g - A @ x) / gn if gn > 0 else 0.0)
+    return np.array(out)
+
+
+def last_layer_gradients(residuals, embeddings):
+    """Materialise g_i = e_i (x) [h_i; 1] as rows (n, C * (h + 1)). For tests only."""
+    E = np.asarray(residuals, dtype=np.float64)
+    Ht = np.concatenate([np.asarray(embeddings, dtype=np.float64), np.ones((E.shape[0], 1))], axis=1)
+    return np.einsum("ic,ih->ich", E, Ht).reshape(E.shape[0], -1)
+
+
+def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim", tol=0.1, band=0.5,
+                     min_size=None, max_size=None):
+    """One batch of :func:`graft_array.select`, the slow way (exact SVD, explicit least squares, scipy NNLS).
+
+    ``G`` are materialised per-sample gradient rows (see :func:`last_layer_gradients`).
+    Returns ``(indices, weights, size, rho)``.
+    """
+    import math
+
+    from scipy.optimize import nnls
+
+    F = np.asarray(features, dtype=np.float64)
+    n, d = F.shape
+    centre = fraction * n
+    if G is None:
+        lo = hi = min(n, max(1, int(round(centre))))
+    else:
+        lo = min(n, max(1, int(math.floor((1.0 - band) * centre))))
+        hi = min(n, max(1, int(math.ceil((1.0 + band) * centre))))
+    lo = lo if min_size is None else min_size
+    hi = hi if max_size is None else max_size
+    r = min(hi if rank is None else rank, n, d)
+    U, s, _ = np.linalg.svd(F, full_matrices=False)
+    V = U[:, :r] * (s[:r] > max(n, d) * np.finfo(np.asarray(features).dtype).eps * s[0])
+    piv, _ = reference_maxvol(V, hi, method=method)
+    if G is None:
+        return piv, np.full(hi, n / hi), hi, None
+    rho = reference_rho(G, piv)
+    ok = [m for m in range(lo, hi + 1) if rho[m - 1] <= tol]
+    m = ok[0] if ok else hi
+    G = np.asarray(G, dtype=np.float64)
+    w, _ = nnls(G[piv[:m]].T, G.sum(axis=0))
+    w = w * (n / w.sum()) if w.sum() > 0 else np.full(m, n / m)
+    return piv[:m], w, m, rho
