@@ -1,0 +1,149 @@
+"""GRAFT's gradient criterion along a pivot order, any namespace.
+
+For one batch with per-sample gradients g_i and batch gradient g = sum_i g_i, and a
+pivot order s_1, s_2, ..., the relative residual
+
+    rho(m) = || g - P_m g || / || g ||,   P_m = projector onto span(g_s1, ..., g_sm)
+
+comes for every m from one incremental Cholesky factorisation of the pivots'
+Gram matrix K (K_st = <g_s, g_t>) and z = L^-1 b with b_j = <g_sj, g>:
+rho(m)^2 = (||g||^2 - sum_{j<=m} z_j^2) / ||g||^2. A pivot whose new diagonal of L is
+<= ``SPAN_TOL`` * sqrt(K_jj) adds nothing to the span: its z_j is 0 (it is
+reported in ``skipped``).
+
+Two gradient forms share this code through ``(K, b, gg)``:
+
+* plain rows G (n, p): K = G_S G_S^T, b = G_S g, gg = ||g||^2;
+* the factorised last layer g_i = e_i (x) [h_i; 1]: <g_s, g_t> = <e_s, e_t>(<h_s, h_t> + 1),
+  g = M = E^T [H, 1], b_j = e_sj^T M [h_sj; 1], gg = ||M||_F^2. Nothing of size
+  C * (h + 1) per sample is ever formed.
+
+All of it is in float64.
+"""
+
+__all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_gram", "SPAN_TOL"]
+
+#: relative size of a new Cholesky diagonal below which a pivot adds nothing to the span
+SPAN_TOL = 1e-7
+
+
+def _mT(xp, A):
+    return xp.matrix_transpose(A)
+
+
+def _take_rows(xp, X, piv):
+    """X (B, n, p), piv (B, K) -> (B, K, p)."""
+    nb = X.shape[0]
+    return xp.stack([xp.take(X[b, ...], piv[b, ...], axis=0) for b in range(nb)])
+
+
+def gram_plain(xp, G, piv):
+    """(K, b, gg) for plain per-sample gradient rows G (B, n, p), pivots (B, K)."""
+    G = xp.astype(G, xp.float64)
+    g = xp.sum(G, axis=1)  # (B, p)
+    GS = _take_rows(xp, G, piv)
+    K = GS @ _mT(xp, GS)
+    b = xp.sum(GS * g[:, None, :], axis=-1)
+    gg = xp.sum(g * g, axis=-1)
+    return K, b, gg
+
+
+def gram_last_layer(xp, E, H, piv):
+    """(K, b, gg) for last-layer gradients e_i (x) [h_i; 1]: E (B, n, C), H (B, n, h)."""
+    E = xp.astype(E, xp.float64)
+    H = xp.astype(H, xp.float64)
+    ones = xp.ones(H.shape[:-1] + (1,), dtype=xp.float64, device=_dev(H))
+    Ht = xp.concat([H, ones], axis=-1)
+    M = _mT(xp, E) @ Ht  # (B, C, h+1): the batch gradient
+    ES, HS = _take_rows(xp, E, piv), _take_rows(xp, Ht, piv)
+    K = (ES @ _mT(xp, ES)) * (HS @ _mT(xp, HS))
+    b = xp.sum((ES @ M) * HS, axis=-1)
+    gg = xp.sum(xp.reshape(M * M, (M.shape[0], -1)), axis=-1)
+    return K, b, gg
+
+
+def _dev(x):
+    from .._namespace import device_of
+
+    return device_of(x)
+
+
+def rho_curve(xp, K, b, gg):
+    """rho(m) for m = 1..K (B, K), and a (B, K) mask of pivots that added nothing to the span.
+
+    A batch whose gradient is 0 has rho = 0 for every m.
+    """
+    nb, kk, _ = K.shape
+    L = [[None] * kk for _ in range(kk)]  # L[j][i]: (B,) columns of the Cholesky factor
+    diag = [None] * kk
+    z = [None] * kk
+    zero = xp.zeros(nb, dtype=xp.float64, device=_dev(K))
+    acc = zero
+    rho, skipped = [], []
+    for j in range(kk):
+        for i in range(j):
+            s = K[:, j, i]
+            for t in range(i):
+                s = s - L[j][t] * L[i][t]
+            L[j][i] = xp.where(diag[i] > 0, s / xp.where(diag[i] > 0, diag[i], 1.0), zero)
+        d = K[:, j, j]
+        for t in range(j):
+            d = d - L[j][t] * L[j][t]
+        ok = d > (SPAN_TOL**2) * K[:, j, j]
+        ok = xp.logical_and(ok, K[:, j, j] > 0)
+        diag[j] = xp.where(ok, xp.sqrt(xp.where(ok, d, 1.0)), zero)
+        zs = b[:, j]
+        for t in range(j):
+            zs = zs - L[j][t] * z[t]
+        z[j] = xp.where(ok, zs / xp.where(ok, diag[j], 1.0), zero)
+        acc = acc + z[j] * z[j]
+        safe = xp.where(gg > 0, gg, 1.0)
+        r2 = xp.where(gg > 0, (gg - acc) / safe, zero)
+        rho.append(xp.sqrt(xp.clip(r2, 0.0, None)))
+        skipped.append(xp.logical_not(ok))
+    return xp.stack(rho, axis=1), xp.stack(skipped, axis=1)
+
+
+def nnls_gram(xp, K, b, *, max_iter=None):
+    """Lawson-Hanson NNLS on the normal equations: min_w w^T K w - 2 b^T w, w >= 0. K (m, m), b (m,).
+
+    One problem (no batch axis); the passive set is a mask, so the solve keeps a
+    fixed shape: rows/columns outside it are replaced by the identity.
+    """
+    m = b.shape[0]
+    dev = _dev(b)
+    if max_iter is None:
+        max_iter = 3 * m + 10
+    eye = xp.eye(m, dtype=xp.float64, device=dev)
+    scale = float(xp.max(xp.abs(xp.linalg.diagonal(K)))) if m else 0.0
+    tol = 10.0 * m * 2.220446049250313e-16 * max(scale, 1e-300) * max(1.0, float(xp.max(xp.abs(b))) if m else 1.0)
+    passive = xp.zeros(m, dtype=xp.bool, device=dev)
+    w = xp.zeros(m, dtype=xp.float64, device=dev)
+    zero = xp.zeros_like(w)
+
+    def solve(P):
+        both = xp.logical_and(P[:, None], P[None, :])
+        KP = xp.where(both, K, eye)
+        bP = xp.where(P, b, zero)
+        return xp.where(P, xp.linalg.solve(KP, bP[:, None])[:, 0], zero)
+
+    for _ in range(max_iter):
+        grad = b - K @ w
+        cand = xp.where(xp.logical_not(passive), grad, xp.full_like(grad, -1.0))
+        j = int(xp.argmax(cand))
+        if not float(cand[j]) > tol:
+            break
+        passive = xp.logical_or(passive, xp.arange(m, device=dev) == j)
+        s = solve(passive)
+        for _ in range(max_iter):
+            bad = xp.logical_and(passive, s <= 0)
+            if not bool(xp.any(bad)):
+                break
+            ratio = xp.where(bad, w / xp.where(bad, w - s, 1.0), xp.full_like(w, float("inf")))
+            alpha = float(xp.min(ratio))
+            w = w + alpha * (s - w)
+            passive = xp.logical_and(passive, w > tol)
+            w = xp.where(passive, w, zero)
+            s = solve(passive)
+        w = s
+    return w
