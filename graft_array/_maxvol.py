@@ -108,16 +108,15 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
     opts = dict(method=method, tile_rows=tile_rows, refine=refine, tol=tol, max_iters=max_iters)
 
     if name == "numba":
-        from ._numba.checks import all_finite
-
         Vn = to_numpy_view(V)
         if Vn.dtype == np.float16:
             Vn = Vn.astype(np.float32)
-        if not all_finite(Vn):
-            raise nonfinite_error("V", _FUNC, V)
         V3 = Vn if batched else Vn[None]
-        pivots, ranks, converged, _ = run(V3, k, **opts)
-        ranks, converged = list(ranks), list(converged)
+        res = run(V3, k, check_finite=True, **opts)  # the NaN / inf check is fused into the kernels' first pass
+        if res is None:
+            raise nonfinite_error("V", _FUNC, V)
+        pivots, ranks, converged, _ = res
+        ranks, converged = ranks.tolist(), converged.tolist()
         out = from_numpy_like(pivots if batched else pivots[0], V)
     else:
         if not bool(xp.all(xp.isfinite(V))):

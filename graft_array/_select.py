@@ -50,13 +50,15 @@ class Selection:
         Number of rows chosen in each batch.
     residuals : float64 array (batch, max_size)
         rho(m) for m = 1..max_size along each batch's pivot order (NaN where not
-        computed, e.g. ``grads=None``).
+        computed: ``grads=None``, or beyond a short batch's own max_size).
     backend : str
         What ran the MaxVol step ("numba", "array_api" or "cuda").
     solver : str
-        The low-rank solver used ("exact" or "randomized").
+        The low-rank solver used ("exact" or "randomized"; with ragged batches,
+        the one of the largest).
     rank : int
-        Number of singular directions used (r).
+        Number of singular directions used (r); with ragged batches, r of the
+        largest ones.
     """
 
     indices: Any
@@ -80,6 +82,7 @@ def select(
     min_size=None,
     max_size=None,
     solver="auto",
+    mask=None,
     offsets=None,
     return_info=False,
     random_state=None,
@@ -95,64 +98,125 @@ def select(
     2. A MaxVol pivot order on V (:func:`maxvol` with ``method``), up to
        ``max_size`` rows (k > r uses the rectangular extension).
     3. With ``grads``: rho(m) = ||g - P_m g|| / ||g|| for every m, where g is the
-       batch gradient and P_m projects onto the span of the first m pivots'
-       gradients (all m from one incremental Cholesky factorisation); the size is
-       the smallest m in [min_size, max_size] with rho(m) <= ``tol``, else
-       max_size. Without grads: ``round(fraction * n)`` rows.
-    4. Weights: non-negative least squares sum_j w_j g_sj ~ g, rescaled to sum to
-       n (uniform n / m without grads or when the fit is all zero).
+       batch gradient (the sum of the per-sample gradients) and P_m projects onto
+       the span of the first m pivots' gradients (all m from one incremental
+       Cholesky factorisation); the size is the smallest m in [min_size, max_size]
+       with rho(m) <= ``tol``, else max_size. Without grads: ``round(fraction * n)``
+       rows.
+    4. Weights: the non-negative least-squares fit sum_j w_j g_sj ~ g, rescaled
+       to sum to n. Training on the subset with the loss sum_j w_j loss_sj / n
+       then follows (approximately) the gradient of the full batch's mean loss.
+       Uniform n / m without grads, or when the fit is all zero.
+
+    Every batch is selected independently; all batches go through one compiled
+    call per step (Numba: parallel over batches; the low-rank step runs chunks of
+    batches in threads with BLAS kept to one thread each).
 
     Parameters
     ----------
-    features : array (n, d) or (batch, n, d), real floating
-    grads : None, array (n, p) / (batch, n, p), or :class:`LastLayerGrads`
+    features : array (n, d) or (batch, n, d), real floating; or a list of (n_b, d) arrays
+        A list gives ragged batches (e.g. a short last batch).
+    grads : None, array (n, p) / (batch, n, p) / list of (n_b, p), or :class:`LastLayerGrads`
+        Per-sample gradients, laid out like ``features``. ``None``: features only,
+        ``round(fraction * n)`` rows per batch.
     fraction : float in (0, 1], default=0.25
         Target share of each batch; the centre of the size band.
     rank : int or None
-        r, the number of singular directions; default max_size (capped by
-        min(n, d)).
+        r, the number of singular directions; default ``round(fraction * n)``, the
+        budget (capped by min(n, d)). Sizes above r extend the pivots by the
+        rectangular maxvol rule.
     method : {"deim", "volume", "tournament"}, default="deim"
     tol : float in [0, 1], default=0.1
         Residual tolerance of the size criterion.
     band : float in [0, 1), default=0.5
-        Sizes searched: round((1 - band) * fraction * n) .. round((1 + band) * fraction * n),
-        unless ``min_size`` / ``max_size`` are given.
+        Sizes searched: floor((1 - band) * fraction * n) .. ceil((1 + band) * fraction * n),
+        unless ``min_size`` / ``max_size`` are given (capped by each batch's n).
     solver : {"auto", "exact", "randomized"}
         "auto": randomized when 4 r <= min(n, d), else exact. Recorded in the result.
+    mask : None or bool array (n,) / (batch, n)
+        Rows that are samples (True) in a padded ``features`` array; indices refer
+        to the padded layout. Another way to give ragged batches.
     offsets : None or int array (batch,)
         Dataset position of each batch's row 0: indices become ``offsets[b] + i``.
+        Default: the position in the concatenation of all batches (``b * n + i``
+        for a stacked array).
     return_info : bool
         Return a :class:`Selection` instead of the indices alone.
     random_state : None, int or numpy.random.Generator
-        Seeds the randomized solver only; no global RNG is touched.
+        Seeds the randomized solver only; no global RNG is touched. ``None``:
+        fresh entropy (not reproducible).
     backend : {"auto", "numba", "array_api", "cuda"}
 
     Returns
     -------
     indices : int64 array, or :class:`Selection` when ``return_info``.
     """
+    opts = dict(
+        fraction=check_real(fraction, "fraction", _FUNC, low=0.0, high=1.0, low_inclusive=False),
+        tol=check_real(tol, "tol", _FUNC, low=0.0, high=1.0),
+        band=check_real(band, "band", _FUNC, low=0.0, high=0.999),
+        method=check_option(method, "method", _FUNC, METHODS),
+        solver=check_option(solver, "solver", _FUNC, SOLVERS),
+        rank=check_int(rank, "rank", _FUNC, low=1, allow_none=True),
+    )
+    return_info = check_bool(return_info, "return_info", _FUNC)
+    rng = _check_random_state(random_state)
+    seed = int(rng.integers(2**63))  # one test matrix for every batch, whatever the chunking
+    if isinstance(features, (list, tuple)) or mask is not None:
+        return _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, seed, backend, return_info)
+
     xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
     batched = features.ndim == 3
     nb = features.shape[0] if batched else 1
-    n, d = features.shape[-2], features.shape[-1]
-    fraction = check_real(fraction, "fraction", _FUNC, low=0.0, high=1.0, low_inclusive=False)
-    tol = check_real(tol, "tol", _FUNC, low=0.0, high=1.0)
-    band = check_real(band, "band", _FUNC, low=0.0, high=0.999)
-    method = check_option(method, "method", _FUNC, METHODS)
-    solver = check_option(solver, "solver", _FUNC, SOLVERS)
-    return_info = check_bool(return_info, "return_info", _FUNC)
-    rng = _check_random_state(random_state)
-
-    centre = fraction * n
-    if grads is None:
-        lo = hi = min(n, max(1, int(round(centre))))
-    else:
-        lo = min(n, max(1, int(math.floor((1.0 - band) * centre))))
-        hi = min(n, max(1, int(math.ceil((1.0 + band) * centre))))
+    n = features.shape[-2]
     min_size = check_int(min_size, "min_size", _FUNC, low=1, high=n, allow_none=True)
     max_size = check_int(max_size, "max_size", _FUNC, low=1, high=n, allow_none=True)
-    lo = lo if min_size is None else min_size
-    hi = hi if max_size is None else max_size
+    grads_kind, grads = _check_grads(grads, features, xp, nb, n, batched)
+    if offsets is not None:
+        offsets = _check_offsets(offsets, nb)
+    name = resolve(features, backend, _FUNC)
+    F = features if batched else xp.expand_dims(features, axis=0)
+    res = _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, features)
+
+    cxp = array_namespace(res.pivots)
+    dev = device_of(res.pivots)
+    if offsets is None:
+        base = cxp.arange(nb, dtype=cxp.int64, device=dev) * n
+    else:
+        base = cxp.asarray(offsets, dtype=cxp.int64, device=dev)
+    keep = cxp.arange(res.hi, dtype=cxp.int64, device=dev)[None, :] < res.sizes[:, None]
+    idx = (res.pivots + base[:, None])[keep]  # flat, batch after batch, no loop over batches
+    wts = res.weights[keep]
+    sizes, residuals = res.sizes, res.residuals
+    if name == "numba":
+        idx, wts, sizes, residuals = (from_numpy_like(np.asarray(a), features) for a in (idx, wts, sizes, residuals))
+    _warn_gradient_rank(grads_kind, grads, res.hi)
+    if not return_info:
+        return idx
+    return Selection(idx, wts, sizes, residuals, name, res.solver, res.rank)
+
+
+class _StackResult(NamedTuple):
+    pivots: Any  # (B, hi) int64, batch-local rows in pivot order
+    sizes: Any  # (B,) int64
+    residuals: Any  # (B, hi) float64
+    weights: Any  # (B, hi) float64, zero beyond sizes[b]
+    lo: int
+    hi: int
+    rank: int
+    solver: str
+
+
+def _band(n, d, opts, min_size, max_size):
+    """(lo, hi, r) for batches of n rows and d features."""
+    centre = opts["fraction"] * n
+    if opts.get("has_grads"):
+        lo = min(n, max(1, int(math.floor((1.0 - opts["band"]) * centre))))
+        hi = min(n, max(1, int(math.ceil((1.0 + opts["band"]) * centre))))
+    else:
+        lo = hi = min(n, max(1, int(round(centre))))
+    lo = lo if min_size is None else min(min_size, n)
+    hi = hi if max_size is None else min(max_size, n)
     if min_size is not None and max_size is None:
         hi = max(hi, lo)
     if max_size is not None and min_size is None:
@@ -161,99 +225,244 @@ def select(
         raise ValueError(
             f"The 'min_size' parameter of select must be <= 'max_size'. Got min_size={lo}, max_size={hi} instead."
         )
-    r = check_int(rank, "rank", _FUNC, low=1, allow_none=True)
-    r = min(hi if r is None else r, n, d)
+    rank = opts["rank"]
+    r = min(max(1, int(round(centre))) if rank is None else rank, n, d)
+    return lo, hi, r
 
-    grads_kind, grads = _check_grads(grads, features, xp, nb, n, batched)
-    if offsets is not None:
-        offsets = _check_offsets(offsets, nb)
 
-    name = resolve(features, backend, _FUNC)
-    F = features if batched else xp.expand_dims(features, axis=0)
-    if not bool(xp.all(xp.isfinite(F))):
-        raise nonfinite_error("features", _FUNC, features)
+def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like):
+    """Selection of every batch of the stack F (B, n, d) on backend ``name``; results in the compute namespace."""
+    xp = array_namespace(F)
+    nb, n, d = F.shape
+    lo, hi, r = _band(n, d, dict(opts, has_grads=grads_kind is not None), min_size, max_size)
     if name == "numba":
+        from ._numba.checks import all_finite
+
         F = to_numpy_view(F)
-        cxp = array_namespace(F)
         grads = tuple(to_numpy_view(g) for g in grads)
-    else:
-        cxp = xp
-    if F.dtype == getattr(cxp, "float16", None):
-        F = cxp.astype(F, cxp.float32)
+        if not all_finite(F):
+            raise nonfinite_error("features", _FUNC, like)
+    elif not bool(xp.all(xp.isfinite(F))):
+        raise nonfinite_error("features", _FUNC, like)
+    from ._agnostic.lowrank import choose_solver
 
-    from ._agnostic.lowrank import choose_solver, lowrank
+    solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
+    run = _select_numba if name == "numba" else _select_generic
+    pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts["tol"], opts["method"], solver,
+                                            seed, name)
+    return _StackResult(pivots, sizes, residuals, weights, lo, hi, r, solver)
 
-    used_solver = choose_solver(n, d, r) if solver == "auto" else solver
-    omega = None
-    if used_solver == "randomized":
-        ell = min(d, r + max(8, r // 4))
-        omega = rng.standard_normal((d, ell))
-    V, _, _ = lowrank(F, r, solver=used_solver, xp=cxp, omega=omega)
 
-    run = kernel("maxvol", name)
-    opts = dict(method=method, tile_rows=None, refine=False, tol=1.05, max_iters=0)
-    if name == "numba":
-        pivots, _, _, _ = run(np.ascontiguousarray(V), hi, **opts)
-        pivots = cxp.asarray(pivots)
-    else:
-        plist, _, _, _ = run(V, hi, xp=cxp, device=device_of(V), **opts)
-        pivots = cxp.asarray(plist, dtype=cxp.int64, device=device_of(V))
-
-    from ._agnostic import criterion
-
-    if grads_kind is None:
-        sizes = [hi] * nb
-        residuals = cxp.full((nb, hi), float("nan"), dtype=cxp.float64, device=device_of(V))
-        weights = [cxp.full((hi,), n / hi, dtype=cxp.float64, device=device_of(V)) for _ in range(nb)]
-    else:
-        if grads_kind == "plain":
-            Kg, bg, gg = criterion.gram_plain(cxp, grads[0], pivots)
-            if grads[0].shape[-1] < hi:
-                warnings.warn(
-                    f"select: the per-sample gradients have {grads[0].shape[-1]} column(s) < max_size={hi}, so "
-                    "their span caps the size criterion (any subset spanning them reproduces the batch gradient). "
-                    "Pass richer gradients, e.g. LastLayerGrads(residuals, embeddings).",
-                    GradientRankWarning,
-                    stacklevel=2,
-                )
-        else:
-            Kg, bg, gg = criterion.gram_last_layer(cxp, grads[0], grads[1], pivots)
-        if name == "numba":
-            from ._numba import criterion as ncrit
-
-            Kg, bg, gg = (np.ascontiguousarray(a) for a in (Kg, bg, gg))
-            residuals, _ = ncrit.rho_curve(Kg, bg, gg)
-        else:
-            residuals, _ = criterion.rho_curve(cxp, Kg, bg, gg)
-        ok = cxp.astype(residuals[:, lo - 1:hi] <= tol, cxp.int32)
-        first = cxp.argmax(ok, axis=1)  # first size in the band that meets tol
-        hit = cxp.max(ok, axis=1) > 0
-        sizes_arr = cxp.where(hit, first + lo, cxp.full_like(first, hi))
-        sizes = [int(sizes_arr[b]) for b in range(nb)]
-        if name == "numba":
-            W = ncrit.nnls_batched(Kg, bg, np.asarray(sizes, dtype=np.int64))
-            raw = [W[b, : sizes[b]] for b in range(nb)]
-        else:
-            raw = [criterion.nnls_gram(cxp, Kg[b, : sizes[b], : sizes[b]], bg[b, : sizes[b]]) for b in range(nb)]
-        weights = []
-        for b, w in enumerate(raw):
-            m = sizes[b]
-            total = float(cxp.sum(w))
-            weights.append(
-                w * (n / total) if total > 0 else cxp.full((m,), n / m, dtype=cxp.float64, device=device_of(V))
-            )
-
-    base = [(b * n if offsets is None else int(offsets[b])) for b in range(nb)]
-    idx = cxp.concat([pivots[b, : sizes[b]] + base[b] for b in range(nb)])
-    wts = cxp.concat(weights)
-    sizes_arr = cxp.asarray(sizes, dtype=cxp.int64, device=device_of(V))
-    if name == "numba":
-        idx, wts, sizes_arr, residuals = (
-            from_numpy_like(np.asarray(a), features) for a in (idx, wts, sizes_arr, residuals)
+def _warn_gradient_rank(grads_kind, grads, hi):
+    if grads_kind == "plain" and grads[0].shape[-1] < hi:
+        warnings.warn(
+            f"select: the per-sample gradients have {grads[0].shape[-1]} column(s) < max_size={hi}, so "
+            "their span caps the size criterion (any subset spanning them reproduces the batch gradient). "
+            "Pass richer gradients, e.g. LastLayerGrads(residuals, embeddings).",
+            GradientRankWarning,
+            stacklevel=3,
         )
+
+
+def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, seed, backend, return_info):
+    """Ragged batches (a list of arrays, or a padded stack with a mask): equal sizes are selected together."""
+    batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
+    nb = len(batches)
+    xp = array_namespace(like)
+    nmax = max(int(F.shape[0]) for F in batches)
+    min_size = check_int(min_size, "min_size", _FUNC, low=1, high=nmax, allow_none=True)
+    max_size = check_int(max_size, "max_size", _FUNC, low=1, high=nmax, allow_none=True)
+    if offsets is not None:
+        starts = [int(o) for o in _check_offsets(offsets, nb)]
+    name = resolve(like, backend, _FUNC)
+    groups = {}
+    for b, F in enumerate(batches):
+        groups.setdefault(int(F.shape[0]), []).append(b)
+    idx_parts, bid_parts, w_parts, rows = [], [], [], {}
+    best, best_n = None, 0  # the largest batches' result names the solver and rank
+    for n, members in groups.items():
+        if n == 0:
+            continue
+        F = xp.stack([batches[b] for b in members])
+        parts = tuple(xp.stack([g[b] for b in members]) for g in gparts)
+        res = _run_stack(F, parts, grads_kind, min_size, max_size, opts, seed, name, like)
+        if n > best_n:
+            best, best_n = res, n
+        cxp = array_namespace(res.pivots)
+        dev = device_of(res.pivots)
+        piv = res.pivots
+        if positions is not None:  # compacted row -> row of the padded batch
+            pos = cxp.asarray(np.stack([positions[b] for b in members]), device=dev)
+            flat = piv + cxp.arange(len(members), dtype=cxp.int64, device=dev)[:, None] * n
+            piv = cxp.reshape(cxp.take(cxp.reshape(pos, (-1,)), cxp.reshape(flat, (-1,)), axis=0), piv.shape)
+        base = cxp.asarray([starts[b] for b in members], dtype=cxp.int64, device=dev)
+        keep = cxp.arange(res.hi, dtype=cxp.int64, device=dev)[None, :] < res.sizes[:, None]
+        bids = cxp.asarray(members, dtype=cxp.int64, device=dev)[:, None] + cxp.zeros_like(piv)
+        idx_parts.append((piv + base[:, None])[keep])
+        bid_parts.append(bids[keep])
+        w_parts.append(res.weights[keep])
+        for j, b in enumerate(members):
+            rows[b] = (res.sizes[j], res.residuals[j, ...])
+    if best is None:
+        raise ValueError("select expects at least one batch with one row or more; every batch is empty.")
+    res = best
+    cxp = array_namespace(res.pivots)
+    dev = device_of(res.pivots)
+    bids = cxp.concat(bid_parts)
+    order = cxp.argsort(bids, stable=True)  # batch order, each batch in pivot order
+    idx = cxp.take(cxp.concat(idx_parts), order, axis=0)
+    wts = cxp.take(cxp.concat(w_parts), order, axis=0)
+    width = max(int(v[1].shape[0]) for v in rows.values())
+    nan = cxp.full((width,), float("nan"), dtype=cxp.float64, device=dev)
+    zero = cxp.zeros((), dtype=cxp.int64, device=dev)
+    sizes = cxp.stack([rows[b][0] if b in rows else zero for b in range(nb)])
+    residuals = cxp.stack([
+        cxp.concat([rows[b][1], nan[: width - rows[b][1].shape[0]]]) if b in rows else nan for b in range(nb)
+    ])
+    if name == "numba":
+        idx, wts, sizes, residuals = (from_numpy_like(np.asarray(a), like) for a in (idx, wts, sizes, residuals))
+    _warn_gradient_rank(grads_kind, gparts, res.hi)
     if not return_info:
         return idx
-    return Selection(idx, wts, sizes_arr, residuals, name, used_solver, r)
+    return Selection(idx, wts, sizes, residuals, name, res.solver, res.rank)
+
+
+def _split_ragged(features, grads, mask):
+    """Per-batch (n_b, d) arrays and gradient parts, row positions (mask) and default starts."""
+    if mask is not None:
+        if isinstance(features, (list, tuple)):
+            raise TypeError("select expects 'mask' only with a padded array of features, not with a list of batches.")
+        xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
+        F3 = features if features.ndim == 3 else xp.expand_dims(features, axis=0)
+        nb, n = F3.shape[0], F3.shape[1]
+        m = np.asarray(to_numpy_view(mask) if is_array(mask) else mask)
+        want = (nb, n) if features.ndim == 3 else (n,)
+        if m.dtype != np.bool_ or m.shape != want:
+            raise ValueError(
+                f"The 'mask' parameter of select must be a bool array of shape {want} (one flag per row of "
+                f"'features'). Got shape {m.shape}, dtype {m.dtype} instead."
+            )
+        m = m.reshape(nb, n)
+        grads_kind, gp = _check_grads(grads, features, xp, nb, n, features.ndim == 3)
+        positions = [np.flatnonzero(m[b]) for b in range(nb)]
+        take = [xp.asarray(p, device=device_of(F3)) for p in positions]
+        batches = [xp.take(F3[b, ...], take[b], axis=0) for b in range(nb)]
+        gparts = tuple([xp.take(g[b, ...], take[b], axis=0) for b in range(nb)] for g in gp)
+        return batches, gparts, grads_kind, positions, [b * n for b in range(nb)], features
+    if len(features) == 0:
+        raise ValueError("select expects 'features' to hold at least one batch; got an empty list.")
+    batches = list(features)
+    first = None
+    for b, F in enumerate(batches):
+        xp = check_array(F, f"features[{b}]", _FUNC, ndims=(2,), shape_doc="(n_b, d)", min_rows=0)
+        if first is None:
+            first = F
+        elif F.shape[1] != first.shape[1] or type(F) is not type(first):
+            raise ValueError(
+                f"select expects every batch of 'features' to have the same array type and number of "
+                f"features; features[0] is {describe(first)}, features[{b}] is {describe(F)}."
+            )
+    xp = array_namespace(first)
+    starts = list(np.cumsum([0] + [int(F.shape[0]) for F in batches[:-1]]))
+    if grads is None:
+        return batches, (), None, None, starts, first
+    if isinstance(grads, LastLayerGrads):
+        lists, names, kind = (grads.residuals, grads.embeddings), ("grads.residuals", "grads.embeddings"), "last_layer"
+    else:
+        lists, names, kind = (grads,), ("grads",), "plain"
+    gparts = []
+    for lst, nm in zip(lists, names):
+        if not isinstance(lst, (list, tuple)) or len(lst) != len(batches):
+            raise TypeError(
+                f"select expects '{nm}' to be a list of {len(batches)} arrays (one per batch of 'features'); "
+                f"got {describe(lst)}."
+            )
+        for b, (g, F) in enumerate(zip(lst, batches)):
+            _check_grads_part(g, f"{nm}[{b}]", F, xp, (int(F.shape[0]),))
+        gparts.append(list(lst))
+    return batches, tuple(gparts), kind, None, starts, first
+
+
+def _select_numba(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, name):
+    """NumPy in, NumPy out: low rank in threads over chunks of batches, the rest in parallel Numba kernels."""
+    from ._agnostic.lowrank import lowrank
+    from ._numba import criterion as ncrit
+    from ._numba.lowrank import cholqr_rows
+    from ._numba.maxvol import run_maxvol
+    from ._parallel import map_batches
+
+    nb, n, _ = F.shape
+    if F.dtype == np.float16:
+        F = F.astype(np.float32)
+
+    def chunk(Fc):
+        rng = np.random.default_rng(seed)
+        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, orth_rows=cholqr_rows)[0]
+
+    V = np.ascontiguousarray(map_batches(chunk, F))
+    pivots, _, _, _ = run_maxvol(V, hi, method=method, tile_rows=None, refine=False, tol=1.05, max_iters=0)
+    if grads_kind is None:
+        sizes = np.full(nb, hi, dtype=np.int64)
+        return pivots, sizes, np.full((nb, hi), np.nan), np.full((nb, hi), n / hi)
+    parts = tuple(np.ascontiguousarray(g) for g in grads)
+    if grads_kind == "plain":
+        K, bv, gg = ncrit.gram_plain(parts[0], pivots)
+    else:
+        K, bv, gg = ncrit.gram_last_layer(parts[0], parts[1], pivots)
+    residuals, _ = ncrit.rho_curve(K, bv, gg)
+    sizes = _sizes(np, residuals, lo, hi, tol)
+    W = ncrit.nnls_batched(K, bv, sizes)
+    return pivots, sizes, residuals, _scale_weights(np, W, sizes, n)
+
+
+def _select_generic(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, name):
+    """Any array-API namespace, on the arrays' own device."""
+    from ._agnostic import criterion
+    from ._agnostic.lowrank import lowrank
+
+    xp = array_namespace(F)
+    dev = device_of(F)
+    nb, n, _ = F.shape
+    if F.dtype == getattr(xp, "float16", None):
+        F = xp.astype(F, xp.float32)
+    V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed))
+    run = kernel("maxvol", name)
+    opts = dict(method=method, tile_rows=None, refine=False, tol=1.05, max_iters=0)
+    plist, _, _, _ = run(V, hi, xp=xp, device=dev, **opts)
+    pivots = xp.asarray(plist, dtype=xp.int64, device=dev)
+    if grads_kind is None:
+        sizes = xp.full((nb,), hi, dtype=xp.int64, device=dev)
+        nan = xp.full((nb, hi), float("nan"), dtype=xp.float64, device=dev)
+        return pivots, sizes, nan, xp.full((nb, hi), n / hi, dtype=xp.float64, device=dev)
+    if grads_kind == "plain":
+        K, bv, gg = criterion.gram_plain(xp, grads[0], pivots)
+    else:
+        K, bv, gg = criterion.gram_last_layer(xp, grads[0], grads[1], pivots)
+    residuals, _ = criterion.rho_curve(xp, K, bv, gg)
+    sizes = _sizes(xp, residuals, lo, hi, tol)
+    rows = []
+    for b in range(nb):  # Lawson-Hanson is sequential per batch; the generic twin loops
+        m = int(sizes[b])
+        w = criterion.nnls_gram(xp, K[b, :m, :m], bv[b, :m])
+        rows.append(xp.concat([w, xp.zeros((hi - m,), dtype=xp.float64, device=dev)]))
+    return pivots, sizes, residuals, _scale_weights(xp, xp.stack(rows), sizes, n)
+
+
+def _sizes(xp, residuals, lo, hi, tol):
+    """Smallest m in [lo, hi] with rho(m) <= tol, else hi; (B,) int64."""
+    ok = xp.astype(residuals[:, lo - 1:hi] <= tol, xp.int32)
+    first = xp.astype(xp.argmax(ok, axis=1), xp.int64)
+    hit = xp.max(ok, axis=1) > 0
+    return xp.where(hit, first + lo, xp.full_like(first, hi))
+
+
+def _scale_weights(xp, W, sizes, n):
+    """Rescale each batch's weights (B, hi) to sum to n; uniform n / m where the fit is all zero."""
+    total = xp.sum(W, axis=1)
+    m = xp.astype(sizes, xp.float64)
+    uniform = xp.astype(xp.arange(W.shape[1], device=device_of(W))[None, :] < sizes[:, None], xp.float64)
+    safe = xp.where(total > 0, total, xp.ones_like(total))
+    return xp.where((total > 0)[:, None], W * (n / safe)[:, None], uniform * (n / m)[:, None])
 
 
 def _check_random_state(random_state):
@@ -276,6 +485,22 @@ def _check_offsets(offsets, nb):
     return off.astype(np.int64)
 
 
+def _check_grads_part(part, nm, features, xp, want):
+    """One gradient array: right ndim, one row per sample, same library as features, finite."""
+    check_array(part, nm, _FUNC, ndims=(len(want) + 1,), shape_doc="(batch, n, p)" if len(want) == 2 else "(n, p)",
+                min_rows=0)
+    if tuple(part.shape[:-1]) != want:
+        raise ValueError(
+            f"select expects '{nm}' to have one row per sample of 'features' (leading shape {want}); "
+            f"got {describe(part)} for features of {describe(features)}."
+        )
+    pxp = array_namespace(part)
+    if pxp is not xp and type(part) is not type(features):
+        raise TypeError(f"select expects '{nm}' in the same array library as 'features'; got {describe(part)}.")
+    if not bool(pxp.all(pxp.isfinite(part))):
+        raise nonfinite_error(nm, _FUNC, part)
+
+
 def _check_grads(grads, features, xp, nb, n, batched):
     if grads is None:
         return None, ()
@@ -290,16 +515,6 @@ def _check_grads(grads, features, xp, nb, n, batched):
         )
     want = (nb, n) if batched else (n,)
     for part, nm in zip(parts, names):
-        check_array(part, nm, _FUNC, ndims=(features.ndim,), shape_doc="(batch, n, p)" if batched else "(n, p)")
-        if tuple(part.shape[:-1]) != want:
-            raise ValueError(
-                f"select expects '{nm}' to have one row per sample of 'features' (leading shape {want}); "
-                f"got {describe(part)} for features of {describe(features)}."
-            )
-        pxp = array_namespace(part)
-        if pxp is not xp and type(part) is not type(features):
-            raise TypeError(f"select expects '{nm}' in the same array library as 'features'; got {describe(part)}.")
-        if not bool(pxp.all(pxp.isfinite(part))):
-            raise nonfinite_error(nm, _FUNC, part)
+        _check_grads_part(part, nm, features, xp, want)
     parts = tuple(p if batched else xp.expand_dims(p, axis=0) for p in parts)
     return kind, parts

@@ -92,7 +92,7 @@ def check_array(x, name, func, *, ndims, shape_doc, min_rows=1, min_cols=1):
             f"{func} expects '{name}' with a real floating dtype (float32 or float64); got {describe(x)}."
         )
     n, r = x.shape[-2], x.shape[-1]
-    if n < min_rows or r < min_cols or any(s == 0 for s in x.shape):
+    if n < min_rows or r < min_cols or any(s == 0 for s in x.shape[:-2]):
         raise ValueError(
             f"{func} expects '{name}' with at least {min_rows} row(s) and {min_cols} column(s) "
             f"per batch; got {describe(x)}."

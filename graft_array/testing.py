@@ -299,9 +299,9 @@ def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim
         hi = min(n, max(1, int(math.ceil((1.0 + band) * centre))))
     lo = lo if min_size is None else min_size
     hi = hi if max_size is None else max_size
-    r = min(hi if rank is None else rank, n, d)
+    r = min(max(1, int(round(centre))) if rank is None else rank, n, d)
     U, s, _ = np.linalg.svd(F, full_matrices=False)
-    V = U[:, :r] * (s[:r] > max(n, d) * np.finfo(np.asarray(features).dtype).eps * s[0])
+    V = U[:, :r] * (s[:r] ** 2 > max(n, d) * np.finfo(np.float64).eps * s[0] ** 2)
     piv, _ = reference_maxvol(V, hi, method=method)
     if G is None:
         return piv, np.full(hi, n / hi), hi, None

@@ -32,9 +32,12 @@ def _mT(xp, A):
 
 
 def _take_rows(xp, X, piv):
-    """X (B, n, p), piv (B, K) -> (B, K, p)."""
-    nb = X.shape[0]
-    return xp.stack([xp.take(X[b, ...], piv[b, ...], axis=0) for b in range(nb)])
+    """X (B, n, p), piv (B, K) -> (B, K, p), one flat gather (no loop over batches)."""
+    nb, n, p = X.shape
+    kk = piv.shape[1]
+    base = xp.reshape(xp.arange(nb, dtype=piv.dtype, device=_dev(X)) * n, (nb, 1))
+    flat = xp.reshape(piv + base, (nb * kk,))
+    return xp.reshape(xp.take(xp.reshape(X, (nb * n, p)), flat, axis=0), (nb, kk, p))
 
 
 def gram_plain(xp, G, piv):
@@ -108,7 +111,9 @@ def nnls_gram(xp, K, b, *, max_iter=None):
     """Lawson-Hanson NNLS on the normal equations: min_w w^T K w - 2 b^T w, w >= 0. K (m, m), b (m,).
 
     One problem (no batch axis); the passive set is a mask, so the solve keeps a
-    fixed shape: rows/columns outside it are replaced by the identity.
+    fixed shape: rows/columns outside it are replaced by the identity. A column
+    numerically in the span of the passive ones (new Cholesky diagonal
+    <= SPAN_TOL^2 K_jj) is never made passive.
     """
     m = b.shape[0]
     dev = _dev(b)
@@ -121,20 +126,28 @@ def nnls_gram(xp, K, b, *, max_iter=None):
     w = xp.zeros(m, dtype=xp.float64, device=dev)
     zero = xp.zeros_like(w)
 
-    def solve(P):
+    def solve(P, rhs):
         both = xp.logical_and(P[:, None], P[None, :])
         KP = xp.where(both, K, eye)
-        bP = xp.where(P, b, zero)
+        bP = xp.where(P, rhs, zero)
         return xp.where(P, xp.linalg.solve(KP, bP[:, None])[:, 0], zero)
 
+    banned = xp.zeros(m, dtype=xp.bool, device=dev)
     for _ in range(max_iter):
         grad = b - K @ w
-        cand = xp.where(xp.logical_not(passive), grad, xp.full_like(grad, -1.0))
+        free = xp.logical_not(xp.logical_or(passive, banned))
+        cand = xp.where(free, grad, xp.full_like(grad, -1.0))
         j = int(xp.argmax(cand))
         if not float(cand[j]) > tol:
             break
+        # a column numerically in the span of the passive ones is never made passive
+        kj = K[:, j]
+        dj = float(K[j, j]) - float(xp.sum(xp.where(passive, kj, zero) * solve(passive, kj)))
+        if not (float(K[j, j]) > 0 and dj > SPAN_TOL**2 * float(K[j, j])):
+            banned = xp.logical_or(banned, xp.arange(m, device=dev) == j)
+            continue
         passive = xp.logical_or(passive, xp.arange(m, device=dev) == j)
-        s = solve(passive)
+        s = solve(passive, b)
         for _ in range(max_iter):
             bad = xp.logical_and(passive, s <= 0)
             if not bool(xp.any(bad)):
@@ -144,6 +157,6 @@ def nnls_gram(xp, K, b, *, max_iter=None):
             w = w + alpha * (s - w)
             passive = xp.logical_and(passive, w > tol)
             w = xp.where(passive, w, zero)
-            s = solve(passive)
+            s = solve(passive, b)
         w = s
     return w

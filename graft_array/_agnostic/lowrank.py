@@ -7,16 +7,24 @@ their device.
 
 * ``"exact"``: the eigendecomposition of the batch-sized Gram F F^T (n x n) when
   d >= n, else of F^T F (d x d) followed by V = F W / sigma.
-* ``"randomized"``: the range finder of Halko, Martinsson & Tropp (2011): Y = F Omega
-  with r + oversample Gaussian columns, ``power_iters`` power iterations, an
-  orthonormal basis Q (Cholesky QR, twice), then the small SVD of Q^T F.
+* ``"randomized"``: the range finder of Halko, Martinsson & Tropp (2011) with
+  ``power_iters`` power iterations, an orthonormal basis Q (shifted Cholesky QR,
+  twice) after every product, then Rayleigh-Ritz. For a wide batch (d >= n) it
+  runs on the batch Gram G = F F^T (n x n, one stacked GEMM in F's dtype, then
+  float64): Y = G Omega with Omega (n, l) Gaussian, Q = orth(G^q Y), and the top-r
+  eigenvectors of Q^T G Q rotate Q into V. Every product after the Gram is n x n
+  times n x l, so power iterations cost almost nothing. For a tall batch (d < n)
+  it works on F itself: Y = F Omega with Omega (d, l), Q = orth((F F^T)^q Y) and the
+  small Gram of Q^T F. l = r + oversample.
 
-Directions whose singular value is <= max(n, d) * eps * sigma_max are set to 0
-(the feature batch has lower rank than r); maxvol then fills those positions by
-its rank-deficiency rule.
+Every route ends in the eigenvalues w = sigma^2 of a Gram matrix, whose round-off is
+about max(n, d) * eps * w_max (eps of the precision the Gram was formed in: float64
+for ``"exact"``, the features' dtype for ``"randomized"``). Directions with
+w <= max(n, d) * eps * w_max are set to 0 (the feature batch has lower rank than r);
+maxvol then fills those positions by its rank-deficiency rule. V is float64.
 """
 
-__all__ = ["lowrank", "choose_solver"]
+__all__ = ["lowrank", "choose_solver", "oversampled"]
 
 
 def choose_solver(n, d, r):
@@ -41,31 +49,39 @@ def _dev(x):
     return device_of(x)
 
 
-def _orth(xp, Y):
-    """Orthonormal basis of each Y_b by shifted Cholesky QR, applied twice (CholeskyQR2)."""
+def _orth(xp, Y, passes=2):
+    """Orthonormal basis of each Y_b by shifted Cholesky QR, applied ``passes`` times (2: CholeskyQR2)."""
     l = Y.shape[-1]
     eps = float(xp.finfo(Y.dtype).eps)
     eye = xp.eye(l, dtype=Y.dtype, device=_dev(Y))
-    for _ in range(2):
+    for _ in range(passes):
         S = _mT(xp, Y) @ Y
         # a tiny shift keeps the Cholesky factor defined when Y is rank-deficient
         trace = xp.sum(xp.linalg.diagonal(S), axis=-1)
-        shift = (Y.shape[-2] + l) * eps * trace + float(xp.finfo(Y.dtype).tiny) ** 0.5
+        shift = (Y.shape[-2] + l) * eps * trace + float(xp.finfo(Y.dtype).smallest_normal) ** 0.5
         L = xp.linalg.cholesky(S + shift[:, None, None] * eye)
         Y = Y @ _mT(xp, xp.linalg.inv(L))
     return Y
 
 
-def lowrank(F, r, *, solver, xp, omega=None, power_iters=1):
+def oversampled(r, n, d):
+    """Columns l of the randomized range finder's test matrix for rank r: r + max(8, r / 4), capped by min(n, d)."""
+    return min(n, d, r + max(8, r // 4))
+
+
+def lowrank(F, r, *, solver, xp, rng=None, power_iters=2, orth_rows=None):
     """Top-r left singular vectors of each batch of F (batch, n, d). Returns (V, sigma, solver).
 
-    ``omega`` (d, r + oversample) is the Gaussian test matrix of the randomized
-    solver, drawn by the caller from its ``random_state``.
+    ``rng`` (a :class:`numpy.random.Generator`) draws the randomized solver's
+    Gaussian test matrix, shared by all batches; nothing else is random.
+    ``orth_rows(Yt, passes)`` orthonormalises the rows of each Yt_b (batch, l, n)
+    by Cholesky QR (a backend's compiled version; default: the generic one).
     """
     nb, n, d = F.shape
-    dtype = F.dtype
-    eps = float(xp.finfo(dtype).eps)
+    f64 = xp.float64
     if solver == "exact":
+        F = xp.astype(F, f64)
+        eps = float(xp.finfo(f64).eps)
         if d >= n:
             w, U = xp.linalg.eigh(F @ _mT(xp, F))
             w, V = _top(xp, w, U, r)
@@ -73,21 +89,38 @@ def lowrank(F, r, *, solver, xp, omega=None, power_iters=1):
             w, W = xp.linalg.eigh(_mT(xp, F) @ F)
             w, W = _top(xp, w, W, r)
             V = F @ W
-        sigma = xp.sqrt(xp.clip(w, 0.0, None))
-        if d < n:
-            safe = xp.where(sigma > 0, sigma, xp.ones_like(sigma))
-            V = V / safe[:, None, :]
+    elif d >= n:
+        eps = float(xp.finfo(F.dtype).eps)  # the Gram is formed in F's precision
+        if orth_rows is None:
+            def orth_rows(Yt, passes):
+                return _mT(xp, _orth(xp, _mT(xp, Yt), passes))
+        ell = oversampled(r, n, d)
+        # Row layout: Q^T (l, n) throughout, so each product is Q^T G (G is symmetric).
+        omega_t = xp.asarray(rng.standard_normal((ell, n)), dtype=f64, device=_dev(F))
+        G = xp.astype(F @ _mT(xp, F), f64)
+        Qt = orth_rows(omega_t @ G, 2 if power_iters == 0 else 1)
+        for i in range(power_iters):
+            Qt = orth_rows(Qt @ G, 2 if i == power_iters - 1 else 1)
+        T = (Qt @ G) @ _mT(xp, Qt)
+        w, Ut = xp.linalg.eigh(0.5 * (T + _mT(xp, T)))
+        w, Ut = _top(xp, w, Ut, r)
+        V = _mT(xp, _mT(xp, Ut) @ Qt)
     else:
-        Y = F @ xp.asarray(omega, dtype=dtype, device=_dev(F))
-        Q = _orth(xp, Y)
+        eps = float(xp.finfo(F.dtype).eps)
+        ell = oversampled(r, n, d)
+        omega = xp.asarray(rng.standard_normal((d, ell)), dtype=F.dtype, device=_dev(F))
+        Q = _orth(xp, F @ omega)
         for _ in range(power_iters):
             Q = _orth(xp, F @ (_mT(xp, F) @ Q))
-        Bm = _mT(xp, Q) @ F
+        Bm = xp.astype(_mT(xp, Q) @ F, f64)
         w, Ub = xp.linalg.eigh(Bm @ _mT(xp, Bm))
         w, Ub = _top(xp, w, Ub, r)
-        sigma = xp.sqrt(xp.clip(w, 0.0, None))
-        V = Q @ Ub
-    cutoff = max(n, d) * eps * sigma[:, :1]
-    keep = sigma > cutoff
+        V = xp.astype(Q, f64) @ Ub
+    w = xp.clip(w, 0.0, None)
+    sigma = xp.sqrt(w)
+    # Gram eigenvalues below max(n, d) * eps * lambda_max are round-off: those directions are 0.
+    keep = w > max(n, d) * eps * w[:, :1]
+    if solver == "exact" and d < n:  # V = F W / sigma
+        V = V / xp.where(keep, sigma, xp.ones_like(sigma))[:, None, :]
     V = xp.where(keep[:, None, :], V, xp.zeros_like(V))
     return V, sigma, solver

@@ -60,7 +60,7 @@ import llvmlite.binding as _llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, models, overload, register_model
 
 from .._common import default_tile_rows
 
@@ -125,6 +125,27 @@ def _prefetch_row(typingctx, X, i):
         return context.get_dummy_value()
 
     return types.none(X, i), codegen
+
+
+@intrinsic
+def _prefetch_at(typingctx, x, i):
+    """Software prefetch (``llvm.prefetch``, read, high locality) of the cache line holding ``x[i]`` (1-D)."""
+    if not (isinstance(x, types.Array) and x.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        xa = context.make_array(signature.args[0])(context, builder, args[0])
+        iv = context.cast(builder, args[1], signature.args[1], types.intp)
+        p = cgutils.get_item_pointer2(context, builder, xa.data, cgutils.unpack_tuple(builder, xa.shape),
+                                      cgutils.unpack_tuple(builder, xa.strides), x.layout, [iv])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            _PREFETCH_NAME)
+        builder.call(fn, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(x, i), codegen
 
 
 def _one_like(a):  # pragma: no cover - replaced by the overload inside compiled code
@@ -228,6 +249,349 @@ def _padded(m):
     the same L1 sets.
     """
     return (m + 15) // 16 * 16 + 16
+
+
+# ---------------------------------------------------------------------------
+# Explicit 256-bit vectors (one value of type _Vec is one ymm register)
+# ---------------------------------------------------------------------------
+# The DEIM kernels below are written on whole vectors with these intrinsics:
+# register tiles whose size is fixed in the source (LLVM's loop vectoriser
+# interleaves the rank-8 loops into more live vectors than there are registers,
+# and pays alias checks and scalar epilogues on every short call). Every entry
+# goes through the same sequence of fused multiply-adds whatever tile it falls
+# in, so equal rows stay bitwise equal (ties are decided as in the scalar code).
+
+
+class _Vec(types.Type):
+    """A 256-bit vector of ``dtype`` (4 float64 or 8 float32)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.lanes = _lanes(dtype)
+        super().__init__(name=f"_Vec({dtype})")
+
+
+@register_model(_Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.lanes))
+
+
+def _is_c2d(A):
+    return (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C"
+            and A.dtype in (types.float32, types.float64))
+
+
+def _elt_ptr(context, builder, aty, aval, ind_tys, inds):
+    """Pointer to ``A[inds]`` (C-contiguous, no wraparound, no bounds check)."""
+    ary = context.make_array(aty)(context, builder, aval)
+    inds = [context.cast(builder, v, t, types.intp) for v, t in zip(inds, ind_tys)]
+    return cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+                                     cgutils.unpack_tuple(builder, ary.strides), "C", inds)
+
+
+def _vec_call(builder, name, vty, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * len(args)), name)
+    return builder.call(fn, args)
+
+
+def _vsuffix(vt):
+    return f"v{vt.lanes}f{vt.dtype.bitwidth}"
+
+
+@intrinsic
+def _vload(typingctx, A, i, j):
+    """The vector ``A[i, j : j + lanes]``."""
+    if not _is_c2d(A):
+        return None
+    vt = _Vec(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _elt_ptr(context, builder, sig.args[0], args[0], sig.args[1:], args[1:])
+        vty = context.get_value_type(vt)
+        return builder.load(builder.bitcast(p, vty.as_pointer()), align=A.dtype.bitwidth // 8)
+
+    return vt(A, i, j), codegen
+
+
+@intrinsic
+def _vstore(typingctx, A, i, j, v):
+    """``A[i, j : j + lanes] = v``."""
+    if not (_is_c2d(A) and isinstance(v, _Vec) and v.dtype == A.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _elt_ptr(context, builder, sig.args[0], args[0], sig.args[1:3], args[1:3])
+        builder.store(args[3], builder.bitcast(p, args[3].type.as_pointer()), align=A.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(A, i, j, v), codegen
+
+
+@intrinsic
+def _vbcast(typingctx, A, i, j):
+    """The scalar ``A[i, j]`` in every lane."""
+    if not _is_c2d(A):
+        return None
+    vt = _Vec(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _elt_ptr(context, builder, sig.args[0], args[0], sig.args[1:], args[1:])
+        x = builder.load(p)
+        vty = context.get_value_type(vt)
+        v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0] * vt.lanes))
+
+    return vt(A, i, j), codegen
+
+
+@intrinsic
+def _vsplat(typingctx, A, x):
+    """``x`` (cast to ``A``'s dtype) in every lane."""
+    if not (isinstance(A, types.Array) and A.dtype in (types.float32, types.float64) and isinstance(x, types.Number)):
+        return None
+    vt = _Vec(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        xv = context.cast(builder, args[1], sig.args[1], A.dtype)
+        vty = context.get_value_type(vt)
+        v = builder.insert_element(ir.Constant(vty, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0] * vt.lanes))
+
+    return vt(A, x), codegen
+
+
+@intrinsic
+def _vzero(typingctx, A):
+    """A zero vector of ``A``'s dtype."""
+    if not (isinstance(A, types.Array) and A.dtype in (types.float32, types.float64)):
+        return None
+    vt = _Vec(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(vt)
+        return ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * vt.lanes)
+
+    return vt(A), codegen
+
+
+@intrinsic
+def _vfnma(typingctx, a, b, c):
+    """``c - a * b`` rounded once (``llvm.fma(-a, b, c)``)."""
+    if not (isinstance(a, _Vec) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y, z = args
+        return _vec_call(builder, f"llvm.fma.{_vsuffix(a)}", x.type, [builder.fneg(x), y, z])
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def _vmul(typingctx, a, b):
+    """``a * b`` lane by lane."""
+    if not (isinstance(a, _Vec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _vabsmax(typingctx, m, v):
+    """``max(m, |v|)`` lane by lane (``llvm.maxnum``; no NaNs here)."""
+    if not (isinstance(m, _Vec) and m == v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = args
+        ay = _vec_call(builder, f"llvm.fabs.{_vsuffix(m)}", y.type, [y])
+        return _vec_call(builder, f"llvm.maxnum.{_vsuffix(m)}", x.type, [x, ay])
+
+    return m(m, v), codegen
+
+
+@intrinsic
+def _vhmax(typingctx, v):
+    """Largest lane of ``v`` (a scalar)."""
+    if not isinstance(v, _Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        n = v.lanes
+        i32v = lambda idx: ir.Constant(ir.VectorType(ir.IntType(32), len(idx)), idx)  # noqa: E731
+        while n > 1:
+            n //= 2
+            lo = builder.shuffle_vector(x, x, i32v(list(range(n))))
+            hi = builder.shuffle_vector(x, x, i32v(list(range(n, 2 * n))))
+            x = _vec_call(builder, f"llvm.maxnum.v{n}f{v.dtype.bitwidth}", lo.type, [lo, hi])
+        return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
+
+    return v.dtype(v), codegen
+
+
+@intrinsic
+def _vabs_eq_mask(typingctx, v, x):
+    """Bit ``l`` set where ``|v[l]| == x`` (an int64)."""
+    if not (isinstance(v, _Vec) and isinstance(x, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vv, xv = args
+        xv = context.cast(builder, xv, sig.args[1], v.dtype)
+        vty = vv.type
+        av = _vec_call(builder, f"llvm.fabs.{_vsuffix(v)}", vty, [vv])
+        s = builder.insert_element(ir.Constant(vty, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
+        s = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(ir.IntType(32), v.lanes), [0] * v.lanes))
+        bits = builder.bitcast(builder.fcmp_ordered("==", av, s), ir.IntType(v.lanes))
+        return builder.zext(bits, ir.IntType(64))
+
+    return types.int64(v, x), codegen
+
+
+class _VecI(types.Type):
+    """Lane indices for :class:`_Vec` of ``dtype``: int64 lanes for float64, int32 for float32."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.lanes = _lanes(dtype)
+        super().__init__(name=f"_VecI({dtype})")
+
+
+@register_model(_VecI)
+class _VecIModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.IntType(fe_type.dtype.bitwidth), fe_type.lanes))
+
+
+@intrinsic
+def _viota(typingctx, A, i):
+    """Lane indices ``[i, i + 1, ..., i + lanes - 1]`` for vectors of ``A``'s dtype."""
+    if not (isinstance(A, types.Array) and A.dtype in (types.float32, types.float64) and isinstance(i, types.Integer)):
+        return None
+    it = _VecI(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        ity = ir.IntType(A.dtype.bitwidth)
+        vty = ir.VectorType(ity, it.lanes)
+        x = builder.trunc(args[1], ity) if ity.width < args[1].type.width else args[1]
+        v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), it.lanes), [0] * it.lanes))
+        return builder.add(v, ir.Constant(vty, list(range(it.lanes))))
+
+    return it(A, i), codegen
+
+
+@intrinsic
+def _vargmax(typingctx, mx, mi, v, iv):
+    """One step of a lane-wise first-argmax of ``|v|``: ``(max, index)`` where ``|v| > mx`` strictly."""
+    if not (isinstance(mx, _Vec) and mx == v and isinstance(mi, _VecI) and mi == iv and mi.dtype == mx.dtype):
+        return None
+    rt = types.Tuple((mx, mi))
+
+    def codegen(context, builder, sig, args):
+        m, i, x, xi = args
+        ax = _vec_call(builder, f"llvm.fabs.{_vsuffix(mx)}", x.type, [x])
+        gt = builder.fcmp_ordered(">", ax, m)
+        return context.make_tuple(builder, rt, [builder.select(gt, ax, m), builder.select(gt, xi, i)])
+
+    return rt(mx, mi, v, iv), codegen
+
+
+@intrinsic
+def _vargmax_merge(typingctx, ma, ia, mb, ib):
+    """Lane-wise merge of two first-argmax states (larger value; on a tie the lower index)."""
+    if not (isinstance(ma, _Vec) and ma == mb and isinstance(ia, _VecI) and ia == ib):
+        return None
+    rt = types.Tuple((ma, ia))
+
+    def codegen(context, builder, sig, args):
+        a, i, b, j = args
+        take = builder.or_(builder.fcmp_ordered(">", b, a),
+                           builder.and_(builder.fcmp_ordered("==", b, a), builder.icmp_signed("<", j, i)))
+        return context.make_tuple(builder, rt, [builder.select(take, b, a), builder.select(take, j, i)])
+
+    return rt(ma, ia, mb, ib), codegen
+
+
+@intrinsic
+def _vargmax_final(typingctx, mx, mi):
+    """``(max over lanes, lowest index among the lanes holding it)`` as (scalar, int64)."""
+    if not (isinstance(mx, _Vec) and isinstance(mi, _VecI)):
+        return None
+    rt = types.Tuple((mx.dtype, types.int64))
+
+    def codegen(context, builder, sig, args):
+        m, i = args
+        i32 = ir.IntType(32)
+        vals = [builder.extract_element(m, ir.Constant(i32, k)) for k in range(mx.lanes)]
+        idxs = [builder.extract_element(i, ir.Constant(i32, k)) for k in range(mx.lanes)]
+        bv, bi = vals[0], idxs[0]
+        for k in range(1, mx.lanes):
+            take = builder.or_(builder.fcmp_ordered(">", vals[k], bv),
+                               builder.and_(builder.fcmp_ordered("==", vals[k], bv),
+                                            builder.icmp_signed("<", idxs[k], bi)))
+            bv = builder.select(take, vals[k], bv)
+            bi = builder.select(take, idxs[k], bi)
+        if bi.type.width < 64:
+            bi = builder.sext(bi, ir.IntType(64))
+        return context.make_tuple(builder, rt, [bv, bi])
+
+    return rt(mx, mi), codegen
+
+
+@intrinsic
+def _vgather_col(typingctx, A, c, p):
+    """The vector ``[A[c, p], A[c + 1, p], ..., A[c + lanes - 1, p]]`` (a column of a C array)."""
+    if not _is_c2d(A):
+        return None
+    vt = _Vec(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ld = cgutils.unpack_tuple(builder, ary.shape)[1]
+        cc = context.cast(builder, args[1], sig.args[1], types.intp)
+        pp = context.cast(builder, args[2], sig.args[2], types.intp)
+        vty = context.get_value_type(vt)
+        v = ir.Constant(vty, ir.Undefined)
+        base = builder.gep(ary.data, [builder.add(builder.mul(cc, ld), pp)])
+        for k in range(vt.lanes):
+            x = builder.load(builder.gep(base, [builder.mul(ld, ir.Constant(ld.type, k))]))
+            v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), k))
+        return v
+
+    return vt(A, c, p), codegen
+
+
+@intrinsic
+def _vnonfinite(typingctx, acc, v):
+    """``acc + (v - v)`` in strict IEEE arithmetic: NaN from the first NaN or infinity of ``v`` on."""
+    if not (isinstance(acc, _Vec) and acc == v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, x = args
+        return builder.fadd(a, builder.fsub(x, x))
+
+    return acc(acc, v), codegen
+
+
+@intrinsic
+def _vlanesum_isnan(typingctx, v):
+    """True when some lane of ``v`` is NaN."""
+    if not isinstance(v, _Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        bits = builder.bitcast(builder.fcmp_unordered("uno", x, x), ir.IntType(v.lanes))
+        return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(v.lanes), 0))
+
+    return types.boolean(v), codegen
 
 
 # ---------------------------------------------------------------------------
@@ -583,6 +947,247 @@ def _deim_core(W, m, kk, tol, Vb, rows, piv, sel, nrm, U):
     return rank, min_ok
 
 
+# ---------------------------------------------------------------------------
+# DEIM on whole vectors (the batched and tile kernels)
+# ---------------------------------------------------------------------------
+# Same algorithm and decisions as _deim_core (panels of _BS, left-looking inside
+# the panel, one rank-_BS pass per trailing column), but the work buffer has its
+# row count padded to whole vectors with zero rows (they stay zero: every update
+# of a zero row by zero multipliers is zero, and a zero can never be the pivot
+# of a step that is accepted, as the step's max is > tol >= 0), and every loop
+# runs on explicit register tiles of 4 vectors x 1 or 2 columns.
+
+
+@njit(cache=True, nogil=True)
+def _vpanel(W, j, j0, s, U, mv):
+    """Column ``j`` of a panel: ``W[j, i] -= sum_{t<s} W[j0 + t, i] U[t, j]`` (``i < mv``), then its first argmax.
+
+    One fused multiply-add per ``t``, in order (nothing is written when
+    ``s == 0``). Returns ``(max |W[j, i]|, lowest i attaining it)``, tracked lane
+    by lane during the same pass (the index is meaningless when the max is 0).
+    """
+    L = _simd_width(W)
+    m0 = _vzero(W)
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    x0 = _viota(W, 0)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    i = 0
+    while i + 4 * L <= mv:
+        a0 = _vload(W, j, i)
+        a1 = _vload(W, j, i + L)
+        a2 = _vload(W, j, i + 2 * L)
+        a3 = _vload(W, j, i + 3 * L)
+        if s > 0:
+            for t in range(s):
+                u = _vbcast(U, t, j)
+                r = j0 + t
+                a0 = _vfnma(_vload(W, r, i), u, a0)
+                a1 = _vfnma(_vload(W, r, i + L), u, a1)
+                a2 = _vfnma(_vload(W, r, i + 2 * L), u, a2)
+                a3 = _vfnma(_vload(W, r, i + 3 * L), u, a3)
+            _vstore(W, j, i, a0)
+            _vstore(W, j, i + L, a1)
+            _vstore(W, j, i + 2 * L, a2)
+            _vstore(W, j, i + 3 * L, a3)
+        m0, x0 = _vargmax(m0, x0, a0, _viota(W, i))
+        m1, x1 = _vargmax(m1, x1, a1, _viota(W, i + L))
+        m2, x2 = _vargmax(m2, x2, a2, _viota(W, i + 2 * L))
+        m3, x3 = _vargmax(m3, x3, a3, _viota(W, i + 3 * L))
+        i += 4 * L
+    while i < mv:
+        a0 = _vload(W, j, i)
+        if s > 0:
+            for t in range(s):
+                a0 = _vfnma(_vload(W, j0 + t, i), _vbcast(U, t, j), a0)
+            _vstore(W, j, i, a0)
+        m0, x0 = _vargmax(m0, x0, a0, _viota(W, i))
+        i += L
+    m0, x0 = _vargmax_merge(m0, x0, m1, x1)
+    m2, x2 = _vargmax_merge(m2, x2, m3, x3)
+    m0, x0 = _vargmax_merge(m0, x0, m2, x2)
+    return _vargmax_final(m0, x0)
+
+
+@njit(cache=True, nogil=True)
+def _vrank1(W, c, j0, s, U, i0, i1):
+    """``W[c, i] -= sum_{t<s} W[j0 + t, i] U[t, c]`` for ``i0 <= i < i1`` (whole vectors), as in :func:`_vpanel`."""
+    L = _simd_width(W)
+    i = i0
+    while i + 4 * L <= i1:
+        a0 = _vload(W, c, i)
+        a1 = _vload(W, c, i + L)
+        a2 = _vload(W, c, i + 2 * L)
+        a3 = _vload(W, c, i + 3 * L)
+        for t in range(s):
+            u = _vbcast(U, t, c)
+            r = j0 + t
+            a0 = _vfnma(_vload(W, r, i), u, a0)
+            a1 = _vfnma(_vload(W, r, i + L), u, a1)
+            a2 = _vfnma(_vload(W, r, i + 2 * L), u, a2)
+            a3 = _vfnma(_vload(W, r, i + 3 * L), u, a3)
+        _vstore(W, c, i, a0)
+        _vstore(W, c, i + L, a1)
+        _vstore(W, c, i + 2 * L, a2)
+        _vstore(W, c, i + 3 * L, a3)
+        i += 4 * L
+    while i < i1:
+        a0 = _vload(W, c, i)
+        for t in range(s):
+            a0 = _vfnma(_vload(W, j0 + t, i), _vbcast(U, t, c), a0)
+        _vstore(W, c, i, a0)
+        i += L
+
+
+@njit(cache=True, nogil=True)
+def _vrank2(W, c, j0, s, U, i0, i1):
+    """:func:`_vrank1` on the two columns ``c, c + 1`` (a 4-vector x 2-column register tile)."""
+    L = _simd_width(W)
+    c1 = c + 1
+    i = i0
+    while i + 4 * L <= i1:
+        a0 = _vload(W, c, i)
+        a1 = _vload(W, c, i + L)
+        a2 = _vload(W, c, i + 2 * L)
+        a3 = _vload(W, c, i + 3 * L)
+        b0 = _vload(W, c1, i)
+        b1 = _vload(W, c1, i + L)
+        b2 = _vload(W, c1, i + 2 * L)
+        b3 = _vload(W, c1, i + 3 * L)
+        for t in range(s):
+            u = _vbcast(U, t, c)
+            v = _vbcast(U, t, c1)
+            r = j0 + t
+            x = _vload(W, r, i)
+            a0 = _vfnma(x, u, a0)
+            b0 = _vfnma(x, v, b0)
+            x = _vload(W, r, i + L)
+            a1 = _vfnma(x, u, a1)
+            b1 = _vfnma(x, v, b1)
+            x = _vload(W, r, i + 2 * L)
+            a2 = _vfnma(x, u, a2)
+            b2 = _vfnma(x, v, b2)
+            x = _vload(W, r, i + 3 * L)
+            a3 = _vfnma(x, u, a3)
+            b3 = _vfnma(x, v, b3)
+        _vstore(W, c, i, a0)
+        _vstore(W, c, i + L, a1)
+        _vstore(W, c, i + 2 * L, a2)
+        _vstore(W, c, i + 3 * L, a3)
+        _vstore(W, c1, i, b0)
+        _vstore(W, c1, i + L, b1)
+        _vstore(W, c1, i + 2 * L, b2)
+        _vstore(W, c1, i + 3 * L, b3)
+        i += 4 * L
+    while i < i1:
+        a0 = _vload(W, c, i)
+        b0 = _vload(W, c1, i)
+        for t in range(s):
+            x = _vload(W, j0 + t, i)
+            a0 = _vfnma(x, _vbcast(U, t, c), a0)
+            b0 = _vfnma(x, _vbcast(U, t, c1), b0)
+        _vstore(W, c, i, a0)
+        _vstore(W, c1, i, b0)
+        i += L
+
+
+@njit(cache=True, nogil=True)
+def _vpivot_row(U, W, s, j0, p, f, c0, kk):
+    """:func:`_pivot_row` on whole vectors of columns.
+
+    ``U`` and ``W`` have room for ``kk`` rounded up to whole vectors (columns of
+    ``U``, rows of ``W``), zero past ``kk``. The columns from ``c0`` rounded
+    down to a vector boundary are computed; the extra ones (``< c0``) of row
+    ``s`` are never read.
+    """
+    L = _simd_width(U)
+    fv = _vsplat(U, f)
+    for c in range(c0 - c0 % L, kk, L):
+        a = _vgather_col(W, c, p)
+        for t in range(s):
+            a = _vfnma(_vbcast(W, j0 + t, p), _vload(U, t, c), a)
+        _vstore(U, s, c, _vmul(a, fv))
+
+
+@njit(cache=True, nogil=True)
+def _vtrailing(W, j0, j1, kk, U, i0, i1):
+    """Rank-(j1 - j0) update of every column ``c >= j1`` over rows ``[i0, i1)`` (whole vectors)."""
+    s = j1 - j0
+    c = j1
+    while c + 1 < kk:
+        _vrank2(W, c, j0, s, U, i0, i1)
+        c += 2
+    if c < kk:
+        _vrank1(W, c, j0, s, U, i0, i1)
+
+
+@njit(cache=True, nogil=True)
+def _deim_vcore(W, m, kk, tol, Vb, rows, piv, sel, nrm, U, pf):
+    """:func:`_deim_core` on whole vectors (same parameters, results and decisions).
+
+    ``W`` holds ``kk`` rounded up to whole vectors rows (the extra ones zero)
+    of at least ``ceil(m / lanes) * lanes`` entries, zero from ``m`` on; ``U``
+    is ``(_BS, >= kk rounded up)``, zero past ``kk``. ``pf`` (1-D, may be
+    empty) is prefetched into the cache a slice per step: the next batch.
+    """
+    L = _simd_width(W)
+    mv = (m + L - 1) // L * L
+    for i in range(m):
+        sel[i] = False
+    have_nrm = False
+    rank = 0
+    min_ok = np.inf
+    one = _one_like(W)
+    zero = one - one
+    epl = 2 * L  # elements per cache line
+    npf = pf.shape[0]
+    per = ((npf + kk - 1) // kk + epl - 1) // epl * epl
+    for j0 in range(0, kk, _BS):
+        j1 = min(j0 + _BS, kk)
+        for j in range(j0, j1):
+            for e in range(j * per, min(j * per + per, npf), epl):
+                _prefetch_at(pf, e)
+            s = j - j0
+            amax, p = _vpanel(W, j, j0, s, U, mv)
+            if s > 0:
+                stale = False
+                for t in range(s):
+                    q = piv[j0 + t]
+                    if q == p:
+                        stale = True  # the max was a round-off residue of an eliminated row
+                    W[j, q] = zero
+                if stale:
+                    amax, p = _vpanel(W, j, j0, 0, U, mv)
+            if amax > tol:
+                sel[p] = True
+                piv[j] = p
+                rank += 1
+                if amax < min_ok:
+                    min_ok = float(amax)
+                _vpivot_row(U, W, s, j0, p, one / W[j, p], j + 1, kk)
+            else:
+                if not have_nrm:
+                    _row_norms(Vb, rows, m, nrm)
+                    have_nrm = True
+                p = _fill_pick(nrm, sel, m)
+                sel[p] = True
+                piv[j] = p
+                for i in range(mv):
+                    W[j, i] = zero
+                for c in range(j + 1, kk):
+                    U[s, c] = zero
+        if j1 < kk:
+            for i0 in range(0, mv, _RB):
+                _vtrailing(W, j0, j1, kk, U, i0, min(i0 + _RB, mv))
+            for t in range(j1 - j0):
+                q = piv[j0 + t]
+                for c in range(j1, kk):
+                    W[c, q] = zero
+    return rank, min_ok
+
 @njit(cache=True, nogil=True)
 def _load_cols(Vb, rows, m, kk, W):
     """Transpose ``Vb[rows[i], :kk]`` (``i < m``) into ``W[:kk, :m]``.
@@ -609,41 +1214,92 @@ def _load_cols(Vb, rows, m, kk, W):
             W[c, i] = x[c]
 
 
+@njit(cache=True, nogil=True)
+def _absmax_finite(x):
+    """``(max |x|, all finite)`` of a contiguous 1-D float array (max as float64; 0 if empty).
+
+    One pass on whole vectors; the finiteness flag accumulates ``x - x``
+    (NaN from the first NaN or infinity on) in strict IEEE arithmetic.
+    """
+    n = x.shape[0]
+    L = _simd_width(x)
+    nv = n - n % L
+    X = x.reshape((1, n))
+    m0 = _vzero(x)
+    m1 = m0
+    f0 = m0
+    f1 = m0
+    i = 0
+    while i + 2 * L <= nv:
+        a = _vload(X, 0, i)
+        b = _vload(X, 0, i + L)
+        m0 = _vabsmax(m0, a)
+        m1 = _vabsmax(m1, b)
+        f0 = _vnonfinite(f0, a)
+        f1 = _vnonfinite(f1, b)
+        i += 2 * L
+    while i < nv:
+        a = _vload(X, 0, i)
+        m0 = _vabsmax(m0, a)
+        f0 = _vnonfinite(f0, a)
+        i += L
+    best = float(_vhmax(_vabsmax(m0, m1)))
+    ok = not (_vlanesum_isnan(f0) or _vlanesum_isnan(f1))
+    for t in range(nv, n):
+        v = float(x[t])
+        if v - v != 0.0:
+            ok = False
+        best = max(best, abs(v))
+    return best, ok
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _deim_batched(V, kk, eps, nthreads):
     """DEIM pivots of every batch of ``V`` (B, n, r), first ``kk`` columns, parallel over batches.
+
+    Each batch is first checked for NaN / infinity (in the same pass as its
+    ``max |V_b|``); a batch that has one is skipped and flagged.
 
     Returns
     -------
     piv : (B, kk) int64
     rank : (B,) int64
+    bad : (B,) bool
+        Batches with a NaN or an infinity (their ``piv`` and ``rank`` are meaningless).
     """
     nb, n, r = V.shape
     piv_out = np.empty((nb, kk), np.int64)
     rank_out = np.empty(nb, np.int64)
+    bad = np.zeros(nb, np.bool_)
     nch = min(nb, 4 * nthreads)
     for ch in prange(nch):
-        W = np.empty((kk, _padded(n)), V.dtype)
-        U = np.empty((_BS, kk), V.dtype)
+        L = _simd_width(V)
+        kp = (kk + L - 1) // L * L
+        W = np.zeros((kp, _padded(n)), V.dtype)
+        U = np.zeros((_BS, kp), V.dtype)
         rows = np.arange(n)
         piv = np.empty(kk, np.int64)
         sel = np.empty(n, np.bool_)
         nrm = np.empty(n, np.float64)
-        for b in range(ch * nb // nch, (ch + 1) * nb // nch):
+        b0 = ch * nb // nch
+        b1 = (ch + 1) * nb // nch
+        for b in range(b0, b1):
             Vb = V[b]
+            vmax, ok = _absmax_finite(Vb.reshape(n * r))
+            if not ok:
+                bad[b] = True
+                rank_out[b] = 0
+                for j in range(kk):
+                    piv_out[b, j] = j
+                continue
             _load_cols(Vb, rows, n, kk, W)
-            if kk == r:  # max |V_b| from the transposed copy, which is in cache by now
-                vmax = 0.0
-                for c in range(kk):
-                    vmax = max(vmax, float(_col_absmax(W, c, 0, n)))
-            else:
-                vmax = _absmax_flat(Vb.reshape(n * r))
             tol = max(n, r) * eps * vmax
-            rank, _ = _deim_core(W, n, kk, tol, Vb, rows, piv, sel, nrm, U)
+            # the next batch is prefetched during this one (the last one prefetches itself: harmless)
+            rank, _ = _deim_vcore(W, n, kk, tol, Vb, rows, piv, sel, nrm, U, V[min(b + 1, b1 - 1)].reshape(n * r))
             rank_out[b] = rank
             for j in range(kk):
                 piv_out[b, j] = piv[j]
-    return piv_out, rank_out
+    return piv_out, rank_out, bad
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -1399,7 +2055,7 @@ def _refine_batched(V, piv, rank, tol, max_iters):
 # ---------------------------------------------------------------------------
 
 
-def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100):
+def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100, check_finite=False):
     """Maxvol row selection for every batch of ``V``, in one compiled call.
 
     Parameters
@@ -1418,9 +2074,13 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         Refinement stops when ``max|V V_S^{-1}| <= tol``.
     max_iters : int
         Maximum number of refinement swaps.
+    check_finite : bool
+        Check first that ``V`` has no NaN or infinity, and return ``None`` if
+        it has one (the batched deim kernel does it in its own first pass).
 
     Returns
     -------
+    None where ``check_finite`` found a NaN or an infinity, else
     pivots : (B, k) int64
         Selected rows, in selection order.
     rank : (B,) int64
@@ -1437,14 +2097,24 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     kk = min(k, r)
     eps = float(np.finfo(V.dtype).eps)
     nthreads = numba.get_num_threads()
+    fused = method == "deim" and not (nb < nthreads and n >= _ROWPAR_MIN_ROWS and nthreads > 1)
+    if check_finite and not fused:
+        from .checks import all_finite
+
+        if not all_finite(V):
+            return None
     if method == "deim":
-        if nb < nthreads and n >= _ROWPAR_MIN_ROWS and nthreads > 1:
+        if not fused:
             piv = np.empty((nb, kk), np.int64)
             rank = np.empty(nb, np.int64)
             for b in range(nb):  # few batches: parallel over rows instead
                 piv[b], rank[b] = _deim_rowpar(V[b], kk, eps, nthreads)
         else:
-            piv, rank = _deim_batched(V, kk, eps, nthreads)
+            piv, rank, bad = _deim_batched(V, kk, eps, nthreads)
+            if bad.any():
+                if check_finite:
+                    return None
+                raise ValueError("V has NaN or infinite entries")
     elif method == "tournament":
         tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
         tiles = max(tiles, kk + 1)  # the spec loop needs tiles > kk to shrink (the caller asks for >= 2 kk)

@@ -1,0 +1,54 @@
+"""Chunks of batches in threads, with BLAS kept to one thread per chunk.
+
+NumPy's small stacked LAPACK/BLAS calls (a 128 x 128 Gram, a 40 x 40 ``eigh``)
+run one matrix after another on one core, and OpenBLAS's own threads only add
+contention at those sizes. Splitting the batch axis into one chunk per core and
+running each chunk in a thread (NumPy releases the GIL inside BLAS/LAPACK, our
+Numba kernels are ``nogil``) while BLAS is limited to one thread uses every
+core. ``threadpoolctl`` does the limiting; the previous limits are restored on
+exit. Nothing here calls a parallel Numba kernel: those are not safe to launch
+from several threads under every threading layer.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["map_batches", "n_workers"]
+
+_CONTROLLER = None
+
+
+def n_workers():
+    """Threads to use: Numba's thread count (honours ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``)."""
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def _blas_one_thread():
+    global _CONTROLLER
+    from threadpoolctl import ThreadpoolController
+
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def map_batches(fn, *arrays, workers=None):
+    """``fn`` on matching chunks of the leading (batch) axis of ``arrays``, concatenated along it.
+
+    ``fn`` must return one NumPy array whose leading axis is the chunk's batch
+    axis. With one worker or one batch, ``fn`` runs once on everything, BLAS
+    threads untouched.
+    """
+    nb = arrays[0].shape[0]
+    workers = n_workers() if workers is None else int(workers)
+    parts = min(nb, workers)
+    if parts <= 1:
+        return fn(*arrays)
+    bounds = [(i * nb // parts, (i + 1) * nb // parts) for i in range(parts)]
+    with _blas_one_thread(), ThreadPoolExecutor(max_workers=parts) as pool:
+        futures = [pool.submit(fn, *(a[lo:hi] for a in arrays)) for lo, hi in bounds]
+        out = [f.result() for f in futures]
+    return np.concatenate(out, axis=0)
