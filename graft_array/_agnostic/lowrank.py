@@ -8,14 +8,17 @@ their device.
 * ``"exact"``: the eigendecomposition of the batch-sized Gram F F^T (n x n) when
   d >= n, else of F^T F (d x d) followed by V = F W / sigma.
 * ``"randomized"``: the range finder of Halko, Martinsson & Tropp (2011) with
-  ``power_iters`` power iterations, an orthonormal basis Q (shifted Cholesky QR,
-  twice) after every product, then Rayleigh-Ritz. For a wide batch (d >= n) it
-  runs on the batch Gram G = F F^T (n x n, one stacked GEMM in F's dtype, then
-  float64): Y = G Omega with Omega (n, l) Gaussian, Q = orth(G^q Y), and the top-r
-  eigenvectors of Q^T G Q rotate Q into V. Every product after the Gram is n x n
-  times n x l, so power iterations cost almost nothing. For a tall batch (d < n)
-  it works on F itself: Y = F Omega with Omega (d, l), Q = orth((F F^T)^q Y) and the
-  small Gram of Q^T F. l = r + oversample.
+  ``power_iters`` power iterations and Rayleigh-Ritz; Q is orthonormalised by
+  shifted Cholesky QR after every product (one pass, two for the last).
+  For a wide batch (d >= n) it runs on the batch Gram G = F F^T (n x n, one
+  stacked GEMM): Y = G Omega with Omega (n, l) Gaussian, Q = orth(G^q Y), and the
+  top-r eigenvectors of Q^T G Q rotate Q into V. G Omega is already one power
+  iteration of the usual range finder, so the default q = 1 is its q = 1.5, and
+  every product after the Gram is only n x n times n x l. Products run in the
+  features' precision (float32 stays float32 in BLAS); Q and the l x l problem
+  are float64. For a tall batch (d < n) it works on F itself: Y = F Omega with
+  Omega (d, l), Q = orth((F F^T)^q Y) and the small Gram of Q^T F.
+  l = r + max(8, r / 4).
 
 Every route ends in the eigenvalues w = sigma^2 of a Gram matrix, whose round-off is
 about max(n, d) * eps * w_max (eps of the precision the Gram was formed in: float64
@@ -69,7 +72,7 @@ def oversampled(r, n, d):
     return min(n, d, r + max(8, r // 4))
 
 
-def lowrank(F, r, *, solver, xp, rng=None, power_iters=2, orth_rows=None):
+def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, orth_rows=None):
     """Top-r left singular vectors of each batch of F (batch, n, d). Returns (V, sigma, solver).
 
     ``rng`` (a :class:`numpy.random.Generator`) draws the randomized solver's
@@ -95,13 +98,18 @@ def lowrank(F, r, *, solver, xp, rng=None, power_iters=2, orth_rows=None):
             def orth_rows(Yt, passes):
                 return _mT(xp, _orth(xp, _mT(xp, Yt), passes))
         ell = oversampled(r, n, d)
-        # Row layout: Q^T (l, n) throughout, so each product is Q^T G (G is symmetric).
-        omega_t = xp.asarray(rng.standard_normal((ell, n)), dtype=f64, device=_dev(F))
-        G = xp.astype(F @ _mT(xp, F), f64)
-        Qt = orth_rows(omega_t @ G, 2 if power_iters == 0 else 1)
+        # Row layout: Q^T (l, n) throughout, so each product is Q^T G (G is symmetric). The products run in
+        # F's precision (a float32 batch stays float32 in BLAS); Q and the l x l problem are float64.
+        omega_t = xp.asarray(rng.standard_normal((ell, n)), dtype=F.dtype, device=_dev(F))
+        G = F @ _mT(xp, F)
+
+        def times_g(Qt):
+            return xp.astype(xp.astype(Qt, F.dtype) @ G, f64)
+
+        Qt = orth_rows(times_g(omega_t), 2 if power_iters == 0 else 1)
         for i in range(power_iters):
-            Qt = orth_rows(Qt @ G, 2 if i == power_iters - 1 else 1)
-        T = (Qt @ G) @ _mT(xp, Qt)
+            Qt = orth_rows(times_g(Qt), 2 if i == power_iters - 1 else 1)
+        T = times_g(Qt) @ _mT(xp, Qt)
         w, Ut = xp.linalg.eigh(0.5 * (T + _mT(xp, T)))
         w, Ut = _top(xp, w, Ut, r)
         V = _mT(xp, _mT(xp, Ut) @ Qt)

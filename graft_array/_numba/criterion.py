@@ -12,6 +12,36 @@ from .._agnostic.criterion import SPAN_TOL
 __all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_batched"]
 
 
+_FM = {"nsz", "arcp", "contract", "reassoc"}  # reassociation lets LLVM vectorise the dot products
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _dot(x, y):
+    acc = 0.0
+    for t in range(x.shape[0]):
+        acc += x[t] * y[t]
+    return acc
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _gram_plain_one(G, piv, K, bv, g, GS):
+    n, p = G.shape
+    kk = piv.shape[0]
+    g[:] = 0.0
+    for i in range(n):
+        for t in range(p):
+            g[t] += G[i, t]
+    for j in range(kk):
+        for t in range(p):
+            GS[j, t] = G[piv[j], t]
+    for j in range(kk):
+        for l in range(j + 1):
+            K[j, l] = _dot(GS[j], GS[l])
+            K[l, j] = K[j, l]
+        bv[j] = _dot(GS[j], g)
+    return _dot(g, g)
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def gram_plain(G, piv):
     """(K, b, gg) of plain per-sample gradient rows G (B, n, p) along pivots (B, K); float64."""
@@ -21,30 +51,44 @@ def gram_plain(G, piv):
     bv = np.empty((nb, kk))
     gg = np.empty(nb)
     for bi in prange(nb):
-        g = np.zeros(p)
-        for i in range(n):
-            for t in range(p):
-                g[t] += float(G[bi, i, t])
+        g = np.empty(p)
         GS = np.empty((kk, p))
-        for j in range(kk):
-            for t in range(p):
-                GS[j, t] = float(G[bi, piv[bi, j], t])
-        for j in range(kk):
-            for l in range(j + 1):
-                acc = 0.0
-                for t in range(p):
-                    acc += GS[j, t] * GS[l, t]
-                K[bi, j, l] = acc
-                K[bi, l, j] = acc
-            acc = 0.0
-            for t in range(p):
-                acc += GS[j, t] * g[t]
-            bv[bi, j] = acc
-        acc = 0.0
-        for t in range(p):
-            acc += g[t] * g[t]
-        gg[bi] = acc
+        gg[bi] = _gram_plain_one(G[bi], piv[bi], K[bi], bv[bi], g, GS)
     return K, bv, gg
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _gram_last_layer_one(E, H, piv, K, bv, M, ES, HS, row):
+    n, C = E.shape
+    h = H.shape[1]
+    kk = piv.shape[0]
+    M[:, :] = 0.0  # M = E^T [H, 1], the batch gradient; column h holds E^T 1
+    for i in range(n):
+        for t in range(h):
+            row[t] = H[i, t]
+        row[h] = 1.0
+        for c in range(C):
+            e = float(E[i, c])
+            for t in range(h + 1):
+                M[c, t] += e * row[t]
+    for j in range(kk):
+        for c in range(C):
+            ES[j, c] = E[piv[j], c]
+        for t in range(h):
+            HS[j, t] = H[piv[j], t]
+        HS[j, h] = 1.0
+    for j in range(kk):
+        for l in range(j + 1):
+            K[j, l] = _dot(ES[j], ES[l]) * _dot(HS[j], HS[l])
+            K[l, j] = K[j, l]
+        acc = 0.0
+        for c in range(C):
+            acc += ES[j, c] * _dot(M[c], HS[j])
+        bv[j] = acc
+    acc = 0.0
+    for c in range(C):
+        acc += _dot(M[c], M[c])
+    return acc
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -61,42 +105,11 @@ def gram_last_layer(E, H, piv):
     bv = np.empty((nb, kk))
     gg = np.empty(nb)
     for bi in prange(nb):
-        M = np.zeros((C, h + 1))
-        for i in range(n):
-            for c in range(C):
-                e = float(E[bi, i, c])
-                for t in range(h):
-                    M[c, t] += e * float(H[bi, i, t])
-                M[c, h] += e
+        M = np.empty((C, h + 1))
         ES = np.empty((kk, C))
-        HS = np.empty((kk, h))
-        for j in range(kk):
-            for c in range(C):
-                ES[j, c] = float(E[bi, piv[bi, j], c])
-            for t in range(h):
-                HS[j, t] = float(H[bi, piv[bi, j], t])
-        for j in range(kk):
-            for l in range(j + 1):
-                ee = 0.0
-                for c in range(C):
-                    ee += ES[j, c] * ES[l, c]
-                hh = 1.0
-                for t in range(h):
-                    hh += HS[j, t] * HS[l, t]
-                K[bi, j, l] = ee * hh
-                K[bi, l, j] = ee * hh
-            acc = 0.0
-            for c in range(C):
-                mh = M[c, h]
-                for t in range(h):
-                    mh += M[c, t] * HS[j, t]
-                acc += ES[j, c] * mh
-            bv[bi, j] = acc
-        acc = 0.0
-        for c in range(C):
-            for t in range(h + 1):
-                acc += M[c, t] * M[c, t]
-        gg[bi] = acc
+        HS = np.empty((kk, h + 1))
+        row = np.empty(h + 1)
+        gg[bi] = _gram_last_layer_one(E[bi], H[bi], piv[bi], K[bi], bv[bi], M, ES, HS, row)
     return K, bv, gg
 
 
@@ -142,8 +155,8 @@ def rho_curve(K, b, gg):
     return rho, skipped
 
 
-@njit(cache=True, nogil=True)
-def _chol_append(K, order, p, L):
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _chol_append(K, order, p, L, kcol):
     """Append passive index ``order[p]`` to the Cholesky factor L of K[order[:p], order[:p]].
 
     Returns False (L unchanged) when the new diagonal is <= SPAN_TOL^2 K_jj: the
@@ -151,38 +164,32 @@ def _chol_append(K, order, p, L):
     """
     j = order[p]
     for a in range(p):
-        s = K[j, order[a]]
-        for t in range(a):
-            s -= L[p, t] * L[a, t]
-        L[p, a] = s / L[a, a]
-    dj = K[j, j]
-    for t in range(p):
-        dj -= L[p, t] * L[p, t]
+        kcol[a] = K[j, order[a]]
+    for a in range(p):  # row p of L: forward substitution, one contiguous dot per entry
+        L[p, a] = (kcol[a] - _dot(L[p, :a], L[a, :a])) / L[a, a]
+    dj = K[j, j] - _dot(L[p, :p], L[p, :p])
     if not (K[j, j] > 0.0 and dj > (SPAN_TOL * SPAN_TOL) * K[j, j]):
         return False
     L[p, p] = np.sqrt(dj)
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FM)
 def _chol_solve(L, b, order, p, out, y):
     """out[order[:p]] = (L L^T)^-1 b[order[:p]]; zeros elsewhere."""
     for a in range(p):
-        s = b[order[a]]
+        y[a] = (b[order[a]] - _dot(L[a, :a], y[:a])) / L[a, a]
+    for a in range(p - 1, -1, -1):  # L^T x = y by columns of L^T = rows of L (contiguous axpys)
+        y[a] /= L[a, a]
+        ya = y[a]
         for t in range(a):
-            s -= L[a, t] * y[t]
-        y[a] = s / L[a, a]
-    for a in range(p - 1, -1, -1):
-        s = y[a]
-        for t in range(a + 1, p):
-            s -= L[t, a] * y[t]
-        y[a] = s / L[a, a]
+            y[t] -= ya * L[a, t]
     out[:] = 0.0
     for a in range(p):
         out[order[a]] = y[a]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FM)
 def _nnls_one(K, b, max_iter, w):
     """Lawson-Hanson NNLS on the normal equations (min w^T K w - 2 b^T w, w >= 0), in place on w.
 
@@ -203,6 +210,7 @@ def _nnls_one(K, b, max_iter, w):
     order = np.empty(m, dtype=np.int64)
     L = np.zeros((m, m))
     y = np.empty(m)
+    kcol = np.empty(m)
     s = np.zeros(m)
     p = 0
     w[:] = 0.0
@@ -210,15 +218,13 @@ def _nnls_one(K, b, max_iter, w):
         best, j = -1.0, -1
         for i in range(m):
             if not passive[i] and not banned[i]:
-                g = b[i]
-                for t in range(m):
-                    g -= K[i, t] * w[t]
+                g = b[i] - _dot(K[i], w)
                 if g > best:
                     best, j = g, i
         if not best > tol:
             break
         order[p] = j
-        if not _chol_append(K, order, p, L):
+        if not _chol_append(K, order, p, L, kcol):
             banned[j] = True
             continue
         passive[j] = True
@@ -243,7 +249,7 @@ def _nnls_one(K, b, max_iter, w):
             for a in range(p):
                 if passive[order[a]]:
                     order[q] = order[a]
-                    _chol_append(K, order, q, L)
+                    _chol_append(K, order, q, L, kcol)
                     q += 1
             p = q
             _chol_solve(L, b, order, p, s, y)

@@ -33,6 +33,14 @@ DEIM (greedy LU row pivots, = LAPACK ``getrf``):
   patterns of ``|x|`` as integers (monotone for finite floats), chunk by chunk,
   and then scans only the winning chunk for the first position.
 * float32 stays float32 in the elimination (like ``sgetrf``).
+* **Whole-vector kernels for the batched DEIM** (``_deim_vcore``): the same
+  panels and decisions, written on explicit 256-bit vectors (``_Vec``
+  intrinsics): the row count is padded with zero rows to whole vectors, the
+  trailing update is a 4-vector x 2-column register tile, each panel column's
+  update tracks its first argmax lane by lane in the same pass (no separate
+  pivot search), the pivot row is computed on vectors of columns, and the next
+  batch is prefetched a slice per step. Each batch's ``max |V_b|`` pass also
+  flags NaN / infinity, so the wrapper needs no separate finiteness pass.
 
 Tournament: tiles of ``tile_rows`` rows are independent DEIMs (work buffer per
 tile, sized to stay in L2), run in parallel over (batch, tile) pairs, level by
@@ -432,25 +440,6 @@ def _vhmax(typingctx, v):
         return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
 
     return v.dtype(v), codegen
-
-
-@intrinsic
-def _vabs_eq_mask(typingctx, v, x):
-    """Bit ``l`` set where ``|v[l]| == x`` (an int64)."""
-    if not (isinstance(v, _Vec) and isinstance(x, types.Float)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vv, xv = args
-        xv = context.cast(builder, xv, sig.args[1], v.dtype)
-        vty = vv.type
-        av = _vec_call(builder, f"llvm.fabs.{_vsuffix(v)}", vty, [vv])
-        s = builder.insert_element(ir.Constant(vty, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
-        s = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(ir.IntType(32), v.lanes), [0] * v.lanes))
-        bits = builder.bitcast(builder.fcmp_ordered("==", av, s), ir.IntType(v.lanes))
-        return builder.zext(bits, ir.IntType(64))
-
-    return types.int64(v, x), codegen
 
 
 class _VecI(types.Type):
