@@ -1904,23 +1904,74 @@ def _rect_one(X, piv, k, rank, out):
             sel[p] = True
             out[t] = p
         return
-    G = np.zeros((r, r))
-    for j in range(r):
+    _rect_full(X, k, out, sel)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _dotn(x, y, m):
+    """``x[:m] . y[:m]`` (float64 accumulation), unsigned loop so that it vectorises."""
+    acc = 0.0
+    for t in range(np.uint64(m)):
+        acc += float(x[t]) * float(y[t])
+    return acc
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _axpyn(a, x, y, m):
+    """``y[:m] += a x[:m]``."""
+    for t in range(np.uint64(m)):
+        y[t] += a * x[t]
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _rect_full(X, k, out, sel):
+    """Greedy ``det(V_S^T V_S)`` extension of the ``r`` full-rank pivots in ``out[:r]`` to ``k`` rows.
+
+    With L L^T = V_S^T V_S and z_i = L^-1 x_i, row i adds the factor
+    1 + s_i, s_i = x_i^T (V_S^T V_S)^-1 x_i = ||z_i||^2. After adding row p the
+    inverse changes by a rank one term (Sherman-Morrison), so with
+    c_t(i) = x_i^T (V_S^T V_S)^-1_t x_p(t) = z_i . z_p - sum_{tau<t} c_tau(i) c_tau(p) / d_tau
+    every s_i drops by c_t(i)^2 / d_t, d_t = 1 + s_p. O(n r^2 / 2) once, O(n (r + t)) per added row.
+    """
+    n, r = X.shape
+    L = np.zeros((r, r))
+    for j in range(r):  # lower triangle of V_S^T V_S, row axpys
+        x = X[out[j]]
         for a in range(r):
-            xa = float(X[piv[j], a])
-            for c in range(r):
-                G[a, c] += xa * float(X[piv[j], c])
-    Gi = _inverse(G)
-    s = np.empty(n)
-    y = np.empty(r)
+            xa = float(x[a])
+            for c in range(a + 1):
+                L[a, c] += xa * float(x[c])
+    for a in range(r):  # Cholesky by rows
+        for c in range(a):
+            acc = L[a, c]
+            for t in range(c):
+                acc -= L[a, t] * L[c, t]
+            L[a, c] = acc / L[c, c]
+        acc = L[a, a]
+        for t in range(a):
+            acc -= L[a, t] * L[a, t]
+        L[a, a] = math.sqrt(acc) if acc > 0.0 else 1e-300
+    Zt = np.empty((r, n))  # Z^T = L^-1 X^T by rows: contiguous axpys of length n
     for i in range(n):
-        _row_times(X, i, Gi, y)
-        acc = 0.0
-        for t in range(r):
-            acc += y[t] * float(X[i, t])
-        s[i] = acc
-    u = np.empty(r)
-    for t in range(r, k):
+        x = X[i]
+        for a in range(r):
+            Zt[a, i] = float(x[a])
+    for a in range(r):
+        za = Zt[a]
+        for t in range(a):
+            _axpyn(-L[a, t], Zt[t], za, n)
+        f = 1.0 / L[a, a]
+        for i in range(n):
+            za[i] *= f
+    s = np.zeros(n)
+    for a in range(r):
+        za = Zt[a]
+        for i in range(n):
+            s[i] += za[i] * za[i]
+    extra = k - r
+    C = np.empty((extra, n))
+    dv = np.empty(extra)
+    for t in range(extra):
         p = -1
         best = -np.inf
         for i in range(n):
@@ -1928,21 +1979,19 @@ def _rect_one(X, piv, k, rank, out):
                 best = s[i]
                 p = i
         sel[p] = True
-        out[t] = p
-        sp = s[p]
+        out[r + t] = p
+        d = 1.0 + s[p]
+        ct = C[t]
+        ct[:] = 0.0
         for a in range(r):
-            acc = 0.0
-            for c in range(r):
-                acc += Gi[a, c] * float(X[p, c])
-            u[a] = acc
-        d = 1.0 + sp
+            _axpyn(Zt[a, p], Zt[a], ct, n)
+        for tau in range(t):  # earlier rank-one terms, as contiguous axpys
+            f = C[tau, p] / dv[tau]
+            _axpyn(-f, C[tau], ct, n)
+        dv[t] = d
+        f = 1.0 / d
         for i in range(n):
-            if not sel[i]:
-                c = _dot_rv(X, i, u)
-                s[i] -= c * c / d
-        for a in range(r):
-            for c in range(r):
-                Gi[a, c] -= u[a] * u[c] / d
+            s[i] -= ct[i] * ct[i] * f
 
 
 @njit(cache=True, nogil=True, parallel=True)
