@@ -321,7 +321,7 @@ def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, see
     ])
     if name == "numba":
         idx, wts, sizes, residuals = (from_numpy_like(np.asarray(a), like) for a in (idx, wts, sizes, residuals))
-    _warn_gradient_rank(grads_kind, gparts, res.hi)
+    _warn_gradient_rank(grads_kind, tuple(g[0] for g in gparts), res.hi)
     if not return_info:
         return idx
     return Selection(idx, wts, sizes, residuals, name, res.solver, res.rank)

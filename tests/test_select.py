@@ -244,6 +244,16 @@ def test_mask_equals_list_of_compacted_batches(rng, backend):
     assert mask.reshape(-1)[s.indices].all()
 
 
+def test_ragged_plain_gradients_warn_and_match(rng):
+    F = [rng.standard_normal((40, 12)), rng.standard_normal((30, 12))]
+    G = [rng.standard_normal((40, 5)), rng.standard_normal((30, 5))]
+    with pytest.warns(ga.GradientRankWarning, match=r"5 column\(s\)"):
+        s = ga.select(F, G, random_state=0, return_info=True)
+    with pytest.warns(ga.GradientRankWarning):
+        one = ga.select(F[1], G[1], random_state=0)
+    assert_array_equal(s.indices[int(s.sizes[0]):], one + 40)
+
+
 def test_mask_with_an_empty_batch(rng):
     F = rng.standard_normal((2, 30, 10))
     mask = np.ones((2, 30), dtype=bool)

@@ -1,0 +1,138 @@
+"""NumPy adapter: GRAFT over a whole dataset held in any array-like, in batches.
+
+``select_dataset(X, ...)`` walks the rows of ``X`` (a NumPy array, a ``numpy.memmap``
+larger than RAM, a list of rows, a pandas DataFrame, anything ``numpy.asarray``
+turns into a 2-D float array chunk by chunk) in consecutive batches of
+``batch_size`` rows, runs :func:`graft_array.select` on many batches per call
+(``batches_per_call``, so only that many rows are in memory at once) with dataset
+offsets, and returns dataset indices with their weights. A ``tqdm`` progress bar
+shows the pass.
+"""
+
+import numpy as np
+
+from .._select import LastLayerGrads, select
+from .._validation import check_bool, check_int
+
+__all__ = ["select_dataset"]
+
+_FUNC = "select_dataset"
+
+
+def _rows(data, lo, hi, name):
+    """Rows lo:hi of an array-like as a float array (pandas, lists, memmaps, arrays)."""
+    if hasattr(data, "iloc"):  # pandas DataFrame / Series: positional rows
+        block = data.iloc[lo:hi].to_numpy()
+    else:
+        block = data[lo:hi]
+    block = np.asarray(block)
+    if block.ndim == 1:
+        block = block[:, None]
+    if block.ndim != 2:
+        raise ValueError(f"{_FUNC} expects '{name}' with 2-D rows (n_samples, n_features); got {block.ndim}-D rows.")
+    if not np.issubdtype(block.dtype, np.floating):
+        if np.issubdtype(block.dtype, np.number) and not np.issubdtype(block.dtype, np.complexfloating):
+            block = block.astype(np.float64)
+        else:
+            raise ValueError(f"{_FUNC} expects '{name}' with real numbers; got dtype {block.dtype}.")
+    return block
+
+
+def _length(data, name):
+    try:
+        return len(data)
+    except TypeError:
+        raise TypeError(f"{_FUNC} expects '{name}' to be an array-like with a length (rows); got {type(data).__name__}.")
+
+
+def select_dataset(
+    X,
+    grads=None,
+    *,
+    batch_size=128,
+    batches_per_call=64,
+    fraction=0.25,
+    progress=True,
+    random_state=None,
+    **select_kwargs,
+):
+    """GRAFT selection over a whole dataset, batch by batch; returns dataset indices and weights.
+
+    Parameters
+    ----------
+    X : array-like (n_samples, n_features)
+        NumPy array, memmap, list of rows or pandas DataFrame; read
+        ``batch_size * batches_per_call`` rows at a time, never copied whole.
+    grads : None, array-like (n_samples, p), or :class:`graft_array.LastLayerGrads`
+        of two array-likes (residuals (n_samples, C), embeddings (n_samples, h)).
+    batch_size : int, default=128
+        Rows per GRAFT batch (the last batch may be shorter).
+    batches_per_call : int, default=64
+        Batches handed to one :func:`graft_array.select` call.
+    fraction : float, default=0.25
+    progress : bool, default=True
+        Show a tqdm progress bar (on stderr).
+    random_state : None, int or numpy.random.Generator
+        Seeds the randomized low-rank solver (one seed for the whole pass).
+    **select_kwargs
+        Passed to :func:`graft_array.select` (rank, method, tol, band, min_size,
+        max_size, solver, backend).
+
+    Returns
+    -------
+    indices : int64 ndarray
+        Dataset row numbers, batch after batch, each batch in selection order.
+    weights : float64 ndarray
+        Aligned with ``indices``; within a batch they sum to the batch's size.
+    """
+    for bad in ("offsets", "return_info", "mask"):
+        if bad in select_kwargs:
+            raise TypeError(f"{_FUNC} sets '{bad}' itself; do not pass it.")
+    n = _length(X, "X")
+    if n == 0:
+        raise ValueError(f"{_FUNC} expects 'X' with at least one row; got 0 rows.")
+    batch_size = check_int(batch_size, "batch_size", _FUNC, low=1)
+    batches_per_call = check_int(batches_per_call, "batches_per_call", _FUNC, low=1)
+    progress = check_bool(progress, "progress", _FUNC)
+    if isinstance(grads, LastLayerGrads):
+        parts, names = (grads.residuals, grads.embeddings), ("grads.residuals", "grads.embeddings")
+    elif grads is None:
+        parts, names = (), ()
+    else:
+        parts, names = (grads,), ("grads",)
+    for part, name in zip(parts, names):
+        if _length(part, name) != n:
+            raise ValueError(f"{_FUNC} expects '{name}' to have one row per row of 'X' ({n}); got {len(part)}.")
+    rng = np.random.default_rng(random_state) if not isinstance(random_state, np.random.Generator) else random_state
+    seed = int(rng.integers(2**63))
+
+    from tqdm.auto import tqdm
+
+    step = batch_size * batches_per_call
+    idx_out, w_out = [], []
+    with tqdm(total=n, desc="GRAFT selection", unit="sample", disable=not progress, leave=False) as bar:
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            F = _rows(X, lo, hi, "X")
+            full = (hi - lo) // batch_size
+            chunks = []
+            if full:
+                chunks.append((lo, lo + full * batch_size, full))
+            if lo + full * batch_size < hi:
+                chunks.append((lo + full * batch_size, hi, 1))
+            for a, b, nb in chunks:
+                Fb = F[a - lo:b - lo].reshape(nb, (b - a) // nb, F.shape[1])
+                g = tuple(_rows(p, a, b, nm).reshape(nb, (b - a) // nb, -1) for p, nm in zip(parts, names))
+                if isinstance(grads, LastLayerGrads):
+                    g = LastLayerGrads(*g)
+                elif g:
+                    g = g[0]
+                else:
+                    g = None
+                offsets = a + np.arange(nb, dtype=np.int64) * ((b - a) // nb)
+                s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True, random_state=seed,
+                           **select_kwargs)
+                idx_out.append(np.asarray(s.indices))
+                w_out.append(np.asarray(s.weights))
+            bar.update(hi - lo)
+    return np.concatenate(idx_out), np.concatenate(w_out)
