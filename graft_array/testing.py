@@ -44,6 +44,15 @@ def _fill_row(V, free):
     return _argmax_lowest(norms, free)
 
 
+def _accept_or_fill(V, p, ok, free, piv):
+    """Take ``p`` if ``ok``, else the fill row; mark it used and record it. Returns ``(row, ok)``."""
+    if not ok:
+        p = _fill_row(V, free)
+    free[p] = False
+    piv.append(p)
+    return p, ok
+
+
 def _deim_tol(V):
     n, r = V.shape
     scale = float(np.max(np.abs(V))) if V.size else 0.0
@@ -65,13 +74,9 @@ def reference_deim(V, k, *, tol=None, fill_source=None):
     for j in range(kk):
         col = np.abs(R[:, j])
         p = _argmax_lowest(col, free)
-        if not (col[p] > tol):
-            p = _fill_row(V, free)
-            free[p] = False
-            piv.append(p)
+        p, ok = _accept_or_fill(V, p, col[p] > tol, free, piv)
+        if not ok:
             continue
-        free[p] = False
-        piv.append(p)
         rank += 1
         for i in range(n):
             if free[i]:
@@ -100,13 +105,9 @@ def reference_volume(V, k):
             res = X
         norms = np.einsum("ij,ij->i", res, res)
         p = _argmax_lowest(norms, free)
-        if not (np.sqrt(norms[p]) > tol):
-            p = _fill_row(V, free)
-            free[p] = False
-            piv.append(p)
+        p, ok = _accept_or_fill(V, p, np.sqrt(norms[p]) > tol, free, piv)
+        if not ok:
             continue
-        free[p] = False
-        piv.append(p)
         basis.append(p)
         rank += 1
     return np.array(piv, dtype=np.int64), rank

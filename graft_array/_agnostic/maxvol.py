@@ -73,19 +73,26 @@ def _deim(ctx, V, kk, tol, norms):
     piv, rank = [], 0
     for j in range(kk):
         p, val = ctx.argmax_free(xp.abs(R[:, j]), free, -1.0)
-        if not val > tol:
-            p = _fill(ctx, norms, free)
-            free = ctx.take_out(free, p)
-            piv.append(p)
+        p, free, ok = _accept_or_fill(ctx, p, val > tol, norms, free, piv)
+        if not ok:
             continue
-        free = ctx.take_out(free, p)
-        piv.append(p)
         rank += 1
         if j + 1 < kk:
             factor = xp.where(free, R[:, j] / R[p, j], xp.zeros_like(R[:, j]))
             prow = xp.where(cols > j, R[p, :], xp.zeros_like(R[p, :]))
             R = R - factor[:, None] * prow[None, :]
     return piv, rank
+
+
+def _accept_or_fill(ctx, p, ok, norms, free, piv):
+    """Take candidate ``p`` if ``ok``, else the fill row (largest norm, lowest index); record it.
+
+    Returns ``(row taken, updated free mask, ok)``.
+    """
+    if not ok:
+        p = _fill(ctx, norms, free)
+    piv.append(p)
+    return p, ctx.take_out(free, p), ok
 
 
 def _volume(ctx, V, kk):
@@ -108,13 +115,9 @@ def _volume(ctx, V, kk):
         for _ in range(2):  # CGS2: orthogonalise twice
             w = w - Q @ (w @ Q) if Q.shape[1] else w
         wn = float(xp.sqrt(xp.sum(w * w)))
-        if not wn > tol:
-            p = _fill(ctx, norms, free)
-            free = ctx.take_out(free, p)
-            piv.append(p)
+        p, free, ok = _accept_or_fill(ctx, p, wn > tol, norms, free, piv)
+        if not ok:
             continue
-        free = ctx.take_out(free, p)
-        piv.append(p)
         rank += 1
         q = w / wn
         Q = xp.concat([Q, q[:, None]], axis=1)

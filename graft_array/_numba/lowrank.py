@@ -12,21 +12,12 @@ import math
 import numpy as np
 from numba import njit
 
+from .criterion import _FM, _dot
+
 __all__ = ["cholqr_rows"]
 
 _TINY_SQRT = math.sqrt(np.finfo(np.float64).smallest_normal)
 _EPS = float(np.finfo(np.float64).eps)
-
-
-_FM = {"contract", "reassoc", "nsz", "arcp"}
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _dot(x, y):
-    acc = 0.0
-    for t in range(x.shape[0]):
-        acc += x[t] * y[t]
-    return acc
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
