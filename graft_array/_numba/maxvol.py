@@ -33,21 +33,27 @@ DEIM (greedy LU row pivots, = LAPACK ``getrf``):
   patterns of ``|x|`` as integers (monotone for finite floats), chunk by chunk,
   and then scans only the winning chunk for the first position.
 * float32 stays float32 in the elimination (like ``sgetrf``).
-* **Whole-vector kernels for the batched DEIM** (``_deim_vcore``): the same
-  panels and decisions, written on explicit 256-bit vectors (``_Vec``
-  intrinsics): the row count is padded with zero rows to whole vectors, the
-  trailing update is a 4-vector x 2-column register tile, each panel column's
+* **Whole-vector kernels for the batched DEIM and the tournament tiles**
+  (``_deim_vcore``): the same panels and decisions, written on explicit 256-bit
+  vectors (``_Vec`` intrinsics): the row count is padded with zero rows to whole
+  vectors, the trailing update is a 3-vector x 4-column register tile (4 x 2 and
+  4 x 1 for the last columns), each panel column's
   update tracks its first argmax lane by lane in the same pass (no separate
   pivot search), the pivot row is computed on vectors of columns, and the next
   batch is prefetched a slice per step. Each batch's ``max |V_b|`` pass also
   flags NaN / infinity, so the wrapper needs no separate finiteness pass.
 
-Tournament: tiles of ``tile_rows`` rows are independent DEIMs (work buffer per
-tile, sized to stay in L2), run in parallel over (batch, tile) pairs, level by
-level. The whole-batch tolerance needs ``max|V_b|``; instead of an extra pass
-over V, level 0 uses each tile's own (smaller) max and records the smallest
-pivot it accepted; a tile is redone with the true tolerance only if that pivot
-could have been refused by it (never happens on full-rank input).
+Tournament: tiles of ``tile_rows`` rows are independent DEIMs (``_deim_vcore``),
+run in parallel over (batch, tile) pairs, level by level. Each thread keeps one
+set of work buffers and claims tiles one at a time from an atomic counter (a
+thread slowed down by other work on the machine just takes fewer tiles); it
+claims its next tile first and prefetches it while eliminating the current one.
+The whole-batch tolerance needs ``max|V_b|``; instead of an extra pass over V,
+level 0 uses each tile's own (smaller) max, taken during the tile's transpose
+together with the NaN / infinity check (so V is read once, and ``check_finite``
+needs no pass of its own), and records the smallest pivot it accepted; a tile
+is redone with the true tolerance only if that pivot could have been refused
+by it (never happens on full-rank input).
 
 Volume (greedy volume = QR with column pivoting on V^T), float64: residual
 norms only decrease, so a row's last computed residual norm is an upper bound
@@ -246,6 +252,19 @@ def _transpose_block(typingctx, W, i0, X, rows, c0):
         return context.get_dummy_value()
 
     return types.none(W, i0, X, rows, c0), codegen
+
+
+@intrinsic
+def _claim(typingctx, ctr):
+    """Atomically ``ctr[0] += 1``; returns the old value (a work counter shared by the threads)."""
+    if not (isinstance(ctr, types.Array) and ctr.dtype == types.int64 and ctr.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", a.data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(ctr), codegen
 
 
 @njit(cache=True, nogil=True)
@@ -1084,6 +1103,85 @@ def _vrank2(W, c, j0, s, U, i0, i1):
 
 
 @njit(cache=True, nogil=True)
+def _vrank4(W, c, j0, s, U, i0, i1):
+    """:func:`_vrank1` on the four columns ``c .. c + 3`` (a 3-vector x 4-column register tile).
+
+    Per step ``t``: 3 row loads and 4 broadcasts for 12 fused multiply-adds
+    (the 4 x 2 tile of :func:`_vrank2` needs 6 loads for 8); rows left over
+    from whole 3-vector groups go one vector at a time, through the same
+    multiply-adds.
+    """
+    L = _simd_width(W)
+    c1 = c + 1
+    c2 = c + 2
+    c3 = c + 3
+    i = i0
+    while i + 3 * L <= i1:
+        a0 = _vload(W, c, i)
+        a1 = _vload(W, c, i + L)
+        a2 = _vload(W, c, i + 2 * L)
+        b0 = _vload(W, c1, i)
+        b1 = _vload(W, c1, i + L)
+        b2 = _vload(W, c1, i + 2 * L)
+        d0 = _vload(W, c2, i)
+        d1 = _vload(W, c2, i + L)
+        d2 = _vload(W, c2, i + 2 * L)
+        e0 = _vload(W, c3, i)
+        e1 = _vload(W, c3, i + L)
+        e2 = _vload(W, c3, i + 2 * L)
+        for t in range(s):
+            r = j0 + t
+            x0 = _vload(W, r, i)
+            x1 = _vload(W, r, i + L)
+            x2 = _vload(W, r, i + 2 * L)
+            u = _vbcast(U, t, c)
+            a0 = _vfnma(x0, u, a0)
+            a1 = _vfnma(x1, u, a1)
+            a2 = _vfnma(x2, u, a2)
+            u = _vbcast(U, t, c1)
+            b0 = _vfnma(x0, u, b0)
+            b1 = _vfnma(x1, u, b1)
+            b2 = _vfnma(x2, u, b2)
+            u = _vbcast(U, t, c2)
+            d0 = _vfnma(x0, u, d0)
+            d1 = _vfnma(x1, u, d1)
+            d2 = _vfnma(x2, u, d2)
+            u = _vbcast(U, t, c3)
+            e0 = _vfnma(x0, u, e0)
+            e1 = _vfnma(x1, u, e1)
+            e2 = _vfnma(x2, u, e2)
+        _vstore(W, c, i, a0)
+        _vstore(W, c, i + L, a1)
+        _vstore(W, c, i + 2 * L, a2)
+        _vstore(W, c1, i, b0)
+        _vstore(W, c1, i + L, b1)
+        _vstore(W, c1, i + 2 * L, b2)
+        _vstore(W, c2, i, d0)
+        _vstore(W, c2, i + L, d1)
+        _vstore(W, c2, i + 2 * L, d2)
+        _vstore(W, c3, i, e0)
+        _vstore(W, c3, i + L, e1)
+        _vstore(W, c3, i + 2 * L, e2)
+        i += 3 * L
+    while i < i1:
+        a0 = _vload(W, c, i)
+        b0 = _vload(W, c1, i)
+        d0 = _vload(W, c2, i)
+        e0 = _vload(W, c3, i)
+        for t in range(s):
+            x0 = _vload(W, j0 + t, i)
+            a0 = _vfnma(x0, _vbcast(U, t, c), a0)
+            b0 = _vfnma(x0, _vbcast(U, t, c1), b0)
+            d0 = _vfnma(x0, _vbcast(U, t, c2), d0)
+            e0 = _vfnma(x0, _vbcast(U, t, c3), e0)
+        _vstore(W, c, i, a0)
+        _vstore(W, c1, i, b0)
+        _vstore(W, c2, i, d0)
+        _vstore(W, c3, i, e0)
+        i += L
+
+
+@njit(cache=True, nogil=True)
 def _vpivot_row(U, W, s, j0, p, f, c0, kk):
     """:func:`_pivot_row` on whole vectors of columns.
 
@@ -1106,6 +1204,9 @@ def _vtrailing(W, j0, j1, kk, U, i0, i1):
     """Rank-(j1 - j0) update of every column ``c >= j1`` over rows ``[i0, i1)`` (whole vectors)."""
     s = j1 - j0
     c = j1
+    while c + 3 < kk:
+        _vrank4(W, c, j0, s, U, i0, i1)
+        c += 4
     while c + 1 < kk:
         _vrank2(W, c, j0, s, U, i0, i1)
         c += 2
@@ -1201,6 +1302,58 @@ def _load_cols(Vb, rows, m, kk, W):
         x = Vb[rows[i]]
         for c in range(kk):
             W[c, i] = x[c]
+
+
+@njit(cache=True, nogil=True)
+def _load_cols_max(Vb, rows, m, kk, W):
+    """:func:`_load_cols`, also returning ``(max |entry|, all finite)`` of the loaded entries (as :func:`_absmax_finite`).
+
+    The max and the finiteness flag are taken on ``W`` right after each block
+    of 64 rows is transposed (still in L1), so the tile is read from ``V`` once.
+    """
+    vw = _simd_width(W)
+    mv = m - m % vw
+    kv = kk - kk % vw
+    m0 = _vzero(W)
+    m1 = m0
+    f0 = m0
+    f1 = m0
+    best = 0.0
+    ok = True
+    for i0 in range(0, mv, 64):
+        i1 = min(i0 + 64, mv)
+        for c0 in range(0, kv, vw):
+            for ib in range(i0, i1, vw):
+                _transpose_block(W, ib, Vb, rows, c0)
+        for c in range(kv, kk):
+            for i in range(i0, i1):
+                W[c, i] = Vb[rows[i], c]
+        for c in range(kk):
+            ib = i0
+            while ib + 2 * vw <= i1:
+                a = _vload(W, c, ib)
+                b = _vload(W, c, ib + vw)
+                m0 = _vabsmax(m0, a)
+                m1 = _vabsmax(m1, b)
+                f0 = _vnonfinite(f0, a)
+                f1 = _vnonfinite(f1, b)
+                ib += 2 * vw
+            if ib < i1:
+                a = _vload(W, c, ib)
+                m0 = _vabsmax(m0, a)
+                f0 = _vnonfinite(f0, a)
+    for i in range(mv, m):
+        x = Vb[rows[i]]
+        for c in range(kk):
+            v = x[c]
+            W[c, i] = v
+            fv = float(v)
+            if fv - fv != 0.0:
+                ok = False
+            best = max(best, abs(fv))
+    best = max(best, float(_vhmax(_vabsmax(m0, m1))))
+    ok = ok and not (_vlanesum_isnan(f0) or _vlanesum_isnan(f1))
+    return best, ok
 
 
 @njit(cache=True, nogil=True)
@@ -1412,24 +1565,80 @@ def _sorted_rows(piv, k, rows, out):
 
 
 @njit(cache=True, nogil=True)
-def _tile_deim(Vb, rows, m, kc, tol, out):
-    """DEIM on the rows ``rows[:m]`` of ``Vb`` (first ``kc`` columns); ``out[:kc]`` = chosen rows, ascending.
-
-    Allocates its own (L2-sized) work buffers. Returns ``min_ok`` of :func:`_deim_core`.
-    """
-    W = np.empty((kc, _padded(m)), Vb.dtype)
-    U = np.empty((_BS, kc), Vb.dtype)
-    piv = np.empty(kc, np.int64)
+def _tile_buffers(V, m, kk):
+    """Work buffers of :func:`_tile_deim` for tiles of up to ``m`` rows and ``kk`` columns (reusable)."""
+    L = _simd_width(V)
+    kp = (kk + L - 1) // L * L
+    W = np.zeros((kp, _padded(m)), V.dtype)
+    U = np.zeros((_BS, kp), V.dtype)
+    piv = np.empty(kk, np.int64)
     sel = np.empty(m, np.bool_)
     nrm = np.empty(m, np.float64)
+    return W, U, piv, sel, nrm
+
+
+@njit(cache=True, nogil=True)
+def _tile_deim(Vb, rows, m, kc, tol, W, U, piv, sel, nrm, pf):
+    """DEIM (:func:`_deim_vcore`) on the rows ``rows[:m]`` of ``Vb``, first ``kc`` columns.
+
+    ``W, U, piv, sel, nrm`` come from :func:`_tile_buffers` (for at least ``m``
+    rows and ``kk >= kc`` columns) and may have served an earlier tile: the
+    zero padding :func:`_deim_vcore` needs is restored here (rows ``m`` up to a
+    whole vector, and the rows / columns past ``kc`` when ``kc < kk``, i.e.
+    after a tile with more columns). ``pf`` is prefetched (see
+    :func:`_deim_vcore`). Returns ``(rank, min_ok)``; ``piv[:kc]`` = positions.
+    """
     _load_cols(Vb, rows, m, kc, W)
-    _, min_ok = _deim_core(W, m, kc, tol, Vb, rows, piv, sel, nrm, U)
+    return _tile_deim_loaded(Vb, rows, m, kc, tol, W, U, piv, sel, nrm, pf)
+
+
+@njit(cache=True, nogil=True)
+def _tile_deim_loaded(Vb, rows, m, kc, tol, W, U, piv, sel, nrm, pf):
+    """:func:`_tile_deim` once ``W[:kc, :m]`` holds the tile."""
+    L = _simd_width(W)
+    mv = (m + L - 1) // L * L
+    one = _one_like(W)
+    zero = one - one
+    for c in range(kc):
+        for i in range(m, mv):
+            W[c, i] = zero
+    if kc < piv.shape[0]:
+        for c in range(kc, W.shape[0]):
+            for i in range(mv):
+                W[c, i] = zero
+        for t in range(_BS):
+            for c in range(kc, U.shape[1]):
+                U[t, c] = zero
+    return _deim_vcore(W, m, kc, tol, Vb, rows, piv, sel, nrm, U, pf)
+
+
+@njit(cache=True, nogil=True)
+def _tile_max_deim(V, b, r0, sz, kk, scale, pf, W, U, piv, sel, nrm, rows, out):
+    """First-level tile: rows ``[r0, r0 + sz)`` of ``V[b]``; ``out`` = chosen rows.
+
+    Returns ``(max |tile|, min_ok)``; a tile with a NaN or an infinity is not
+    eliminated and returns ``(nan, inf)``.
+    """
+    Vb = V[b]
+    r = Vb.shape[1]
+    for i in range(sz):
+        rows[i] = r0 + i
+    kc = min(kk, sz)
+    if kc == r:  # the load sees the whole tile: take its max there
+        tmax, ok = _load_cols_max(Vb, rows, sz, kc, W)
+    else:
+        tmax, ok = _absmax_finite(Vb[r0:r0 + sz].reshape(sz * r))
+        if ok:
+            _load_cols(Vb, rows, sz, kc, W)
+    if not ok:
+        return np.nan, np.inf
+    _, mo = _tile_deim_loaded(Vb, rows, sz, kc, scale * tmax, W, U, piv, sel, nrm, pf)
     _sorted_rows(piv, kc, rows, out)
-    return min_ok
+    return tmax, mo
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _tournament_first_level(V, kk, T, scale):
+def _tournament_first_level(V, kk, T, scale, nthreads):
     """Level 0 of the tournament: DEIM on consecutive tiles of ``T`` rows, parallel over (batch, tile).
 
     The whole-batch tolerance ``scale * max|V_b|`` is not known before the
@@ -1437,75 +1646,124 @@ def _tournament_first_level(V, kk, T, scale):
     Decisions can only differ if an accepted pivot lies within the true
     tolerance; such a tile (never on full-rank input) is redone.
 
+    Each thread keeps one set of work buffers and claims tiles one at a time
+    from a shared atomic counter (a thread slowed down by other work on the
+    machine simply takes fewer tiles); it claims its next tile before working
+    on the current one and prefetches it meanwhile.
+
     Returns
     -------
     cand : (B, nt * kk) int64
         Each tile's chosen rows, ascending, tile after tile.
     tol : (B,) float64
         Whole-batch DEIM tolerances.
+    bad : (B,) bool
+        Batches with a NaN or an infinity (found by the tiles' max pass; their
+        ``cand`` and ``tol`` are meaningless).
     """
     nb, n, r = V.shape
     nt = (n + T - 1) // T
+    tot = nb * nt
     cand = np.empty((nb, nt * kk), np.int64)
     tmax = np.empty((nb, nt))
     tmin = np.empty((nb, nt))
-    for it in prange(nb * nt):
-        b = it // nt
-        t = it % nt
-        r0 = t * T
-        sz = min(T, n - r0)
-        Vb = V[b]
-        tmax[b, t] = _absmax_flat(Vb[r0:r0 + sz].reshape(sz * r))
-        tmin[b, t] = _tile_deim(Vb, np.arange(r0, r0 + sz), sz, min(kk, sz), scale * tmax[b, t],
-                                cand[b, t * kk:])
+    ctr = np.zeros(1, np.int64)
+    for _ in prange(min(tot, nthreads)):
+        W, U, piv, sel, nrm = _tile_buffers(V, min(T, n), kk)
+        rows = np.empty(min(T, n), np.int64)
+        cur = _claim(ctr)
+        while cur < tot:
+            nxt = _claim(ctr)
+            b = cur // nt
+            t = cur % nt
+            r0 = t * T
+            sz = min(T, n - r0)
+            if nxt < tot:
+                rn = (nxt % nt) * T
+                pf = V[nxt // nt, rn:min(rn + T, n)].reshape(min(T, n - rn) * r)
+            else:
+                pf = V[b, r0:r0].reshape(0)
+            tmax[b, t], tmin[b, t] = _tile_max_deim(V, b, r0, sz, kk, scale, pf, W, U, piv, sel, nrm, rows,
+                                                    cand[b, t * kk:])
+            cur = nxt
     tol = np.empty(nb)
+    bad = np.zeros(nb, np.bool_)
     for b in range(nb):
-        tol[b] = scale * tmax[b].max()
-    redo = np.empty(nb * nt, np.int64)
+        tb = 0.0
+        for t in range(nt):
+            if not tmax[b, t] <= np.inf:  # NaN: the tile was not finite
+                bad[b] = True
+            elif tmax[b, t] > tb:
+                tb = tmax[b, t]
+        tol[b] = scale * tb
+        if bad[b]:
+            for t in range(nt):
+                tmin[b, t] = np.inf  # no redo
+    redo = np.empty(tot, np.int64)
     nredo = 0
-    for it in range(nb * nt):
+    for it in range(tot):
         if tmin[it // nt, it % nt] <= tol[it // nt]:
             redo[nredo] = it
             nredo += 1
     for q in prange(nredo):
         b = redo[q] // nt
-        r0 = (redo[q] % nt) * T
+        t = redo[q] % nt
+        r0 = t * T
         sz = min(T, n - r0)
-        _tile_deim(V[b], np.arange(r0, r0 + sz), sz, min(kk, sz), tol[b], cand[b, (redo[q] % nt) * kk:])
-    return cand, tol
+        kc = min(kk, sz)
+        W, U, piv, sel, nrm = _tile_buffers(V, sz, kk)
+        rows = np.arange(r0, r0 + sz)
+        _tile_deim(V[b], rows, sz, kc, tol[b], W, U, piv, sel, nrm, np.empty(0, V.dtype))
+        _sorted_rows(piv, kc, rows, cand[b, t * kk:])
+    return cand, tol, bad
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _tournament_next_level(V, cand, m, kk, T, tol):
-    """One later tournament level: DEIM on tiles of the ``m`` candidates, parallel over (batch, tile)."""
+def _tournament_next_level(V, cand, m, kk, T, tol, nthreads):
+    """One later tournament level: DEIM on tiles of the ``m`` candidates, parallel over (batch, tile).
+
+    Tiles are claimed one at a time from a shared counter, as in :func:`_tournament_first_level`.
+    """
     nb = V.shape[0]
     nt = (m + T - 1) // T
+    tot = nb * nt
     nxt = np.empty((nb, nt * kk), np.int64)
-    for it in prange(nb * nt):
-        b = it // nt
-        t = it % nt
-        r0 = t * T
-        sz = min(T, m - r0)
-        _tile_deim(V[b], cand[b, r0:r0 + sz], sz, min(kk, sz), tol[b], nxt[b, t * kk:])
+    ctr = np.zeros(1, np.int64)
+    for _ in prange(min(tot, nthreads)):
+        W, U, piv, sel, nrm = _tile_buffers(V, min(T, m), kk)
+        pf = np.empty(0, V.dtype)
+        it = _claim(ctr)
+        while it < tot:
+            b = it // nt
+            t = it % nt
+            r0 = t * T
+            sz = min(T, m - r0)
+            rows = cand[b, r0:r0 + sz]
+            kc = min(kk, sz)
+            _tile_deim(V[b], rows, sz, kc, tol[b], W, U, piv, sel, nrm, pf)
+            _sorted_rows(piv, kc, rows, nxt[b, t * kk:])
+            it = _claim(ctr)
     return nxt
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _deim_on_rows(V, cand, m, kk, tol):
-    """DEIM of every batch on its candidate rows ``cand[b, :m]``; pivots mapped back to rows."""
+def _deim_on_rows(V, cand, m, kk, tol, bad):
+    """DEIM of every batch on its candidate rows ``cand[b, :m]``; pivots mapped back to rows.
+
+    Batches flagged ``bad`` (NaN / infinity) are skipped: ``piv = 0, 1, ...``, rank 0.
+    """
     nb = V.shape[0]
     piv_out = np.empty((nb, kk), np.int64)
     rank_out = np.empty(nb, np.int64)
     for b in prange(nb):
-        Vb = V[b]
+        if bad[b]:
+            rank_out[b] = 0
+            for j in range(kk):
+                piv_out[b, j] = j
+            continue
         rows = cand[b, :m]
-        W = np.empty((kk, _padded(m)), V.dtype)
-        U = np.empty((_BS, kk), V.dtype)
-        piv = np.empty(kk, np.int64)
-        sel = np.empty(m, np.bool_)
-        nrm = np.empty(m, np.float64)
-        _load_cols(Vb, rows, m, kk, W)
-        rank, _ = _deim_core(W, m, kk, tol[b], Vb, rows, piv, sel, nrm, U)
+        W, U, piv, sel, nrm = _tile_buffers(V, m, kk)
+        rank, _ = _tile_deim(V[b], rows, m, kk, tol[b], W, U, piv, sel, nrm, np.empty(0, V.dtype))
         rank_out[b] = rank
         for j in range(kk):
             piv_out[b, j] = rows[piv[j]]
@@ -1513,31 +1771,42 @@ def _deim_on_rows(V, cand, m, kk, tol):
 
 
 @njit(cache=True, nogil=True)
-def _tournament_batched(V, kk, T, eps):
+def _tournament_batched(V, kk, T, eps, nthreads):
     """Tournament pivoting of every batch (tiles of ``T > kk`` rows), see the module docstring.
 
     Returns
     -------
     piv : (B, kk) int64
     rank : (B,) int64
+    bad : (B,) bool
+        Batches with a NaN or an infinity, found in the first pass over ``V``
+        (their ``piv`` and ``rank`` are meaningless; as soon as one batch is
+        bad, the later levels are skipped for all).
     """
     nb, n, r = V.shape
     scale = max(n, r) * eps
     if n <= T:
         tol = np.empty(nb)
+        bad = np.zeros(nb, np.bool_)
         cand = np.empty((nb, n), np.int64)
         for b in range(nb):
-            tol[b] = scale * _absmax_flat(V[b].reshape(n * r))
+            vmax, ok = _absmax_finite(V[b].reshape(n * r))
+            tol[b] = scale * vmax
+            bad[b] = not ok
             cand[b] = np.arange(n)
-        return _deim_on_rows(V, cand, n, kk, tol)
-    cand, tol = _tournament_first_level(V, kk, T, scale)
+        piv, rank = _deim_on_rows(V, cand, n, kk, tol, bad)
+        return piv, rank, bad
+    cand, tol, bad = _tournament_first_level(V, kk, T, scale, nthreads)
+    if bad.any():
+        return np.zeros((nb, kk), np.int64), np.zeros(nb, np.int64), bad
     nt = (n + T - 1) // T
     m = (nt - 1) * kk + min(kk, n - (nt - 1) * T)
     while m > T:
-        cand = _tournament_next_level(V, cand, m, kk, T, tol)
+        cand = _tournament_next_level(V, cand, m, kk, T, tol, nthreads)
         nt = (m + T - 1) // T
         m = (nt - 1) * kk + min(kk, m - (nt - 1) * T)
-    return _deim_on_rows(V, cand, m, kk, tol)
+    piv, rank = _deim_on_rows(V, cand, m, kk, tol, bad)
+    return piv, rank, bad
 
 
 # ---------------------------------------------------------------------------
@@ -2114,7 +2383,8 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         Maximum number of refinement swaps.
     check_finite : bool
         Check first that ``V`` has no NaN or infinity, and return ``None`` if
-        it has one (the batched deim kernel does it in its own first pass).
+        it has one (the batched deim and the tournament kernels do it in their
+        own first pass; without the check they raise ``ValueError`` on one).
 
     Returns
     -------
@@ -2135,7 +2405,9 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     kk = min(k, r)
     eps = float(np.finfo(V.dtype).eps)
     nthreads = numba.get_num_threads()
-    fused = method == "deim" and not (nb < nthreads and n >= _ROWPAR_MIN_ROWS and nthreads > 1)
+    # the batched deim and the tournament check finiteness in their own first pass over V
+    fused = method == "tournament" or (
+        method == "deim" and not (nb < nthreads and n >= _ROWPAR_MIN_ROWS and nthreads > 1))
     if check_finite and not fused:
         from .checks import all_finite
 
@@ -2156,7 +2428,11 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     elif method == "tournament":
         tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
         tiles = max(tiles, kk + 1)  # the spec loop needs tiles > kk to shrink (the caller asks for >= 2 kk)
-        piv, rank = _tournament_batched(V, kk, tiles, eps)
+        piv, rank, bad = _tournament_batched(V, kk, tiles, eps, nthreads)
+        if bad.any():
+            if check_finite:
+                return None
+            raise ValueError("V has NaN or infinite entries")
     elif nb < nthreads and n >= _ROWPAR_MIN_ROWS and nthreads > 1:
         piv = np.empty((nb, kk), np.int64)
         rank = np.empty(nb, np.int64)
