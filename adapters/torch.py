@@ -1,0 +1,921 @@
+"""PyTorch adapter: GRAFT inside an ordinary training loop, per batch or per epoch.
+
+Three ways in, all built on :func:`graft_array.select` with the last layer's
+per-sample gradients in factorised form (:class:`graft_array.LastLayerGrads`):
+
+* :class:`GraftBatchSelector` (the paper's per-batch mode):
+  ``idx, w = selector(x, y)`` runs one no-grad forward on the batch, builds the
+  gradient sketch from the logits and the targets, selects, and the loop trains
+  on ``x[idx]`` with the loss ``sum_j w_j loss_j / len(x)``;
+  ``selector.step(optimizer, x, y)`` does that whole weighted update.
+* :class:`GraftEpochSampler` (epoch mode, the large speed-ups): a ``Sampler``
+  that every ``refresh_every`` epochs runs one selection pass over the dataset
+  (in order, no shuffle, many batches per :func:`select` call, dataset offsets,
+  so the indices are dataset indices) and then yields only the selected
+  indices, reshuffled each epoch by its own generator.
+* :class:`DistributedGraftEpochSampler`: the same under ``torch.distributed``;
+  each rank selects on its shard, the selections are all-gathered, every rank
+  sees the same subset and iterates its own part, like ``DistributedSampler``.
+
+What the selection sees
+-----------------------
+The embeddings ``h`` (the input of the named layer, by default the model's last
+``nn.Linear``) and the logits ``z`` (that layer's output) are captured by a
+forward hook registered for one forward and removed right after; the model's
+``forward`` is never changed and needs no special signature. The named layer's
+output must be the logits the loss is computed from. The per-sample gradient
+of that layer's weight and bias is ``e_i (x) [h_i; 1]`` with ``e_i =
+dloss_i/dz_i``:
+
+* ``loss="cross_entropy"``: ``e = softmax(z) * sum(y) - y`` for class
+  probabilities ``y`` (n, C), i.e. ``softmax(z) - onehot(y)`` for class indices
+  ``y`` (n,); targets equal to ``ignore_index=-100`` get ``e = 0`` (they carry no
+  loss, as in ``torch.nn.functional.cross_entropy``).
+* ``loss="mse"``: ``e = 2 (z - y) / C``, the exact derivative of the per-sample
+  ``torch.nn.functional.mse_loss(z_i, y_i)`` (reduction ``"mean"`` over the C
+  outputs of one sample).
+* a callable ``loss(logits, y)`` returning the per-sample ``dloss/dlogits``
+  (n, C) tensor.
+* ``loss=None``: no gradient criterion; ``round(fraction * n)`` rows per batch.
+
+The low-rank (MaxVol) step runs on ``features="embeddings"`` (default: ``h``) or
+on ``features="inputs"`` (the batch ``x`` flattened to (n, -1)).
+
+Tensors stay on their device (CUDA tensors run the core's array-API path on the
+device); indices come back as LongTensors on that device. Nothing here prints
+(progress bars go to stderr through tqdm), patches torch, or touches a global
+random number generator: every random choice comes from the object's own
+``torch.Generator`` / ``numpy.random.Generator``.
+"""
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from .._select import LastLayerGrads, select
+from .._validation import check_bool, check_int, check_real
+
+__all__ = [
+    "GraftBatchSelector",
+    "GraftEpochSampler",
+    "DistributedGraftEpochSampler",
+    "IndexedDataset",
+    "capture",
+    "loss_residuals",
+]
+
+LOSSES = ("cross_entropy", "mse")
+FEATURES = ("embeddings", "inputs")
+IGNORE_INDEX = -100
+_RESERVED = ("offsets", "return_info", "mask", "random_state", "fraction")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _describe(x):
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    return f"an object of type {type(x).__module__}.{type(x).__qualname__}"
+
+
+def _check_model(model, func):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{func} expects 'model' to be a torch.nn.Module; got {_describe(model)}.")
+    return model
+
+
+def _unwrap(model):
+    """The module inside DataParallel / DistributedDataParallel (their forwards may run collectives)."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+def _find_layer(model, layer, func):
+    """(module, name) of the layer whose input is h and whose output is the logits."""
+    named = list(model.named_modules())
+    if layer is None:
+        linears = [(name, m) for name, m in named if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(
+                f"{func} found no torch.nn.Linear in the model ({type(model).__name__}), so it cannot pick the "
+                "last linear layer by default; name the layer whose input is the embedding and whose output is "
+                "the logits with layer='...'."
+            )
+        name, mod = linears[-1]
+        return mod, name
+    if isinstance(layer, nn.Module):
+        for name, m in named:
+            if m is layer:
+                return m, name
+        raise ValueError(
+            f"The 'layer' parameter of {func} must be a submodule of the model; got a {type(layer).__name__} "
+            "that is not among model.modules()."
+        )
+    if isinstance(layer, str):
+        table = dict(named)
+        key = layer
+        if key not in table and key.startswith("module."):  # a name taken from a DDP/DataParallel wrapper
+            key = key[len("module."):]
+        if key in table and key != "":
+            return table[key], key
+        names = [n for n, _ in named if n]
+        shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
+        raise ValueError(
+            f"The 'layer' parameter of {func} must name a submodule of the model (one of {shown}). "
+            f"Got {layer!r} instead."
+        )
+    raise TypeError(
+        f"The 'layer' parameter of {func} must be None, a submodule name (str) or an nn.Module. Got {layer!r} instead."
+    )
+
+
+def _check_loss(loss, func):
+    if loss is None or callable(loss) or (isinstance(loss, str) and loss in LOSSES):
+        return loss
+    raise ValueError(
+        f"The 'loss' parameter of {func} must be one of 'cross_entropy', 'mse', None or a callable "
+        f"(logits, y) -> per-sample dloss/dlogits. Got {loss!r} instead."
+    )
+
+
+def _check_features(features, func):
+    if isinstance(features, str) and features in FEATURES:
+        return features
+    raise ValueError(
+        f"The 'features' parameter of {func} must be one of 'embeddings', 'inputs'. Got {features!r} instead."
+    )
+
+
+def _check_select_kwargs(kwargs, func):
+    for bad in _RESERVED:
+        if bad in kwargs:
+            raise TypeError(f"{func} sets '{bad}' of select itself; do not pass it.")
+    return dict(kwargs)
+
+
+def _numpy_rng(random_state, func):
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return np.random.default_rng(int(random_state))
+    raise TypeError(
+        f"The 'random_state' parameter of {func} must be None, an int or a numpy Generator. "
+        f"Got {random_state!r} instead."
+    )
+
+
+def _float(t):
+    """float32 for half precision (the core computes in float32/float64), detached, same device."""
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t
+
+
+def _take(x, idx):
+    """Rows ``idx`` of a tensor, or of every tensor in a tuple / list / dict."""
+    if isinstance(x, torch.Tensor):
+        return x.index_select(0, idx.to(x.device))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(v, idx) for v in x)
+    if isinstance(x, dict):
+        return {k: _take(v, idx) for k, v in x.items()}
+    raise TypeError(f"cannot take rows of {_describe(x)}; pass tensors (or tuples / dicts of tensors).")
+
+
+def _to(x, device):
+    if device is None:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def _model_device(model):
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return None
+
+
+# --------------------------------------------------------------------------- capture and residuals
+
+
+def _capture(model, mod, name, x, eval_mode, func):
+    """One no-grad forward with a hook on ``mod``: (embeddings (n, h), logits (n, C)); training flags restored."""
+    seen = []
+
+    def hook(module, args, output):
+        seen.append((args, output))
+
+    modes = [(m, m.training) for m in model.modules()]
+    handle = mod.register_forward_hook(hook)
+    try:
+        if eval_mode:
+            model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+        for m, flag in modes:
+            m.training = flag
+    if len(seen) != 1:
+        how = "never ran" if not seen else f"ran {len(seen)} times"
+        raise ValueError(
+            f"{func} expects the layer {name!r} ({type(mod).__name__}) to run exactly once per forward; it {how}. "
+            "Name the layer whose output is the model's logits with layer='...'."
+        )
+    args, out = seen[0]
+    if not args or not isinstance(args[0], torch.Tensor):
+        raise ValueError(
+            f"{func} expects the layer {name!r} to be called with a tensor as its first positional input "
+            f"(the embedding); got {_describe(args[0]) if args else 'no positional input'}."
+        )
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ValueError(
+            f"{func} expects the layer {name!r} to output logits of shape (n, C); got {_describe(out)}. "
+            "Name the layer whose output is one row of logits per sample with layer='...'."
+        )
+    h = args[0]
+    if h.ndim < 2 or h.shape[0] != out.shape[0]:
+        raise ValueError(
+            f"{func} expects the input of layer {name!r} to have one row per sample ({out.shape[0]}); "
+            f"got {_describe(h)}."
+        )
+    return h.detach().flatten(1), out.detach()
+
+
+def capture(model, x, *, layer=None, eval_mode=True):
+    """Embeddings and logits of one no-grad forward, captured by a hook on ``layer``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : the model's input (passed as ``model(x)``)
+    layer : None, str or nn.Module
+        The layer whose input is the embedding and whose output is the logits;
+        default: the model's last ``nn.Linear`` (in registration order).
+    eval_mode : bool, default=True
+        Run the forward in eval mode (dropout off, batch-norm running statistics
+        used and not updated); every module's train/eval flag is restored after.
+
+    Returns
+    -------
+    embeddings : tensor (n, h)
+        The layer's input, flattened after the first dimension.
+    logits : tensor (n, C)
+        The layer's output.
+    """
+    func = "capture"
+    model = _unwrap(_check_model(model, func))
+    mod, name = _find_layer(model, layer, func)
+    return _capture(model, mod, name, x, check_bool(eval_mode, "eval_mode", func), func)
+
+
+def _n_of(y):
+    return y.shape[0] if isinstance(y, torch.Tensor) and y.ndim >= 1 else None
+
+
+def loss_residuals(logits, y, loss="cross_entropy"):
+    """Per-sample ``dloss/dlogits`` (n, C), the ``e`` of the last-layer gradient ``e (x) [h; 1]``.
+
+    Parameters
+    ----------
+    logits : tensor (n, C)
+    y : tensor
+        ``"cross_entropy"``: class indices (n,) of an integer dtype (``-100`` is
+        ignored) or class probabilities (n, C). ``"mse"``: targets (n, C), or (n,)
+        when C == 1.
+    loss : {"cross_entropy", "mse"} or callable
+        See the module docstring for the formulas.
+
+    Returns
+    -------
+    tensor (n, C), float32 (float64 for float64 logits), on the logits' device.
+    """
+    func = "loss_residuals"
+    loss = _check_loss(loss, func)
+    if loss is None:
+        raise ValueError(
+            f"The 'loss' parameter of {func} must be 'cross_entropy', 'mse' or a callable. Got None instead."
+        )
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
+        raise ValueError(f"{func} expects 'logits' to be a floating tensor of shape (n, C); got {_describe(logits)}.")
+    n, C = logits.shape
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{func} expects 'y' to be a tensor of targets; got {_describe(y)}.")
+    if _n_of(y) != n:
+        raise ValueError(f"{func} expects 'y' with one target per sample ({n}); got {_describe(y)}.")
+    z = _float(logits)
+    y = y.detach().to(z.device)
+    if callable(loss):
+        e = loss(z, y)
+        if not isinstance(e, torch.Tensor) or tuple(e.shape) != (n, C):
+            hint = (" A loss module returns the loss, not its gradient: use loss='cross_entropy' or 'mse'."
+                    if isinstance(loss, nn.Module) else "")
+            raise ValueError(
+                f"{func} expects the callable 'loss' to return dloss/dlogits of the logits' shape ({n}, {C}); "
+                f"got {_describe(e)}.{hint}"
+            )
+        return _float(e)
+    if loss == "cross_entropy":
+        p = torch.softmax(z, dim=1)
+        if y.is_floating_point():
+            if tuple(y.shape) != (n, C):
+                raise ValueError(
+                    f"{func} expects cross-entropy targets as class indices (n,) of an integer dtype or class "
+                    f"probabilities of shape ({n}, {C}); got {_describe(y)}."
+                )
+            y = y.to(z.dtype)
+            return p * y.sum(dim=1, keepdim=True) - y
+        if y.dtype == torch.bool or y.is_complex() or y.ndim != 1:
+            raise ValueError(
+                f"{func} expects cross-entropy targets as class indices ({n},) of an integer dtype or class "
+                f"probabilities of shape ({n}, {C}); got {_describe(y)}."
+            )
+        y = y.long()
+        ignored = y == IGNORE_INDEX
+        bad = ((y < 0) | (y >= C)) & ~ignored
+        if bool(bad.any()):  # one check per batch (indices out of range would fault on a GPU)
+            raise ValueError(
+                f"{func} expects class indices in [0, {C}) (or {IGNORE_INDEX}, ignored) for logits with {C} "
+                f"classes; got values from {int(y.min())} to {int(y.max())}."
+            )
+        safe = torch.where(ignored, torch.zeros_like(y), y)
+        e = p.scatter_add(1, safe[:, None], torch.full((n, 1), -1.0, dtype=z.dtype, device=z.device))
+        return torch.where(ignored[:, None], torch.zeros_like(e), e)
+    # mse
+    if y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"{func} expects real MSE targets; got {_describe(y)}.")
+    if y.ndim == 1 and C == 1:
+        y = y[:, None]
+    if tuple(y.shape) != (n, C):
+        raise ValueError(f"{func} expects MSE targets of shape ({n}, {C}) (or ({n},) when C == 1); got {_describe(y)}.")
+    return 2.0 * (z - y.to(z.dtype)) / C
+
+
+def _per_sample_loss(out, y, loss, func):
+    """Per-sample losses (n,) matching the residual formulas of ``loss``."""
+    import torch.nn.functional as F
+
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, y, reduction="none", ignore_index=IGNORE_INDEX) if not y.is_floating_point() \
+            else F.cross_entropy(out, y.to(out.dtype), reduction="none")
+    if loss == "mse":
+        yy = y[:, None] if (y.ndim == 1 and out.ndim == 2 and out.shape[1] == 1) else y
+        return F.mse_loss(out, yy.to(out.dtype), reduction="none").flatten(1).mean(dim=1)
+    raise TypeError(
+        f"{func} needs 'criterion' (a callable (output, y) -> per-sample losses (n,)) when 'loss' is "
+        f"{'None' if loss is None else 'a callable'}."
+    )
+
+
+class _Sketcher:
+    """What both modes share: the layer, the loss, the features and the forward that captures them."""
+
+    def __init__(self, model, layer, loss, features, eval_mode, select_kwargs, func):
+        self.model = _check_model(model, func)
+        self._inner = _unwrap(model)
+        self.layer_module, self.layer_name = _find_layer(self._inner, layer, func)
+        self.loss = _check_loss(loss, func)
+        self.features = _check_features(features, func)
+        self.eval_mode = check_bool(eval_mode, "eval_mode", func)
+        self.select_kwargs = _check_select_kwargs(select_kwargs, func)
+        self._func = func
+
+    def sketch(self, x, y):
+        """(features (n, d), grads or None) of one batch; y's length is checked against the batch."""
+        func = self._func
+        n_x = _n_of(x)
+        if self.loss is not None:
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"{func} expects 'y' to be a tensor of targets; got {_describe(y)}.")
+            if n_x is not None and _n_of(y) != n_x:
+                raise ValueError(
+                    f"{func} expects 'y' with one target per sample of 'x' ({n_x}); got {_describe(y)} for 'x' of "
+                    f"{_describe(x)}."
+                )
+        h, z = _capture(self._inner, self.layer_module, self.layer_name, x, self.eval_mode, func)
+        n = h.shape[0]
+        h = _float(h).contiguous()
+        if self.features == "inputs":
+            if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
+                raise ValueError(
+                    f"{func} with features='inputs' expects 'x' to be a floating tensor (n, ...); got {_describe(x)}."
+                )
+            F = _float(x).flatten(1).contiguous()
+        else:
+            F = h
+        if self.loss is None:
+            return F, None
+        if _n_of(y) != n:
+            raise ValueError(f"{func} expects 'y' with one target per sample ({n}); got {_describe(y)}.")
+        e = loss_residuals(z, y, self.loss)
+        return F, (e.to(h.dtype).contiguous(), h)
+
+
+# --------------------------------------------------------------------------- per-batch mode
+
+
+class GraftBatchSelector(_Sketcher):
+    """Per-batch GRAFT (the paper's mode): ``idx, w = selector(x, y)`` inside an ordinary loop.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module; it is called as ``model(x)``.
+    fraction : float in (0, 1], default=0.25
+        Target share of each batch (the gradient criterion picks the size in a
+        band around it; see :func:`graft_array.select`).
+    layer : None, str or nn.Module
+        The layer whose input is the embedding and whose output is the logits;
+        default: the model's last ``nn.Linear``.
+    loss : "cross_entropy", "mse", None or callable, default="cross_entropy"
+        How the gradient sketch is built from logits and targets (module docstring).
+    features : "embeddings" or "inputs", default="embeddings"
+        What the low-rank/MaxVol step sees.
+    eval_mode : bool, default=True
+        Run the selection forward in eval mode; the train/eval flags are restored.
+    random_state : None, int or numpy.random.Generator
+        Seeds the randomized low-rank solver (the selector's own generator).
+    **select_kwargs
+        Passed to :func:`graft_array.select` (rank, method, tol, band, min_size,
+        max_size, solver, backend).
+
+    Attributes
+    ----------
+    last_selection : graft_array.Selection or None
+        The full result of the last call (batch-local indices).
+    """
+
+    def __init__(self, model, *, fraction=0.25, layer=None, loss="cross_entropy", features="embeddings",
+                 eval_mode=True, random_state=None, **select_kwargs):
+        func = type(self).__name__
+        super().__init__(model, layer, loss, features, eval_mode, select_kwargs, func)
+        self.fraction = check_real(fraction, "fraction", func, low=0.0, high=1.0, low_inclusive=False)
+        self._rng = _numpy_rng(random_state, func)
+        self.last_selection = None
+        self._last_n = None
+
+    def __call__(self, x, y=None):
+        """Select within the batch: ``(idx, w)``.
+
+        Returns
+        -------
+        idx : LongTensor (m,) on the device of the features
+            Rows of ``x`` to train on (batch-local, in selection order).
+        w : float32 tensor (m,), same device
+            Non-negative weights summing to ``len(x)`` (:func:`graft_array.select`'s
+            NNLS weights; some may be zero): the loss
+            ``(w * loss_per_sample).sum() / len(x)`` estimates the batch's mean loss.
+        """
+        F, g = self.sketch(x, y)
+        self._last_n = int(F.shape[0])
+        s = select(F, None if g is None else LastLayerGrads(*g), fraction=self.fraction, return_info=True,
+                   random_state=self._rng, **self.select_kwargs)
+        self.last_selection = s
+        return s.indices.to(device=F.device, dtype=torch.int64), s.weights.to(device=F.device, dtype=torch.float32)
+
+    def step(self, optimizer, x, y, *, criterion=None):
+        """One weighted update: select, forward on ``x[idx]``, ``sum_j w_j loss_j / len(x)``, backward, step.
+
+        ``criterion(output, y) -> per-sample losses (n,)`` defaults to the loss
+        named by ``loss`` (cross-entropy or per-sample MSE); it is required for a
+        callable or ``None`` loss. Returns the loss as a detached 0-d tensor (no
+        host sync).
+        """
+        func = f"{type(self).__name__}.step"
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{func} expects 'optimizer' to be a torch.optim.Optimizer; got {_describe(optimizer)}.")
+        idx, w = self(x, y)
+        n = self._last_n
+        out = self.model(_take(x, idx))
+        ys = _take(y, idx)
+        per = criterion(out, ys) if criterion is not None else _per_sample_loss(out, ys, self.loss, func)
+        if not isinstance(per, torch.Tensor) or tuple(per.shape) != (idx.shape[0],):
+            raise ValueError(
+                f"{func} expects per-sample losses of shape ({idx.shape[0]},) from the criterion; got {_describe(per)}."
+            )
+        if per.dtype in (torch.float16, torch.bfloat16):
+            per = per.float()  # the weighted sum in float32 (w up to len(x))
+        loss = (w.to(device=per.device, dtype=per.dtype) * per).sum() / n
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+
+# --------------------------------------------------------------------------- epoch mode
+
+
+class IndexedDataset(Dataset):
+    """Wraps a dataset so that each item also carries its dataset index: ``(*item, index)``.
+
+    A non-tuple item ``v`` becomes ``(v, index)``. With it a training loop gets the
+    indices it needs for ``sampler.loss_weights(index)``; the selection pass
+    ignores the extra element (its default ``unpack`` takes items 0 and 1).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        if isinstance(item, tuple):
+            return (*item, i)
+        return (item, i)
+
+
+def _default_unpack(batch):
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, (list, tuple)) and len(batch) == 1:
+        return batch[0], None
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    raise TypeError(
+        f"GraftEpochSampler cannot split a batch of type {type(batch).__name__} into (x, y); pass "
+        "unpack=lambda batch: (x, y)."
+    )
+
+
+class GraftEpochSampler(Sampler):
+    """Epoch-mode GRAFT: a ``Sampler`` that yields only a GRAFT subset of the dataset.
+
+    Every ``refresh_every`` epochs (after ``warm_start_epochs`` epochs of full
+    data) one selection pass walks the dataset in order (a ``DataLoader`` without
+    shuffling), runs a no-grad forward per batch, captures embeddings and logits
+    with a hook, and calls :func:`graft_array.select` on ``batches_per_call``
+    batches at once (the ragged last batch included) with dataset offsets; the
+    indices are dataset indices. Each epoch then yields the selected indices in a
+    fresh order drawn by the sampler's own ``torch.Generator`` seeded with
+    ``seed + epoch``.
+
+    Call ``set_epoch(epoch)`` at the start of every epoch, as with
+    ``DistributedSampler``: it picks the order and decides when the selection is
+    refreshed. The pass runs lazily, on ``len(sampler)`` or ``iter(sampler)``
+    for an epoch whose selection is not made yet (or on :meth:`refresh`).
+
+    Parameters
+    ----------
+    dataset : map-style Dataset (``len`` and ``__getitem__``)
+    model : torch.nn.Module
+    fraction : float in (0, 1], default=0.25
+        Target share of each selection batch.
+    batch_size : int, default=128
+        Rows per GRAFT batch in the selection pass.
+    refresh_every : int, default=1
+        Epochs between selection passes.
+    warm_start_epochs : int, default=0
+        Initial epochs on the full dataset (weights all one).
+    layer, loss, features, eval_mode
+        As in :class:`GraftBatchSelector`.
+    unpack : callable, optional
+        ``batch -> (x, y)`` for the collated batches of the pass; default: items
+        0 and 1 of a tuple/list batch (``y = None`` for a single element).
+    collate_fn : callable, optional
+        Passed to the pass's ``DataLoader``.
+    num_workers : int, default=0
+        Workers of the pass's ``DataLoader``.
+    device : torch.device or str, optional
+        Where batches go for the forward; default: the model's parameters' device.
+    batches_per_call : int, default=64
+        Batches per :func:`graft_array.select` call (bounds memory: only these
+        batches' embeddings are held at once).
+    shuffle : bool, default=True
+        Reshuffle the subset every epoch (else dataset order).
+    progress : bool, default=True
+        A tqdm bar (stderr) over the selection pass.
+    seed : int, default=0
+        Seeds the order (``seed + epoch``) and the randomized solver.
+    **select_kwargs
+        Passed to :func:`graft_array.select` (rank, method, tol, band, min_size,
+        max_size, solver, backend).
+
+    Attributes
+    ----------
+    indices : LongTensor
+        The current subset (dataset indices, in selection order); all indices
+        during warm-start epochs.
+    weights : float32 tensor (len(dataset),)
+        GRAFT weights by dataset index, zero for unselected samples; within each
+        selection batch they sum to its size. All ones during warm-start epochs.
+    """
+
+    def __init__(self, dataset, model, *, fraction=0.25, batch_size=128, refresh_every=1, warm_start_epochs=0,
+                 layer=None, loss="cross_entropy", features="embeddings", eval_mode=True, unpack=None,
+                 collate_fn=None, num_workers=0, device=None, batches_per_call=64, shuffle=True, progress=True,
+                 seed=0, **select_kwargs):
+        func = type(self).__name__
+        try:
+            self._n = len(dataset)
+        except TypeError:
+            raise TypeError(f"{func} expects a map-style 'dataset' with a length; got {_describe(dataset)}.") from None
+        if self._n == 0:
+            raise ValueError(f"{func} expects a non-empty 'dataset'; got 0 samples.")
+        self.dataset = dataset
+        self._sketch = _Sketcher(model, layer, loss, features, eval_mode, select_kwargs, func)
+        self.model = model
+        self.fraction = check_real(fraction, "fraction", func, low=0.0, high=1.0, low_inclusive=False)
+        self.batch_size = check_int(batch_size, "batch_size", func, low=1)
+        self.refresh_every = check_int(refresh_every, "refresh_every", func, low=1)
+        self.warm_start_epochs = check_int(warm_start_epochs, "warm_start_epochs", func, low=0)
+        self.num_workers = check_int(num_workers, "num_workers", func, low=0)
+        self.batches_per_call = check_int(batches_per_call, "batches_per_call", func, low=1)
+        self.shuffle = check_bool(shuffle, "shuffle", func)
+        self.progress = check_bool(progress, "progress", func)
+        self.seed = check_int(seed, "seed", func, low=0)
+        for nm, fn in (("unpack", unpack), ("collate_fn", collate_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"The '{nm}' parameter of {func} must be None or a callable. Got {fn!r} instead.")
+        self.unpack = unpack if unpack is not None else _default_unpack
+        self.collate_fn = collate_fn
+        self.device = torch.device(device) if device is not None else None
+        self.epoch = 0
+        self._selected_for = None  # the epoch whose selection is held
+        self._indices = None
+        self._weights = None
+        self._weights_by_device = {}
+        self._func = func
+
+    # ---- epochs
+
+    def set_epoch(self, epoch):
+        """Set the epoch: picks this epoch's order and whether the selection is refreshed."""
+        self.epoch = check_int(epoch, "epoch", f"{self._func}.set_epoch", low=0)
+
+    def _selection_epoch(self, epoch):
+        """The epoch whose selection serves ``epoch`` (None during warm start)."""
+        if epoch < self.warm_start_epochs:
+            return None
+        return self.warm_start_epochs + ((epoch - self.warm_start_epochs) // self.refresh_every) * self.refresh_every
+
+    def _ensure(self):
+        want = self._selection_epoch(self.epoch)
+        if want is None:
+            if self._selected_for is not None or self._indices is None:
+                self._indices = torch.arange(self._n, dtype=torch.int64)
+                self._weights = torch.ones(self._n, dtype=torch.float32)
+                self._weights_by_device = {}
+                self._selected_for = None
+            return
+        if self._selected_for != want:
+            self._run_pass(want)
+            self._selected_for = want
+
+    def refresh(self):
+        """Run the selection pass again now, for the current epoch, whatever the schedule says."""
+        want = self._selection_epoch(self.epoch)
+        if want is None:
+            raise ValueError(
+                f"{self._func}.refresh has nothing to select during warm-start epoch {self.epoch} "
+                f"(warm_start_epochs={self.warm_start_epochs}); call set_epoch with a later epoch first."
+            )
+        self._run_pass(want)
+        self._selected_for = want
+
+    # ---- the selection pass
+
+    def _shard(self):
+        """(lo, hi): the contiguous block of dataset positions this process selects on."""
+        return 0, self._n
+
+    def _gather(self, idx, w):
+        return idx, w
+
+    def _show_progress(self):
+        return self.progress
+
+    def _run_pass(self, sel_epoch):
+        lo, hi = self._shard()
+        idx, w = self._select_block(lo, hi, sel_epoch)
+        idx, w = self._gather(idx, w)
+        self._indices = idx
+        weights = torch.zeros(self._n, dtype=torch.float32)
+        weights[idx] = w.to(torch.float32)
+        self._weights = weights
+        self._weights_by_device = {}
+
+    def _select_block(self, lo, hi, sel_epoch):
+        """Selection over dataset positions lo..hi-1: (indices int64 CPU, weights float64 CPU)."""
+        from tqdm.auto import tqdm
+
+        func = self._func
+        sk = self._sketch
+        device = self.device if self.device is not None else _model_device(sk._inner)
+        data = self.dataset if (lo, hi) == (0, self._n) else Subset(self.dataset, range(lo, hi))
+        gen = torch.Generator()  # the DataLoader draws a base seed: keep it off the global RNG
+        gen.manual_seed(self.seed)
+        loader = DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate_fn,
+                            num_workers=self.num_workers, drop_last=False, generator=gen)
+        rng = np.random.default_rng([self.seed, sel_epoch])
+        seed = int(rng.integers(2**63))  # one seed for the whole pass (the same on every rank)
+        feats, res, embs, offs = [], [], [], []
+        idx_out, w_out = [], []
+        pos = lo
+
+        def flush():
+            if not feats:
+                return
+            grads = None if sk.loss is None else LastLayerGrads(list(res), list(embs))
+            s = select(list(feats), grads, fraction=self.fraction, offsets=np.asarray(offs, dtype=np.int64),
+                       return_info=True, random_state=seed, **sk.select_kwargs)
+            idx_out.append(s.indices.detach().to("cpu", torch.int64))
+            w_out.append(s.weights.detach().to("cpu", torch.float64))
+            feats.clear(), res.clear(), embs.clear(), offs.clear()
+
+        with tqdm(total=hi - lo, desc="GRAFT selection", unit="sample", disable=not self._show_progress(),
+                  leave=False) as bar:
+            for batch in loader:
+                x, y = self.unpack(batch)
+                x, y = _to(x, device), _to(y, device)
+                F, g = sk.sketch(x, y)
+                if F.shape[0] == 0:
+                    continue
+                feats.append(F)
+                if g is not None:
+                    res.append(g[0])
+                    embs.append(g[1])
+                offs.append(pos)
+                pos += int(F.shape[0])
+                if len(feats) >= self.batches_per_call:
+                    flush()
+                bar.update(int(F.shape[0]))
+            flush()
+        if pos != hi:
+            raise ValueError(
+                f"{func} saw {pos - lo} samples in its selection pass over dataset positions [{lo}, {hi}); the "
+                "collated batches must hold one sample per dataset item (check 'collate_fn' / 'unpack')."
+            )
+        if not idx_out:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64)
+        return torch.cat(idx_out), torch.cat(w_out)
+
+    # ---- what the training loop sees
+
+    @property
+    def indices(self):
+        """The current subset (dataset indices, LongTensor on the CPU)."""
+        self._ensure()
+        return self._indices
+
+    @property
+    def weights(self):
+        """GRAFT weights by dataset index (float32, CPU), zero for unselected samples."""
+        self._ensure()
+        return self._weights
+
+    def loss_weights(self, index):
+        """Weights for a training batch, normalised to mean one over the subset.
+
+        ``(sampler.loss_weights(index) * loss_per_sample).mean()`` estimates the
+        full dataset's mean loss (``index``: the batch's dataset indices, e.g. from
+        :class:`IndexedDataset`). The result is on ``index``'s device.
+        """
+        self._ensure()
+        if not isinstance(index, torch.Tensor):
+            index = torch.as_tensor(index, dtype=torch.int64)
+        dev = index.device
+        if dev not in self._weights_by_device:
+            # a uniform minibatch of the subset S: E[mean_B(w l)] = sum_S w l / |S|, and sum_S w l / N
+            # estimates the dataset's mean loss, hence the factor |S| / N
+            self._weights_by_device[dev] = (self._weights * (len(self._indices) / self._n)).to(dev)
+        return self._weights_by_device[dev][index]
+
+    def _order(self):
+        """This epoch's order of the subset (dataset indices)."""
+        idx = self._indices
+        if not self.shuffle:
+            return idx
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return idx[torch.randperm(len(idx), generator=g)]
+
+    def __iter__(self):
+        self._ensure()
+        return iter(self._order().tolist())
+
+    def __len__(self):
+        self._ensure()
+        return len(self._indices)
+
+
+class DistributedGraftEpochSampler(GraftEpochSampler):
+    """:class:`GraftEpochSampler` under ``torch.distributed`` (DDP).
+
+    Each rank runs the selection pass on its contiguous block of the dataset
+    (``[floor(r N / W), floor((r + 1) N / W))``, with its own model replica; a
+    ``DistributedDataParallel`` wrapper is looked through so that no collective
+    runs inside the pass), the selections are all-gathered (padded tensor
+    all-gathers, so gloo and NCCL both work), and every rank holds the same
+    subset. Each epoch the subset is shuffled by a generator seeded with
+    ``seed + epoch`` (the same on every rank), padded by repetition to a multiple
+    of the world size (or truncated with ``drop_last``), and rank r iterates
+    positions ``r::world_size``, as ``DistributedSampler`` does. Every rank must
+    call ``set_epoch`` with the same epoch, and all ranks run the pass together.
+
+    Extra parameters
+    ----------------
+    num_replicas, rank : int, optional
+        Default: from the default process group.
+    drop_last : bool, default=False
+    group : process group, optional
+    """
+
+    def __init__(self, dataset, model, *, num_replicas=None, rank=None, drop_last=False, group=None, **kwargs):
+        import torch.distributed as dist
+
+        super().__init__(dataset, model, **kwargs)
+        func = self._func
+        if num_replicas is None or rank is None:
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError(
+                    f"{func} needs an initialised torch.distributed process group (or explicit num_replicas and rank)."
+                )
+        self.num_replicas = (dist.get_world_size(group) if num_replicas is None
+                             else check_int(num_replicas, "num_replicas", func, low=1))
+        self.rank = dist.get_rank(group) if rank is None else check_int(rank, "rank", func, low=0)
+        if self.rank >= self.num_replicas:
+            raise ValueError(
+                f"The 'rank' parameter of {func} must be an int in the range [0, {self.num_replicas - 1}]. "
+                f"Got {self.rank} instead."
+            )
+        self.drop_last = check_bool(drop_last, "drop_last", func)
+        self.group = group
+
+    def _shard(self):
+        n, w, r = self._n, self.num_replicas, self.rank
+        return (r * n) // w, ((r + 1) * n) // w
+
+    def _show_progress(self):
+        return self.progress and self.rank == 0
+
+    def _gather(self, idx, w):
+        if self.num_replicas == 1:
+            return idx, w
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                f"{self._func} needs an initialised torch.distributed process group to gather the "
+                f"{self.num_replicas} ranks' selections."
+            )
+        return self._all_gather(idx), self._all_gather(w)
+
+    def _all_gather(self, t):
+        """Concatenate a 1-D CPU tensor of every rank, in rank order (variable lengths)."""
+        import torch.distributed as dist
+
+        dev = torch.device("cpu")
+        if dist.get_backend(self.group) == "nccl":
+            dev = torch.device("cuda", torch.cuda.current_device())
+        size = torch.tensor([t.numel()], dtype=torch.int64, device=dev)
+        sizes = [torch.zeros_like(size) for _ in range(self.num_replicas)]
+        dist.all_gather(sizes, size, group=self.group)
+        sizes = [int(s) for s in torch.cat(sizes).cpu().tolist()]
+        buf = torch.zeros(max(sizes) if sizes else 0, dtype=t.dtype, device=dev)
+        buf[: t.numel()] = t.to(dev)
+        parts = [torch.empty_like(buf) for _ in range(self.num_replicas)]
+        dist.all_gather(parts, buf, group=self.group)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)]).cpu()
+
+    def _rank_part(self, order):
+        w = self.num_replicas
+        m = len(order)
+        if m == 0:
+            return order
+        if self.drop_last:
+            total = (m // w) * w
+            order = order[:total]
+        else:
+            total = math.ceil(m / w) * w
+            if total > m:
+                reps = math.ceil((total - m) / m)
+                order = torch.cat([order] + [order] * reps)[:total]
+        return order[self.rank:total:w]
+
+    def __iter__(self):
+        self._ensure()
+        return iter(self._rank_part(self._order()).tolist())
+
+    def __len__(self):
+        self._ensure()
+        m, w = len(self._indices), self.num_replicas
+        if m == 0:
+            return 0
+        return m // w if self.drop_last else math.ceil(m / w)

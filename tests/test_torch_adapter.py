@@ -1,0 +1,532 @@
+"""graft_array.adapters.torch: hooks, gradient sketches, per-batch and epoch modes, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from graft_array import LastLayerGrads, select  # noqa: E402
+from graft_array.adapters.torch import (  # noqa: E402
+    DistributedGraftEpochSampler,
+    GraftBatchSelector,
+    GraftEpochSampler,
+    IndexedDataset,
+    capture,
+    loss_residuals,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def clusters(n=2400, d=8, classes=4, seed=0, spread=1.3):
+    """Gaussian-cluster classification data from a private generator."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=g) * 2.0
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centres[y] + spread * torch.randn(n, d, generator=g)
+    return x, y
+
+
+def mlp(d=8, hidden=32, classes=4, seed=0, dropout=0.0):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        layers = [nn.Linear(d, hidden), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(hidden, classes))
+        return nn.Sequential(*layers)
+
+
+def full_loss(model, x, y):
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+class SelfIndexed(torch.utils.data.Dataset):
+    """Item i is (x_i, y_i, i): the dataset returns its own index."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.x[i], self.y[i], i
+
+
+def rng_states():
+    return torch.get_rng_state().clone(), np.random.get_state()
+
+
+def assert_same_rng(before):
+    t, npst = before
+    assert torch.equal(torch.get_rng_state(), t), "the global torch RNG was touched"
+    now = np.random.get_state()
+    same = now[0] == npst[0] and np.array_equal(now[1], npst[1]) and now[2:] == npst[2:]
+    assert same, "numpy's global RNG was touched"
+
+
+# --------------------------------------------------------------------------- hooks and residuals
+
+
+def test_capture_equals_manual_forward_and_removes_hook():
+    x, _ = clusters(300)
+    model = mlp()
+    h, z = capture(model, x)
+    with torch.no_grad():
+        assert torch.allclose(h, model[:2](x))
+        assert torch.allclose(z, model(x))
+    assert not model[2]._forward_hooks and not model[0]._forward_hooks
+    h2, z2 = capture(model, x, layer="0")  # a named layer: input x, output the first layer's activations
+    assert torch.equal(h2, x) and torch.allclose(z2, model[0](x).detach())
+    h3, _ = capture(model, x, layer=model[2])
+    assert torch.equal(h3, h)
+
+
+def test_capture_sees_through_custom_forward_and_flattens_embedding():
+    class Net(nn.Module):  # no special forward signature, the head used inside an expression
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 3, 3, padding=1)
+            self.head = nn.Linear(3 * 8, 5)
+
+        def forward(self, inp):
+            a = torch.tanh(self.conv(inp["signal"][:, None, :]))
+            return self.head(a.flatten(1)) * 1.0
+
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        net = Net()
+    x = {"signal": torch.randn(40, 8)}
+    h, z = capture(net, x)
+    assert h.shape == (40, 24) and z.shape == (40, 5)
+    with torch.no_grad():
+        assert torch.allclose(z, net(x))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_cross_entropy_residuals_are_dloss_dlogits(soft):
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(20, 5, generator=g, dtype=torch.float64)
+    if soft:
+        y = torch.softmax(torch.randn(20, 5, generator=g, dtype=torch.float64), 1)
+    else:
+        y = torch.randint(0, 5, (20,), generator=g)
+        y[3] = -100  # ignored: no loss, no gradient
+    zz = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(zz, y, reduction="sum"), zz)
+    e = loss_residuals(z, y, "cross_entropy")
+    assert torch.allclose(e, grad)
+    if not soft:
+        assert torch.all(e[3] == 0)
+
+
+def test_mse_residuals_are_dloss_dlogits_per_sample():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    zz = z.clone().requires_grad_(True)
+    per = torch.stack([F.mse_loss(zz[i], y[i]) for i in range(12)])  # reduction "mean" per sample
+    (grad,) = torch.autograd.grad(per.sum(), zz)
+    assert torch.allclose(loss_residuals(z, y, "mse"), grad)
+    z1, y1 = z[:, :1], y[:, 0]  # C == 1 with (n,) targets
+    assert torch.allclose(loss_residuals(z1, y1, "mse"), 2 * (z1 - y1[:, None]))
+
+
+def test_callable_loss_residuals():
+    def smooth_ce(z, y):
+        return torch.softmax(z, 1) - (0.9 * F.one_hot(y, z.shape[1]) + 0.1 / z.shape[1])
+
+    x, y = clusters(256)
+    model = mlp()
+    sel = GraftBatchSelector(model, loss=smooth_ce, random_state=0)
+    idx, w = sel(x, y)
+    assert idx.numel() > 0 and torch.all(w >= 0)
+    with pytest.raises(TypeError, match="criterion"):
+        sel.step(torch.optim.SGD(model.parameters(), lr=0.1), x, y)
+    loss = sel.step(torch.optim.SGD(model.parameters(), lr=0.1), x, y,
+                    criterion=lambda out, t: F.cross_entropy(out, t, reduction="none", label_smoothing=0.1))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------- per-batch mode
+
+
+def test_batch_selector_output_contract():
+    x, y = clusters(256)
+    model = mlp()
+    sel = GraftBatchSelector(model, fraction=0.25, random_state=0)
+    idx, w = sel(x, y)
+    assert idx.dtype == torch.int64 and idx.device == x.device and w.device == x.device
+    assert w.dtype == torch.float32 and torch.all(w >= 0)
+    assert torch.isclose(w.sum(), torch.tensor(256.0), rtol=1e-4)
+    assert len(set(idx.tolist())) == idx.numel() and 0 <= int(idx.min()) and int(idx.max()) < 256
+    # the same selection as the core on the hooked embeddings and the CE residuals
+    h, z = capture(model, x)
+    e = torch.softmax(z, 1) - F.one_hot(y, 4)
+    s = select(h, LastLayerGrads(e, h), fraction=0.25, return_info=True, random_state=1)
+    assert set(s.indices.tolist()) == set(idx.tolist())
+
+
+def test_batch_selector_restores_modes_and_rng():
+    x, y = clusters(256)
+    model = mlp(dropout=0.5)
+    model.train()
+    model[0].eval()  # a frozen submodule stays frozen
+    modes = [m.training for m in model.modules()]
+    sel = GraftBatchSelector(model, random_state=0)
+    before = rng_states()
+    a, wa = sel(x, y)
+    b, wb = sel(x, y)  # eval-mode forward: dropout off, the same selection
+    assert_same_rng(before)
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(a, b) and torch.allclose(wa, wb)
+    sel2 = GraftBatchSelector(model, eval_mode=False, random_state=0)
+    sel2(x, y)
+    assert [m.training for m in model.modules()] == modes
+
+
+def test_per_batch_training_loss_falls():
+    x, y = clusters(2400, seed=4)
+    model = mlp(seed=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # (GRAFT's NNLS weights can concentrate: see the report)
+    sel = GraftBatchSelector(model, fraction=0.25, random_state=0)
+    start = full_loss(model, x, y)
+    order = torch.randperm(2400, generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(2):
+        for lo in range(0, 2400, 128):
+            b = order[lo:lo + 128]
+            losses.append(float(sel.step(opt, x[b], y[b])))
+    end = full_loss(model, x, y)
+    assert end < 0.5 * start, (start, end)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_step_is_the_weighted_loss():
+    x, y = clusters(128, seed=5)
+    m1, m2 = mlp(seed=5), mlp(seed=5)
+    o1 = torch.optim.SGD(m1.parameters(), lr=0.1)
+    o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    loss = GraftBatchSelector(m1, random_state=0).step(o1, x, y)
+    idx, w = GraftBatchSelector(m2, random_state=0)(x, y)
+    manual = (w * F.cross_entropy(m2(x[idx]), y[idx], reduction="none")).sum() / 128
+    o2.zero_grad()
+    manual.backward()
+    o2.step()
+    assert torch.allclose(loss, manual.detach())
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p1, p2)
+
+
+def test_mse_regression_selector():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(200, 8, generator=g)
+    y = x @ torch.randn(8, 2, generator=g)
+    model = mlp(classes=2)
+    sel = GraftBatchSelector(model, loss="mse", random_state=0)
+    idx, w = sel(x, y)
+    assert idx.numel() > 0 and torch.all(w >= 0)
+    loss = sel.step(torch.optim.SGD(model.parameters(), lr=0.01), x, y)
+    assert torch.isfinite(loss)
+
+
+def test_requires_grad_noncontiguous_and_features_inputs():
+    x, y = clusters(256)
+    model = mlp()
+    xg = x.clone().requires_grad_(True)
+    i1, w1 = GraftBatchSelector(model, random_state=0)(xg, y)
+    assert all(p.grad is None for p in model.parameters()) and xg.grad is None
+    xt = x.t().contiguous().t()  # same values, transposed strides
+    assert not xt.is_contiguous()
+    i2, w2 = GraftBatchSelector(model, random_state=0)(xt, y)
+    assert torch.equal(i1, i2) and torch.allclose(w1, w2)
+    i3, w3 = GraftBatchSelector(model, features="inputs", random_state=0)(xt, y)
+    i4, _ = GraftBatchSelector(model, features="inputs", random_state=0)(x, y)
+    assert torch.equal(i3, i4) and torch.all(w3 >= 0)
+    i5, w5 = GraftBatchSelector(model, loss=None, fraction=0.125)(x)  # features only: a fixed size
+    assert i5.numel() == 32 and torch.allclose(w5, torch.full((32,), 8.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_and_inputs(dtype):
+    x, y = clusters(256)
+    model = mlp().to(dtype)
+    idx, w = GraftBatchSelector(model, random_state=0)(x.to(dtype), y)
+    assert idx.dtype == torch.int64 and idx.numel() > 0
+    assert torch.all(torch.isfinite(w)) and torch.all(w >= 0)
+    loss = GraftBatchSelector(model, random_state=0).step(torch.optim.SGD(model.parameters(), lr=0.01),
+                                                          x.to(dtype), y)
+    assert torch.isfinite(loss.float())
+
+
+def test_bad_inputs_have_clear_errors():
+    x, y = clusters(64)
+    model = mlp()
+    with pytest.raises(ValueError, match=r"'layer'.*must name a submodule.*'0', '1', '2'.*Got 'fc'"):
+        GraftBatchSelector(model, layer="fc")
+    with pytest.raises(ValueError, match="no torch.nn.Linear"):
+        GraftBatchSelector(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten()))
+    with pytest.raises(TypeError, match="'model' to be a torch.nn.Module"):
+        GraftBatchSelector(lambda t: t)
+    with pytest.raises(ValueError, match="'loss'.*'cross_entropy', 'mse'.*Got 'hinge'"):
+        GraftBatchSelector(model, loss="hinge")
+    with pytest.raises(ValueError, match="'features'.*Got 'logits'"):
+        GraftBatchSelector(model, features="logits")
+    with pytest.raises(ValueError, match="'fraction' parameter of GraftBatchSelector"):
+        GraftBatchSelector(model, fraction=0.0)
+    with pytest.raises(TypeError, match="sets 'offsets'"):
+        GraftBatchSelector(model, offsets=[0])
+    sel = GraftBatchSelector(model)
+    with pytest.raises(ValueError, match=r"'y' with one target per sample of 'x' \(64\); got shape \(63,\)"):
+        sel(x, y[:63])
+    with pytest.raises(TypeError, match="'y' to be a tensor"):
+        sel(x, y.tolist())
+    with pytest.raises(ValueError, match=r"class indices in \[0, 4\)"):
+        sel(x, y + 4)
+    with pytest.raises(ValueError, match="class indices"):
+        sel(x, y.float())  # floats of shape (n,) are neither indices nor probabilities
+    with pytest.raises(ValueError, match="features='inputs' expects 'x' to be a floating tensor"):
+        GraftBatchSelector(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2)), features="inputs")(
+            torch.arange(10), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"MSE targets of shape \(64, 4\)"):
+        GraftBatchSelector(model, loss="mse")(x, torch.randn(64, 3))
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, t):
+            return self.fc(self.fc(t))
+
+    with pytest.raises(ValueError, match="run exactly once per forward; it ran 2 times"):
+        GraftBatchSelector(Twice())(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, t):
+            return t
+
+    with pytest.raises(ValueError, match="never ran"):
+        GraftBatchSelector(Unused())(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
+    seq = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"logits of shape \(n, C\); got shape \(8, 5, 3\)"):
+        GraftBatchSelector(seq)(torch.randn(8, 5, 4), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="callable 'loss' to return dloss/dlogits"):
+        GraftBatchSelector(model, loss=lambda z, t: z[:, :2])(x, y)
+
+
+# --------------------------------------------------------------------------- epoch mode
+
+
+def test_epoch_indices_are_dataset_indices():
+    """Each batch of 100 has exactly 10 non-zero rows (at i % 10 == 3): a batch-local index bug shows."""
+    n, d = 1050, 16
+    g = torch.Generator().manual_seed(8)
+    x = torch.zeros(n, d)
+    hot = torch.arange(3, n, 10)
+    x[hot] = torch.randn(len(hot), d, generator=g)
+    y = torch.zeros(n, dtype=torch.long)
+    ds = SelfIndexed(x, y)
+    model = mlp(d=d, classes=2)
+    s = GraftEpochSampler(ds, model, loss=None, features="inputs", fraction=0.1, batch_size=100,
+                          batches_per_call=4, progress=False)
+    assert sorted(s.indices.tolist()) == hot.tolist()  # including the short last batch (1000..1049)
+    assert torch.all(s.weights[hot] > 0) and float(s.weights.sum()) == pytest.approx(n)
+    seen = []
+    for xb, _, ib in DataLoader(ds, batch_size=32, sampler=s):
+        assert torch.all(xb.abs().sum(1) > 0)  # the dataset's own index agrees with the sample
+        seen += ib.tolist()
+    assert sorted(seen) == hot.tolist()
+
+
+def test_epoch_selection_matches_core_with_offsets():
+    x, y = clusters(1050, seed=9)
+    model = mlp(seed=9)
+    ds = TensorDataset(x, y)
+    s = GraftEpochSampler(ds, model, fraction=0.3, batch_size=100, batches_per_call=3, progress=False)
+    h, z = capture(model, x)
+    e = torch.softmax(z, 1) - F.one_hot(y, 4)
+    parts = [slice(lo, min(lo + 100, 1050)) for lo in range(0, 1050, 100)]
+    want = []
+    for sl in parts:
+        local = select(h[sl], LastLayerGrads(e[sl], h[sl]), fraction=0.3, random_state=0, solver="exact")
+        want += (local + sl.start).tolist()
+    assert sorted(s.indices.tolist()) == sorted(want)
+    w = s.weights
+    for sl in parts:  # weights by dataset index sum to each batch's size
+        assert float(w[sl].sum()) == pytest.approx(sl.stop - sl.start, rel=1e-5)
+    assert torch.all(w >= 0) and torch.all(w[s.indices] >= 0)  # NNLS may zero a selected row
+    outside = torch.ones(1050, dtype=torch.bool)
+    outside[s.indices] = False
+    assert torch.all(w[outside] == 0)
+
+
+def test_epoch_training_loss_falls():
+    x, y = clusters(2400, seed=10)
+    model = mlp(seed=10)
+    ds = IndexedDataset(TensorDataset(x, y))
+    s = GraftEpochSampler(ds, model, fraction=0.3, batch_size=128, warm_start_epochs=1, progress=False, seed=1)
+    loader = DataLoader(ds, batch_size=64, sampler=s, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    start = full_loss(model, x, y)
+    lengths = []
+    for epoch in range(5):
+        s.set_epoch(epoch)
+        lengths.append(len(s))
+        for xb, yb, ib in loader:
+            w = s.loss_weights(ib)
+            loss = (w * F.cross_entropy(model(xb), yb, reduction="none")).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    end = full_loss(model, x, y)
+    assert lengths[0] == 2400 and all(400 < m < 1500 for m in lengths[1:]), lengths
+    assert end < 0.5 * start, (start, end)
+
+
+def test_epoch_schedule_reshuffle_and_rng():
+    x, y = clusters(600, seed=11)
+    ds = SelfIndexed(x, y)
+    model = mlp(seed=11)
+    before = rng_states()
+    s = GraftEpochSampler(ds, model, batch_size=100, warm_start_epochs=1, refresh_every=2, progress=False, seed=5)
+    assert len(s) == 600 and torch.equal(s.weights, torch.ones(600))
+    assert sorted(iter(s)) == list(range(600))
+    assert ds.reads == 0  # no pass during warm start
+    with pytest.raises(ValueError, match="warm-start epoch 0"):
+        s.refresh()
+    s.set_epoch(1)
+    first = list(iter(s))
+    assert ds.reads == 600 and len(first) == len(s) < 600
+    s.set_epoch(2)  # same selection, new order
+    second = list(iter(s))
+    assert ds.reads == 600 and sorted(second) == sorted(first) and second != first
+    lw = s.loss_weights(torch.tensor(first))  # mean one over the subset: sum_S w l / N, rescaled
+    assert float(lw.mean()) == pytest.approx(1.0, rel=1e-5)
+    assert torch.allclose(lw, s.weights[first] * len(first) / 600)
+    with torch.no_grad():  # the model changes; epoch 3 refreshes
+        model[2].weight.mul_(-1.0)
+    s.set_epoch(3)
+    len(s)
+    assert ds.reads == 1200
+    assert_same_rng(before)
+    s2 = GraftEpochSampler(ds, model, batch_size=100, warm_start_epochs=1, refresh_every=2, progress=False, seed=5)
+    s2.set_epoch(3)
+    assert list(iter(s2)) == list(iter(s))  # reproducible from the seed
+    assert ds.reads == 1800
+    s.refresh()
+    assert ds.reads == 2400
+
+
+def test_progress_bar_on_stderr_only(capsys):
+    x, y = clusters(300)
+    s = GraftEpochSampler(TensorDataset(x, y), mlp(), batch_size=100, progress=True)
+    len(s)
+    out, err = capsys.readouterr()
+    assert out == "" and "GRAFT selection" in err
+    GraftEpochSampler(TensorDataset(x, y), mlp(), batch_size=100, progress=False).indices
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+
+
+def test_epoch_sampler_bad_inputs():
+    x, y = clusters(100)
+    ds = TensorDataset(x, y)
+    with pytest.raises(ValueError, match="'batch_size' parameter of GraftEpochSampler"):
+        GraftEpochSampler(ds, mlp(), batch_size=0)
+    with pytest.raises(ValueError, match="'refresh_every' parameter"):
+        GraftEpochSampler(ds, mlp(), refresh_every=0)
+    with pytest.raises(ValueError, match="non-empty 'dataset'"):
+        GraftEpochSampler(TensorDataset(x[:0], y[:0]), mlp())
+    with pytest.raises(TypeError, match="map-style 'dataset'"):
+        GraftEpochSampler(iter(ds), mlp())
+    with pytest.raises(ValueError, match="'layer'.*Got 'head'"):
+        GraftEpochSampler(ds, mlp(), layer="head")
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        DistributedGraftEpochSampler(ds, mlp())
+    with pytest.raises(ValueError, match="'rank' parameter"):
+        DistributedGraftEpochSampler(ds, mlp(), num_replicas=2, rank=2)
+    bad = GraftEpochSampler(TensorDataset(x, y[:, None].expand(100, 2)), mlp(), progress=False)
+    with pytest.raises(ValueError, match="class indices"):
+        len(bad)
+
+
+def test_distributed_partition_without_process_group():
+    x, y = clusters(500, seed=12)
+    ds, model = TensorDataset(x, y), mlp(seed=12)
+    parts = [DistributedGraftEpochSampler(ds, model, num_replicas=3, rank=r, batch_size=100, progress=False)
+             for r in range(3)]
+    # with no process group each rank keeps its own block's selection; the lengths are still DistributedSampler's
+    for r, p in enumerate(parts):
+        lo, hi = p._shard()
+        assert (lo, hi) == ((r * 500) // 3, ((r + 1) * 500) // 3)
+    one = parts[0]
+    order = torch.arange(10)
+    got = [DistributedGraftEpochSampler._rank_part(p, order).tolist() for p in parts]
+    assert got == [[0, 3, 6, 9], [1, 4, 7, 0], [2, 5, 8, 1]]
+    one.drop_last = True
+    assert DistributedGraftEpochSampler._rank_part(one, order).tolist() == [0, 3, 6]
+    with pytest.raises(RuntimeError, match="gather the 3 ranks' selections"):
+        len(one)
+
+
+# --------------------------------------------------------------------------- DDP, 2 processes, gloo
+
+
+def test_ddp_two_processes_share_the_subset(tmp_path):
+    init = tmp_path / "init"
+    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(HERE.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    procs = [subprocess.Popen([sys.executable, str(HERE / "_ddp_worker.py"), str(r), "2", str(init), str(outs[r])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    logs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            logs.append(out + err)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    assert all(log.strip() == "" for log in logs), logs  # nothing printed, no warning
+    r0, r1 = (json.loads(o.read_text()) for o in outs)
+    assert r0["world"] == r1["world"] == 2
+    for drop_last in (False, True):
+        key = f"drop_last={drop_last}"
+        for e0, e1 in zip(r0[key], r1[key]):
+            assert e0["subset"] == e1["subset"] and e0["weights"] == e1["weights"]
+            subset = e0["subset"]
+            assert len(set(subset)) == len(subset) and 0 < len(subset) < 1000
+            assert any(i < 500 for i in subset) and any(i >= 500 for i in subset)  # both shards, dataset indices
+            assert e0["len"] == e1["len"] == len(e0["order"]) == len(e1["order"])
+            union = set(e0["order"]) | set(e1["order"])
+            if drop_last:
+                assert e0["len"] == len(subset) // 2 and not set(e0["order"]) & set(e1["order"])
+                assert union <= set(subset) and len(union) == 2 * e0["len"]
+            else:
+                assert union == set(subset) and e0["len"] == -(-len(subset) // 2)
+        assert r0[key][0]["order"] != r0[key][1]["order"]  # reshuffled per epoch
+    # blocks of 500 are whole batches of 100: the same subset as one process
+    assert sorted(r0["drop_last=False"][0]["subset"]) == sorted(r0["single"])
