@@ -11,7 +11,7 @@ shows the pass.
 
 import numpy as np
 
-from .._select import LastLayerGrads, select
+from .._select import LastLayerGrads, _check_random_state, select
 from .._validation import check_bool, check_int
 
 __all__ = ["select_dataset"]
@@ -73,10 +73,12 @@ def select_dataset(
     progress : bool, default=True
         Show a tqdm progress bar (on stderr).
     random_state : None, int or numpy.random.Generator
-        Seeds the randomized low-rank solver (one seed for the whole pass).
+        Seeds the randomized low-rank solver: the result equals one
+        :func:`graft_array.select` call over all the batches with the same
+        ``random_state`` (a Generator moves on by the same one draw).
     **select_kwargs
-        Passed to :func:`graft_array.select` (rank, method, tol, band, min_size,
-        max_size, solver, backend).
+        Passed to :func:`graft_array.select` (rank, method, tol, band,
+        weight_reg, min_size, max_size, solver, backend).
 
     Returns
     -------
@@ -103,8 +105,14 @@ def select_dataset(
     for part, name in zip(parts, names):
         if _length(part, name) != n:
             raise ValueError(f"{_FUNC} expects '{name}' to have one row per row of 'X' ({n}); got {len(part)}.")
-    rng = np.random.default_rng(random_state) if not isinstance(random_state, np.random.Generator) else random_state
-    seed = int(rng.integers(2**63))
+    rng = _check_random_state(random_state)
+    state = rng.bit_generator.state
+
+    def replay():
+        """A generator whose next draw is ``rng``'s: every call uses the seed one select call over all batches would."""
+        g = np.random.Generator(type(rng.bit_generator)())
+        g.bit_generator.state = state
+        return g
 
     from tqdm.auto import tqdm
 
@@ -130,9 +138,10 @@ def select_dataset(
                 else:
                     g = None
                 offsets = a + np.arange(nb, dtype=np.int64) * ((b - a) // nb)
-                s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True, random_state=seed,
+                s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True, random_state=replay(),
                            **select_kwargs)
                 idx_out.append(np.asarray(s.indices))
                 w_out.append(np.asarray(s.weights))
             bar.update(hi - lo)
+    rng.integers(2**63)  # the caller's generator moves on as after one select call
     return np.concatenate(idx_out), np.concatenate(w_out)

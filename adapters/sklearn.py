@@ -77,8 +77,8 @@ class GraftSampler(BaseEstimator):
     :func:`graft_array.select`: diverse rows by MaxVol on the batch's features;
     with gradients, the subset size is the smallest one in the band whose
     gradients reproduce the batch gradient within ``tol``, and the weights are
-    the non-negative least-squares fit of the batch gradient (they sum to the
-    batch's size). All batches go through one ``select`` call.
+    a non-negative least-squares fit of the batch gradient held to sum to the
+    batch's size (see :func:`graft_array.select`). All batches go through one ``select`` call.
 
     Gradients, in order of precedence:
 
@@ -124,6 +124,8 @@ class GraftSampler(BaseEstimator):
         Gradient residual tolerance of the size criterion.
     band : float in [0, 1), default=0.5
         Relative width of the size band around ``fraction * n_b``.
+    weight_reg : float >= 0, default=0.01
+        Pull of the weights towards uniform (see :func:`graft_array.select`).
     min_size, max_size : int or None, default=None
         Override the band's ends (in ``[1, batch_size]``; capped by each batch's rows).
     solver : {"auto", "exact", "randomized"}, default="auto"
@@ -186,6 +188,7 @@ class GraftSampler(BaseEstimator):
         method="deim",
         tol=0.1,
         band=0.5,
+        weight_reg=0.01,
         min_size=None,
         max_size=None,
         solver="auto",
@@ -200,6 +203,7 @@ class GraftSampler(BaseEstimator):
         self.method = method
         self.tol = tol
         self.band = band
+        self.weight_reg = weight_reg
         self.min_size = min_size
         self.max_size = max_size
         self.solver = solver
@@ -227,6 +231,7 @@ class GraftSampler(BaseEstimator):
             method=check_option(self.method, "method", owner, METHODS),
             tol=check_real(self.tol, "tol", owner, low=0.0, high=1.0),
             band=check_real(self.band, "band", owner, low=0.0, high=0.999),
+            weight_reg=check_real(self.weight_reg, "weight_reg", owner, low=0.0),
             solver=check_option(self.solver, "solver", owner, SOLVERS),
             backend=check_option(self.backend, "backend", owner, _BACKENDS),
         )

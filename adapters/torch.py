@@ -451,8 +451,8 @@ class GraftBatchSelector(_Sketcher):
     random_state : None, int or numpy.random.Generator
         Seeds the randomized low-rank solver (the selector's own generator).
     **select_kwargs
-        Passed to :func:`graft_array.select` (rank, method, tol, band, min_size,
-        max_size, solver, backend).
+        Passed to :func:`graft_array.select` (rank, method, tol, band, weight_reg,
+        min_size, max_size, solver, backend).
 
     Attributes
     ----------
@@ -478,7 +478,7 @@ class GraftBatchSelector(_Sketcher):
             Rows of ``x`` to train on (batch-local, in selection order).
         w : float32 tensor (m,), same device
             Non-negative weights summing to ``len(x)`` (:func:`graft_array.select`'s
-            NNLS weights; some may be zero): the loss
+            weights; some may be zero): the loss
             ``(w * loss_per_sample).sum() / len(x)`` estimates the batch's mean loss.
         """
         F, g = self.sketch(x, y)
@@ -604,8 +604,8 @@ class GraftEpochSampler(Sampler):
     seed : int, default=0
         Seeds the order (``seed + epoch``) and the randomized solver.
     **select_kwargs
-        Passed to :func:`graft_array.select` (rank, method, tol, band, min_size,
-        max_size, solver, backend).
+        Passed to :func:`graft_array.select` (rank, method, tol, band, weight_reg,
+        min_size, max_size, solver, backend).
 
     Attributes
     ----------

@@ -79,6 +79,7 @@ def select(
     method="deim",
     tol=0.1,
     band=0.5,
+    weight_reg=0.01,
     min_size=None,
     max_size=None,
     solver="auto",
@@ -103,10 +104,20 @@ def select(
        Cholesky factorisation); the size is the smallest m in [min_size, max_size]
        with rho(m) <= ``tol``, else max_size. Without grads: ``round(fraction * n)``
        rows.
-    4. Weights: the non-negative least-squares fit sum_j w_j g_sj ~ g, rescaled
-       to sum to n. Training on the subset with the loss sum_j w_j loss_sj / n
-       then follows (approximately) the gradient of the full batch's mean loss.
-       Uniform n / m without grads, or when the fit is all zero.
+    4. Weights w >= 0 (one per chosen row) that sum to n, from the least-squares
+       fit sum_j w_j g_sj ~ g: they minimise
+       ||sum_j w_j g_sj - g||^2 + weight_reg * s * ||w - n/m||^2 with the sum held
+       at n (a penalty 100 s (sum_j w_j - n)^2, then an exact rescale), where s
+       is the mean squared norm of the chosen gradients. Training on the subset
+       with the loss sum_j w_j loss_sj / n then follows (approximately) the
+       gradient of the batch's mean loss, and a constant loss is estimated
+       exactly. ``weight_reg`` keeps the fit from piling the whole batch on one
+       sample when g is small against the per-sample gradients (late in
+       training, where a plain NNLS fit rescaled to sum n did exactly that);
+       ``weight_reg=0`` gives the sum-constrained NNLS fit. Uniform n / m
+       without grads, or when every chosen gradient is zero. rho(m) in step 3
+       is the unconstrained projection residual, so the weighted fit's
+       residual is at least rho(m).
 
     Every batch is selected independently; all batches go through one compiled
     call per step (Numba: parallel over batches; the low-rank step runs chunks of
@@ -131,6 +142,12 @@ def select(
     band : float in [0, 1), default=0.5
         Sizes searched: floor((1 - band) * fraction * n) .. ceil((1 + band) * fraction * n),
         unless ``min_size`` / ``max_size`` are given (capped by each batch's n).
+    weight_reg : float >= 0, default=0.01
+        Pull of the weights towards uniform (step 4), relative to the mean squared
+        gradient norm of the chosen samples.
+    min_size, max_size : None or int >= 1
+        Bounds of the size band (replacing the ``band`` rule on that side); each
+        is capped by each batch's n, so one call serves batches of any length.
     solver : {"auto", "exact", "randomized"}
         "auto": randomized when 4 r <= min(n, d), else exact. Recorded in the result.
     mask : None or bool array (n,) / (batch, n)
@@ -155,6 +172,7 @@ def select(
         fraction=check_real(fraction, "fraction", _FUNC, low=0.0, high=1.0, low_inclusive=False),
         tol=check_real(tol, "tol", _FUNC, low=0.0, high=1.0),
         band=check_real(band, "band", _FUNC, low=0.0, high=0.999),
+        weight_reg=check_real(weight_reg, "weight_reg", _FUNC, low=0.0),
         method=check_option(method, "method", _FUNC, METHODS),
         solver=check_option(solver, "solver", _FUNC, SOLVERS),
         rank=check_int(rank, "rank", _FUNC, low=1, allow_none=True),
@@ -169,8 +187,8 @@ def select(
     batched = features.ndim == 3
     nb = features.shape[0] if batched else 1
     n = features.shape[-2]
-    min_size = check_int(min_size, "min_size", _FUNC, low=1, high=n, allow_none=True)
-    max_size = check_int(max_size, "max_size", _FUNC, low=1, high=n, allow_none=True)
+    min_size = check_int(min_size, "min_size", _FUNC, low=1, allow_none=True)
+    max_size = check_int(max_size, "max_size", _FUNC, low=1, allow_none=True)
     grads_kind, grads = _check_grads(grads, features, xp, nb, n, batched)
     if offsets is not None:
         offsets = _check_offsets(offsets, nb)
@@ -248,8 +266,7 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like)
 
     solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
     run = _select_numba if name == "numba" else _select_generic
-    pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts["tol"], opts["method"], solver,
-                                            seed, name)
+    pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
     return _StackResult(pivots, sizes, residuals, weights, lo, hi, r, solver)
 
 
@@ -269,9 +286,8 @@ def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, see
     batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
     nb = len(batches)
     xp = array_namespace(like)
-    nmax = max(int(F.shape[0]) for F in batches)
-    min_size = check_int(min_size, "min_size", _FUNC, low=1, high=nmax, allow_none=True)
-    max_size = check_int(max_size, "max_size", _FUNC, low=1, high=nmax, allow_none=True)
+    min_size = check_int(min_size, "min_size", _FUNC, low=1, allow_none=True)
+    max_size = check_int(max_size, "max_size", _FUNC, low=1, allow_none=True)
     if offsets is not None:
         starts = [int(o) for o in _check_offsets(offsets, nb)]
     name = resolve(like, backend, _FUNC)
@@ -383,7 +399,7 @@ def _split_ragged(features, grads, mask):
     return batches, tuple(gparts), kind, None, starts, first
 
 
-def _select_numba(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, name):
+def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     """NumPy in, NumPy out: low rank in threads over chunks of batches, the rest in parallel Numba kernels."""
     from ._agnostic.lowrank import lowrank
     from ._numba import criterion as ncrit
@@ -400,7 +416,7 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, na
         return lowrank(Fc, r, solver=solver, xp=np, rng=rng, orth_rows=cholqr_rows)[0]
 
     V = np.ascontiguousarray(map_batches(chunk, F))
-    pivots, _, _, _ = run_maxvol(V, hi, method=method, tile_rows=None, refine=False, tol=1.05, max_iters=0)
+    pivots, _, _, _ = run_maxvol(V, hi, method=opts["method"], tile_rows=None, refine=False, tol=1.05, max_iters=0)
     if grads_kind is None:
         sizes = np.full(nb, hi, dtype=np.int64)
         return pivots, sizes, np.full((nb, hi), np.nan), np.full((nb, hi), n / hi)
@@ -410,12 +426,12 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, na
     else:
         K, bv, gg = ncrit.gram_last_layer(parts[0], parts[1], pivots)
     residuals, _ = ncrit.rho_curve(K, bv, gg)
-    sizes = _sizes(np, residuals, lo, hi, tol)
-    W = ncrit.nnls_batched(K, bv, sizes)
+    sizes = _sizes(np, residuals, lo, hi, opts["tol"])
+    W = ncrit.nnls_batched(K, bv, sizes, n, opts["weight_reg"])
     return pivots, sizes, residuals, _scale_weights(np, W, sizes, n)
 
 
-def _select_generic(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, name):
+def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     """Any array-API namespace, on the arrays' own device."""
     from ._agnostic import criterion
     from ._agnostic.lowrank import lowrank
@@ -427,8 +443,8 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, 
         F = xp.astype(F, xp.float32)
     V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed))
     run = kernel("maxvol", name)
-    opts = dict(method=method, tile_rows=None, refine=False, tol=1.05, max_iters=0)
-    plist, _, _, _ = run(V, hi, xp=xp, device=dev, **opts)
+    plist, _, _, _ = run(V, hi, xp=xp, device=dev, method=opts["method"], tile_rows=None, refine=False, tol=1.05,
+                         max_iters=0)
     pivots = xp.asarray(plist, dtype=xp.int64, device=dev)
     if grads_kind is None:
         sizes = xp.full((nb,), hi, dtype=xp.int64, device=dev)
@@ -439,11 +455,11 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, tol, method, solver, seed, 
     else:
         K, bv, gg = criterion.gram_last_layer(xp, grads[0], grads[1], pivots)
     residuals, _ = criterion.rho_curve(xp, K, bv, gg)
-    sizes = _sizes(xp, residuals, lo, hi, tol)
+    sizes = _sizes(xp, residuals, lo, hi, opts["tol"])
     rows = []
     for b in range(nb):  # Lawson-Hanson is sequential per batch; the generic twin loops
         m = int(sizes[b])
-        w = criterion.nnls_gram(xp, K[b, :m, :m], bv[b, :m])
+        w = criterion.nnls_gram(xp, *criterion.weight_system(xp, K[b, :m, :m], bv[b, :m], n, opts["weight_reg"]))
         rows.append(xp.concat([w, xp.zeros((hi - m,), dtype=xp.float64, device=dev)]))
     return pivots, sizes, residuals, _scale_weights(xp, xp.stack(rows), sizes, n)
 

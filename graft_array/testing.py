@@ -280,7 +280,7 @@ def last_layer_gradients(residuals, embeddings):
 
 
 def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim", tol=0.1, band=0.5,
-                     min_size=None, max_size=None):
+                     weight_reg=0.01, min_size=None, max_size=None):
     """One batch of :func:`graft_array.select`, the slow way (exact SVD, explicit least squares, scipy NNLS).
 
     ``G`` are materialised per-sample gradient rows (see :func:`last_layer_gradients`).
@@ -298,8 +298,10 @@ def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim
     else:
         lo = min(n, max(1, int(math.floor((1.0 - band) * centre))))
         hi = min(n, max(1, int(math.ceil((1.0 + band) * centre))))
-    lo = lo if min_size is None else min_size
-    hi = hi if max_size is None else max_size
+    lo = lo if min_size is None else min(min_size, n)
+    hi = hi if max_size is None else min(max_size, n)
+    hi = max(hi, lo) if max_size is None else hi
+    lo = min(lo, hi) if min_size is None else lo
     r = min(max(1, int(round(centre))) if rank is None else rank, n, d)
     U, s, _ = np.linalg.svd(F, full_matrices=False)
     V = U[:, :r] * (s[:r] ** 2 > max(n, d) * np.finfo(np.float64).eps * s[0] ** 2)
@@ -310,6 +312,13 @@ def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim
     ok = [m for m in range(lo, hi + 1) if rho[m - 1] <= tol]
     m = ok[0] if ok else hi
     G = np.asarray(G, dtype=np.float64)
-    w, _ = nnls(G[piv[:m]].T, G.sum(axis=0))
+    A = G[piv[:m]].T
+    s2 = float((A**2).sum()) / m  # mean squared norm of the chosen gradients
+    if s2 > 0:  # the least-squares form of select's weight fit: rows for the pull to n/m and for the sum
+        A = np.vstack([A, np.sqrt(weight_reg * s2) * np.eye(m), np.sqrt(100.0 * s2) * np.ones((1, m))])
+        y = np.concatenate([G.sum(axis=0), np.full(m, np.sqrt(weight_reg * s2) * n / m), [np.sqrt(100.0 * s2) * n]])
+        w, _ = nnls(A, y)
+    else:
+        w = np.zeros(m)
     w = w * (n / w.sum()) if w.sum() > 0 else np.full(m, n / m)
     return piv[:m], w, m, rho

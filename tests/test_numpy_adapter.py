@@ -38,6 +38,28 @@ def test_dataset_pass_equals_one_ragged_select(rng, batches_per_call):
     assert len(np.unique(idx)) == len(idx) and idx.min() >= 0 and idx.max() < len(X)
 
 
+@pytest.mark.parametrize("seed", [7, "generator"])
+def test_randomized_solver_pass_equals_one_select_call(rng, seed):
+    """One seed for the whole pass, as one select call over all batches: equal whatever the chunking."""
+    X = rng.standard_normal((600, 200))
+    E, H = rng.standard_normal((600, 5)), rng.standard_normal((600, 8))
+    grads = ga.LastLayerGrads(E, H)
+    state = (lambda: np.random.default_rng(11)) if seed == "generator" else (lambda: seed)
+    gen = state()
+    idx, w = select_dataset(X, grads, batch_size=128, batches_per_call=2, fraction=0.1, solver="randomized",
+                            random_state=gen, progress=False)
+    ref_gen = state()
+    ref = _reference(X, grads, 128, fraction=0.1, solver="randomized", random_state=ref_gen)
+    assert ref.solver == "randomized"
+    assert_array_equal(idx, ref.indices)
+    assert_allclose(w, ref.weights)
+    if seed == "generator":  # the caller's generator moved on by the same one draw
+        assert gen.integers(2**63) == ref_gen.integers(2**63)
+    other, _ = select_dataset(X, grads, batch_size=128, fraction=0.1, solver="randomized", random_state=8,
+                              progress=False)
+    assert not np.array_equal(other, idx)  # the seed matters, so the equality above can fail
+
+
 def test_memmap_list_and_pandas_inputs(rng, tmp_path):
     X, E, H = _data(rng, n=300)
     base, _ = select_dataset(X, batch_size=64, random_state=0, progress=False)

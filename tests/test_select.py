@@ -173,6 +173,8 @@ def test_inputs_not_modified(rng):
         ((np.ones((4, 3)),), {"random_state": "x"}, TypeError, r"'random_state' parameter"),
         ((np.ones((2, 4, 3)),), {"offsets": [1, 2, 3]}, ValueError, r"'offsets' parameter .* shape \(2,\)"),
         ((np.full((4, 3), np.nan),), {}, ValueError, r"'features' to contain only finite values"),
+        ((np.ones((4, 3)),), {"weight_reg": -1.0}, ValueError, r"'weight_reg' parameter of select must be a finite float >= 0\.0"),
+        ((np.ones((4, 3)),), {"min_size": 0}, ValueError, r"'min_size' parameter of select"),
     ],
 )
 def test_select_errors(args, kwargs, exc, match):
@@ -316,14 +318,67 @@ def test_rank_deficient_gradients_weights(rng):
     G = rng.standard_normal((60, 3)) @ rng.standard_normal((3, 40))
     out = []
     for backend in CPU_BACKENDS:
-        s = ga.select(F, G, fraction=0.3, tol=1e-6, min_size=12, random_state=0, backend=backend, return_info=True)
+        s = ga.select(F, G, fraction=0.3, tol=1e-6, min_size=12, weight_reg=0.0, random_state=0, backend=backend,
+                      return_info=True)
         assert int(s.sizes[0]) >= 12
         assert np.isfinite(s.weights).all() and np.all(s.weights >= 0)
         assert s.weights.sum() == pytest.approx(60)
-        assert np.count_nonzero(s.weights) <= 3  # a basis of the 3-dim span at most
+        # the 3-dim span plus the direction of the sum penalty: a basis of 4 columns at most
+        assert np.count_nonzero(s.weights) <= 4
         out.append(s)
-    assert_array_equal(out[0].indices, out[1].indices)
-    assert_allclose(out[0].weights, out[1].weights, rtol=1e-8)
+        reg = ga.select(F, G, fraction=0.3, tol=1e-6, min_size=12, random_state=0, backend=backend,
+                        return_info=True)
+        assert np.all(reg.weights > 0) and reg.weights.sum() == pytest.approx(60)  # the pull makes K' definite
+        out.append(reg)
+    assert_array_equal(out[0].indices, out[2].indices)
+    assert_allclose(out[0].weights, out[2].weights, rtol=1e-8)
+    assert_allclose(out[1].weights, out[3].weights, rtol=1e-8)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("weight_reg", [0.0, 0.01, 1.0])
+def test_weights_match_reference_for_any_pull(rng, backend, weight_reg):
+    F, E, H = _batch(rng)
+    G = gt.last_layer_gradients(E, H)
+    s = ga.select(F, LastLayerGrads(E, H), tol=0.8, weight_reg=weight_reg, solver="exact", backend=backend,
+                  return_info=True)
+    idx, w, m, _ = gt.reference_select(F, G, tol=0.8, weight_reg=weight_reg)
+    assert_array_equal(np.asarray(s.indices), idx)
+    assert_allclose(np.asarray(s.weights), w, rtol=1e-6, atol=1e-8)
+
+
+def test_weight_pull_trades_fit_for_spread(rng):
+    """Late-training gradients (tiny batch gradient, large per-sample ones): the pull keeps weights spread.
+
+    The fit residual can only grow with the pull, never below the projection residual rho(m);
+    a huge pull gives uniform weights n / m.
+    """
+    n, p = 128, 80
+    G = rng.standard_normal((n, p))
+    G -= G.mean(axis=0) * 0.98  # the batch gradient is 2% of what independent rows would sum to
+    F = rng.standard_normal((n, 60))
+    fits, spread = [], []
+    for reg in (0.0, 0.01, 1.0, 1e8):
+        s = ga.select(F, G, fraction=0.25, tol=0.0, weight_reg=reg, random_state=0, return_info=True)
+        m = int(s.sizes[0])
+        w = np.asarray(s.weights)
+        g = G.sum(axis=0)
+        fits.append(np.linalg.norm(G[s.indices].T @ w - g) / np.linalg.norm(g))
+        spread.append(w.max() / n)
+        assert fits[-1] >= s.residuals[0, m - 1] - 1e-9
+        assert w.sum() == pytest.approx(n) and np.all(w >= 0)
+    assert fits[0] <= fits[1] + 1e-9 <= fits[2] + 2e-9
+    assert spread[1] < spread[0]
+    assert_allclose(w, n / m, rtol=1e-5)  # reg = 1e8: uniform
+
+
+def test_sizes_above_n_are_capped(rng):
+    F, E, H = _batch(rng, n=20)
+    s = ga.select(F, LastLayerGrads(E, H), min_size=30, max_size=40, random_state=0, return_info=True)
+    assert int(s.sizes[0]) == 20 and sorted(s.indices.tolist()) == list(range(20))
+    lst = ga.select([F, F[:8]], LastLayerGrads([E, E[:8]], [H, H[:8]]), min_size=12, random_state=0,
+                    return_info=True)
+    assert int(lst.sizes[1]) == 8 and int(lst.sizes[0]) >= 12
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

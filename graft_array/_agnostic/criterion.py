@@ -21,10 +21,14 @@ Two gradient forms share this code through ``(K, b, gg)``:
 All of it is in float64.
 """
 
-__all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_gram", "SPAN_TOL"]
+__all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_gram", "weight_system", "SPAN_TOL", "SUM_PENALTY"]
 
 #: relative size of a new Cholesky diagonal below which a pivot adds nothing to the span
 SPAN_TOL = 1e-7
+
+#: weight of the penalty (1^T w - n)^2 that ties the weights' sum to n, relative
+#: to the mean squared gradient norm of the selected samples
+SUM_PENALTY = 100.0
 
 
 def _mT(xp, A):
@@ -105,6 +109,27 @@ def rho_curve(xp, K, b, gg):
         rho.append(xp.sqrt(xp.clip(r2, 0.0, None)))
         skipped.append(xp.logical_not(ok))
     return xp.stack(rho, axis=1), xp.stack(skipped, axis=1)
+
+
+def weight_system(xp, K, b, n, reg):
+    """Normal equations of the weight fit of one batch: ``(K', b')`` for :func:`nnls_gram`.
+
+    The weights minimise ``||G_S^T w - g||^2 + reg s ||w - n/m||^2 +
+    SUM_PENALTY s (1^T w - n)^2`` over ``w >= 0``, with ``s = trace(K) / m`` (the
+    mean squared norm of the m selected gradients): a least-squares fit of the
+    batch gradient whose sum is held at n and which ``reg`` pulls towards
+    uniform weights. ``K' = K + reg s I + SUM_PENALTY s 11^T``,
+    ``b' = b + (reg s n / m + SUM_PENALTY s n) 1``. Where ``s = 0`` (no gradient
+    at all) ``(K, b)`` come back unchanged (all zero: the caller's uniform rule).
+    """
+    m = b.shape[0]
+    s = float(xp.sum(xp.linalg.diagonal(K))) / m if m else 0.0
+    if not s > 0:
+        return K, b
+    eye = xp.eye(m, dtype=K.dtype, device=_dev(K))
+    K2 = K + (reg * s) * eye + SUM_PENALTY * s
+    b2 = b + (reg * s * n / m + SUM_PENALTY * s * n)
+    return K2, b2
 
 
 def nnls_gram(xp, K, b, *, max_iter=None):

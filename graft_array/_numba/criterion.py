@@ -7,7 +7,7 @@ same Lawson-Hanson steps), one compiled call for all batches.
 import numpy as np
 from numba import njit, prange
 
-from .._agnostic.criterion import SPAN_TOL
+from .._agnostic.criterion import SPAN_TOL, SUM_PENALTY
 
 __all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_batched"]
 
@@ -256,12 +256,33 @@ def _nnls_one(K, b, max_iter, w):
         w[:] = s
 
 
+@njit(cache=True, nogil=True)
+def _weight_system(K, b, n, reg):
+    """:func:`graft_array._agnostic.criterion.weight_system` in place on copies ``K`` (m, m), ``b`` (m,)."""
+    m = b.shape[0]
+    s = 0.0
+    for i in range(m):
+        s += K[i, i]
+    s /= max(m, 1)
+    if not s > 0:
+        return
+    mu2 = SUM_PENALTY * s
+    for i in range(m):
+        for j in range(m):
+            K[i, j] += mu2
+        K[i, i] += reg * s
+        b[i] += reg * s * n / m + mu2 * n
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def nnls_batched(K, b, sizes):
-    """NNLS weights of each batch's first ``sizes[b]`` pivots; (B, max_size), zero beyond sizes[b]."""
+def nnls_batched(K, b, sizes, n, reg):
+    """Weights of each batch's first ``sizes[b]`` pivots (the fit of :func:`_weight_system`); (B, max_size), zero beyond sizes[b]."""
     nb, kk = b.shape
     out = np.zeros((nb, kk))
     for bi in prange(nb):
         m = sizes[bi]
-        _nnls_one(np.ascontiguousarray(K[bi, :m, :m]), np.ascontiguousarray(b[bi, :m]), 3 * m + 10, out[bi, :m])
+        Kb = K[bi, :m, :m].copy()
+        bb = b[bi, :m].copy()
+        _weight_system(Kb, bb, float(n), reg)
+        _nnls_one(Kb, bb, 3 * m + 10, out[bi, :m])
     return out
