@@ -17,6 +17,8 @@ import numpy as np
 __all__ = ["map_batches", "n_workers"]
 
 _CONTROLLER = None
+_CHUNKS_PER_WORKER = 4
+_MIN_CHUNK = 8
 
 
 def n_workers():
@@ -44,11 +46,14 @@ def map_batches(fn, *arrays, workers=None):
     """
     nb = arrays[0].shape[0]
     workers = n_workers() if workers is None else int(workers)
-    parts = min(nb, workers)
-    if parts <= 1:
+    if min(nb, workers) <= 1:
         return fn(*arrays)
+    # a few chunks per worker (of at least _MIN_CHUNK batches), taken in turn: a thread slowed
+    # down by other work on the machine just takes fewer of them
+    parts = max(workers, min(_CHUNKS_PER_WORKER * workers, nb // _MIN_CHUNK))
+    parts = min(parts, nb)
     bounds = [(i * nb // parts, (i + 1) * nb // parts) for i in range(parts)]
-    with _blas_one_thread(), ThreadPoolExecutor(max_workers=parts) as pool:
+    with _blas_one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(fn, *(a[lo:hi] for a in arrays)) for lo, hi in bounds]
         out = [f.result() for f in futures]
     return np.concatenate(out, axis=0)

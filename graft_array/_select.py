@@ -254,19 +254,27 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like)
     nb, n, d = F.shape
     lo, hi, r = _band(n, d, dict(opts, has_grads=grads_kind is not None), min_size, max_size)
     if name == "numba":
-        from ._numba.checks import all_finite
-
         F = to_numpy_view(F)
         grads = tuple(to_numpy_view(g) for g in grads)
-        if not all_finite(F):
-            raise nonfinite_error("features", _FUNC, like)
-    elif not bool(xp.all(xp.isfinite(F))):
-        raise nonfinite_error("features", _FUNC, like)
-    from ._agnostic.lowrank import choose_solver
+    from ._agnostic.lowrank import NonFiniteFeatures, choose_solver
 
     solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
     run = _select_numba if name == "numba" else _select_generic
-    pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
+    try:  # the low-rank step's first product tells whether F is finite (no pass of its own)
+        pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
+    except NonFiniteFeatures:
+        if name == "numba":
+            from ._numba.checks import all_finite
+
+            finite = all_finite(F)
+        else:
+            finite = bool(xp.all(xp.isfinite(F)))
+        if not finite:
+            raise nonfinite_error("features", _FUNC, like) from None
+        raise ValueError(
+            f"{_FUNC}: the Gram matrix of 'features' overflows {F.dtype} (entries too large for their "
+            f"precision); scale the features down or pass float64. Got {describe(like)}."
+        ) from None
     return _StackResult(pivots, sizes, residuals, weights, lo, hi, r, solver)
 
 
@@ -413,7 +421,7 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
 
     def chunk(Fc):
         rng = np.random.default_rng(seed)
-        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, orth_rows=cholqr_rows)[0]
+        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, orth_rows=cholqr_rows, check_finite=True)[0]
 
     V = np.ascontiguousarray(map_batches(chunk, F))
     pivots, _, _, _ = run_maxvol(V, hi, method=opts["method"], tile_rows=None, refine=False, tol=1.05, max_iters=0)
@@ -441,7 +449,7 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     nb, n, _ = F.shape
     if F.dtype == getattr(xp, "float16", None):
         F = xp.astype(F, xp.float32)
-    V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed))
+    V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed), check_finite=True)
     run = kernel("maxvol", name)
     plist, _, _, _ = run(V, hi, xp=xp, device=dev, method=opts["method"], tile_rows=None, refine=False, tol=1.05,
                          max_iters=0)

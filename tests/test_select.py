@@ -372,6 +372,26 @@ def test_weight_pull_trades_fit_for_spread(rng):
     assert_allclose(w, n / m, rtol=1e-5)  # reg = 1e8: uniform
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("solver,shape", [("exact", (64, 100)), ("exact", (64, 20)), ("randomized", (64, 100)),
+                                          ("randomized", (64, 40))])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_features_found_by_the_first_product(rng, backend, solver, shape, bad):
+    """No separate pass over the features: a NaN / infinity anywhere reaches the Gram's diagonal (or F Omega)."""
+    F = rng.standard_normal((3,) + shape).astype(np.float32)
+    F[2, 17, 5] = bad
+    with pytest.raises(ValueError, match=r"'features' to contain only finite values"):
+        ga.select(readonly(F), fraction=0.1, solver=solver, random_state=0, backend=backend)
+
+
+def test_gram_overflow_is_told_apart_from_nonfinite(rng):
+    F = rng.standard_normal((64, 100)).astype(np.float32)
+    F[3, :] = 1e30  # finite, but its squares overflow float32
+    with pytest.raises(ValueError, match=r"Gram matrix of 'features' overflows float32"):
+        ga.select(F, fraction=0.1, solver="randomized", random_state=0)
+    assert len(ga.select(F.astype(np.float64), fraction=0.1, solver="randomized", random_state=0)) == 6
+
+
 def test_sizes_above_n_are_capped(rng):
     F, E, H = _batch(rng, n=20)
     s = ga.select(F, LastLayerGrads(E, H), min_size=30, max_size=40, random_state=0, return_info=True)

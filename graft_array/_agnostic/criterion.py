@@ -157,6 +157,16 @@ def nnls_gram(xp, K, b, *, max_iter=None):
         bP = xp.where(P, rhs, zero)
         return xp.where(P, xp.linalg.solve(KP, bP[:, None])[:, 0], zero)
 
+    if m:  # all passive at once, as in the Numba twin: a definite K with a positive solution
+        try:
+            Lc = xp.linalg.cholesky(K)
+            d = xp.linalg.diagonal(Lc)
+            if bool(xp.all(xp.isfinite(Lc))) and bool(xp.all(d * d > SPAN_TOL**2 * xp.linalg.diagonal(K))):
+                s = xp.linalg.solve(K, b[:, None])[:, 0]
+                if bool(xp.all(s > tol)):
+                    return s
+        except Exception:  # not positive definite: each library raises its own LinAlgError
+            pass
     banned = xp.zeros(m, dtype=xp.bool, device=dev)
     for _ in range(max_iter):
         grad = b - K @ w

@@ -27,7 +27,17 @@ w <= max(n, d) * eps * w_max are set to 0 (the feature batch has lower rank than
 maxvol then fills those positions by its rank-deficiency rule. V is float64.
 """
 
-__all__ = ["lowrank", "choose_solver", "oversampled"]
+__all__ = ["lowrank", "choose_solver", "oversampled", "NonFiniteFeatures"]
+
+
+class NonFiniteFeatures(ArithmeticError):
+    """Raised by :func:`lowrank` with ``check_finite=True`` when its first product is not finite.
+
+    A NaN or infinity anywhere in a batch reaches the diagonal of its Gram (or a
+    row of F Omega), so that small check replaces a pass over F; it also fires
+    when finite features overflow the Gram's precision (the caller tells the two
+    apart on this rare path).
+    """
 
 
 def choose_solver(n, d, r):
@@ -72,24 +82,43 @@ def oversampled(r, n, d):
     return min(n, d, r + max(8, r // 4))
 
 
-def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, orth_rows=None):
+def _check(xp, X, diag, check_finite):
+    """X, after raising :class:`NonFiniteFeatures` if asked and its diagonal (or all of it) is not finite."""
+    if check_finite:
+        part = xp.linalg.diagonal(X) if diag else X
+        if not bool(xp.all(xp.isfinite(part))):
+            raise NonFiniteFeatures()
+    return X
+
+
+def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, orth_rows=None, check_finite=False):
     """Top-r left singular vectors of each batch of F (batch, n, d). Returns (V, sigma, solver).
+
+    ``check_finite``: raise :class:`NonFiniteFeatures` when the first product
+    with F (a Gram, or F Omega) is not finite, instead of a pass over F.
 
     ``rng`` (a :class:`numpy.random.Generator`) draws the randomized solver's
     Gaussian test matrix, shared by all batches; nothing else is random.
     ``orth_rows(Yt, passes)`` orthonormalises the rows of each Yt_b (batch, l, n)
     by Cholesky QR (a backend's compiled version; default: the generic one).
     """
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy's warnings: the finiteness check reports instead
+        return _lowrank(F, r, solver, xp, rng, power_iters, orth_rows, check_finite)
+
+
+def _lowrank(F, r, solver, xp, rng, power_iters, orth_rows, check_finite):
     nb, n, d = F.shape
     f64 = xp.float64
     if solver == "exact":
         F = xp.astype(F, f64)
         eps = float(xp.finfo(f64).eps)
         if d >= n:
-            w, U = xp.linalg.eigh(F @ _mT(xp, F))
+            w, U = xp.linalg.eigh(_check(xp, F @ _mT(xp, F), True, check_finite))
             w, V = _top(xp, w, U, r)
         else:
-            w, W = xp.linalg.eigh(_mT(xp, F) @ F)
+            w, W = xp.linalg.eigh(_check(xp, _mT(xp, F) @ F, True, check_finite))
             w, W = _top(xp, w, W, r)
             V = F @ W
     elif d >= n:
@@ -101,7 +130,7 @@ def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, orth_rows=None):
         # Row layout: Q^T (l, n) throughout, so each product is Q^T G (G is symmetric). The products run in
         # F's precision (a float32 batch stays float32 in BLAS); Q and the l x l problem are float64.
         omega_t = xp.asarray(rng.standard_normal((ell, n)), dtype=F.dtype, device=_dev(F))
-        G = F @ _mT(xp, F)
+        G = _check(xp, F @ _mT(xp, F), True, check_finite)
 
         def times_g(Qt):
             return xp.astype(xp.astype(Qt, F.dtype) @ G, f64)
@@ -117,7 +146,7 @@ def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, orth_rows=None):
         eps = float(xp.finfo(F.dtype).eps)
         ell = oversampled(r, n, d)
         omega = xp.asarray(rng.standard_normal((d, ell)), dtype=F.dtype, device=_dev(F))
-        Q = _orth(xp, F @ omega)
+        Q = _orth(xp, _check(xp, F @ omega, False, check_finite))
         for _ in range(power_iters):
             Q = _orth(xp, F @ (_mT(xp, F) @ Q))
         Bm = xp.astype(_mT(xp, Q) @ F, f64)

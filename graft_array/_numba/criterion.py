@@ -212,8 +212,24 @@ def _nnls_one(K, b, max_iter, w):
     y = np.empty(m)
     kcol = np.empty(m)
     s = np.zeros(m)
-    p = 0
     w[:] = 0.0
+    # All passive at once: when K is numerically definite and its unconstrained solution is positive,
+    # that solution is the NNLS one (the usual case with the pull to uniform weights).
+    for a in range(m):
+        order[a] = a
+    p = 0
+    while p < m and _chol_append(K, order, p, L, kcol):
+        p += 1
+    if m > 0 and p == m:
+        _chol_solve(L, b, order, m, s, y)
+        pos = True
+        for i in range(m):
+            pos = pos and s[i] > tol
+        if pos:
+            w[:] = s
+            return
+    s[:] = 0.0
+    p = 0
     for _ in range(max_iter):
         best, j = -1.0, -1
         for i in range(m):
