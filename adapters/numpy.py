@@ -73,19 +73,22 @@ def select_dataset(
     progress : bool, default=True
         Show a tqdm progress bar (on stderr).
     random_state : None, int or numpy.random.Generator
-        Seeds the randomized low-rank solver: the result equals one
-        :func:`graft_array.select` call over all the batches with the same
+        Seeds the randomized low-rank solver (and ``strategy="random"``): the
+        result equals one :func:`graft_array.select` call over all the batches with the same
         ``random_state`` (a Generator moves on by the same one draw).
     **select_kwargs
-        Passed to :func:`graft_array.select` (rank, method, tol, band,
-        weight_reg, min_size, max_size, solver, backend).
+        Passed to :func:`graft_array.select` (strategy, gradmatch_lambda, rank,
+        method, tol, band, weight_reg, min_size, max_size, solver, backend).
+        ``strategy="random"`` seeds each batch by its dataset position, so the
+        result does not depend on ``batches_per_call`` either.
 
     Returns
     -------
     indices : int64 ndarray
         Dataset row numbers, batch after batch, each batch in selection order.
     weights : float64 ndarray
-        Aligned with ``indices``; within a batch they sum to the batch's size.
+        Aligned with ``indices``; within a batch they sum to the batch's size
+        (GradMatch's: its own fit, see :func:`graft_array.select`).
     """
     for bad in ("offsets", "return_info", "mask"):
         if bad in select_kwargs:

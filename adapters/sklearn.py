@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"(import failed: {exc})."
     ) from exc
 
-from .._common import METHODS
+from .._common import METHODS, STRATEGIES
 from .._select import SOLVERS, LastLayerGrads, select
 from .._validation import check_bool, check_int, check_option, check_real
 
@@ -114,6 +114,15 @@ class GraftSampler(BaseEstimator):
 
     Parameters
     ----------
+    strategy : {"graft", "random", "craig", "gradmatch"}, default="graft"
+        Selection rule of :func:`graft_array.select`: GRAFT, or a baseline with
+        the same API (uniform random rows, CRAIG's facility location,
+        GradMatch's OMP fit of the batch gradient). The baselines take exactly
+        ``round(fraction * n_b)`` rows per batch; "craig" and "gradmatch" need
+        gradients (``y`` for the proxy, or ``sample_gradients``). ``rank``,
+        ``method``, ``tol``, ``band``, ``weight_reg``, ``min_size``,
+        ``max_size`` and ``solver`` apply to "graft" only (``min_size`` /
+        ``max_size`` with a baseline raise ValueError).
     fraction : float in (0, 1], default=0.25
         Target share of each batch (the centre of the size band).
     rank : int or None, default=None
@@ -126,6 +135,9 @@ class GraftSampler(BaseEstimator):
         Relative width of the size band around ``fraction * n_b``.
     weight_reg : float >= 0, default=0.01
         Pull of the weights towards uniform (see :func:`graft_array.select`).
+    gradmatch_lambda : float >= 0, default=0.5
+        Ridge of GradMatch's weight fit, relative to the batch's mean squared
+        gradient norm (``strategy="gradmatch"`` only).
     min_size, max_size : int or None, default=None
         Override the band's ends (in ``[1, batch_size]``; capped by each batch's rows).
     solver : {"auto", "exact", "randomized"}, default="auto"
@@ -152,17 +164,19 @@ class GraftSampler(BaseEstimator):
         Selected rows of ``X``, batch after batch, each batch in selection order.
     weights_ : float64 ndarray (n_selected,)
         Non-negative weights aligned with ``indices_``; they sum to the batch's
-        number of rows within each batch.
+        number of rows within each batch ("graft", "random", "craig"; GradMatch's
+        are its own fit, see :func:`graft_array.select`).
     sizes_ : int64 ndarray (n_batches,)
         Rows selected in each batch.
     batch_rows_ : int64 ndarray (n_batches,)
         Rows in each batch (``batch_size``, the last one possibly fewer).
     residuals_ : float64 ndarray (n_batches, max_size)
-        Each batch's gradient residual curve rho(m) (NaN without gradients).
+        Each batch's gradient residual curve rho(m) along its selection order
+        (NaN without gradients).
     backend_, solver_ : str
-        What ran the MaxVol step and the low-rank solver.
+        What ran the selection and the low-rank solver ("none" for the baselines).
     rank_ : int
-        Singular directions used (of the largest batches).
+        Singular directions used (of the largest batches; 0 for the baselines).
     gradient_source_ : {"none", "proxy", "sample_gradients"}
         Where the gradients came from.
     proxy_ : estimator or None
@@ -197,13 +211,17 @@ class GraftSampler(BaseEstimator):
         shuffle=False,
         backend="auto",
         random_state=None,
+        strategy="graft",
+        gradmatch_lambda=0.5,
     ):
+        self.strategy = strategy
         self.fraction = fraction
         self.rank = rank
         self.method = method
         self.tol = tol
         self.band = band
         self.weight_reg = weight_reg
+        self.gradmatch_lambda = gradmatch_lambda
         self.min_size = min_size
         self.max_size = max_size
         self.solver = solver
@@ -226,17 +244,25 @@ class GraftSampler(BaseEstimator):
         owner = type(self).__name__
         batch_size = check_int(self.batch_size, "batch_size", owner, low=1)
         opts = dict(
+            strategy=check_option(self.strategy, "strategy", owner, STRATEGIES),
             fraction=check_real(self.fraction, "fraction", owner, low=0.0, high=1.0, low_inclusive=False),
             rank=check_int(self.rank, "rank", owner, low=1, allow_none=True),
             method=check_option(self.method, "method", owner, METHODS),
             tol=check_real(self.tol, "tol", owner, low=0.0, high=1.0),
             band=check_real(self.band, "band", owner, low=0.0, high=0.999),
             weight_reg=check_real(self.weight_reg, "weight_reg", owner, low=0.0),
+            gradmatch_lambda=check_real(self.gradmatch_lambda, "gradmatch_lambda", owner, low=0.0),
             solver=check_option(self.solver, "solver", owner, SOLVERS),
             backend=check_option(self.backend, "backend", owner, _BACKENDS),
         )
         min_size = check_int(self.min_size, "min_size", owner, low=1, high=batch_size, allow_none=True)
         max_size = check_int(self.max_size, "max_size", owner, low=1, high=batch_size, allow_none=True)
+        for nm, value in (("min_size", min_size), ("max_size", max_size)):
+            if value is not None and opts["strategy"] != "graft":
+                raise ValueError(
+                    f"The '{nm}' parameter of {owner} applies to strategy='graft' only; strategy="
+                    f"{opts['strategy']!r} takes round(fraction * n) rows per batch. Got {nm}={value!r} instead."
+                )
         if min_size is not None and max_size is not None and min_size > max_size:
             raise ValueError(
                 f"The 'min_size' parameter of {owner} must be <= 'max_size'. "

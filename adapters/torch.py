@@ -284,6 +284,16 @@ def capture(model, x, *, layer=None, eval_mode=True):
     return _capture(model, mod, name, x, check_bool(eval_mode, "eval_mode", func), func)
 
 
+def _batch_len(x, y):
+    """Samples in a collated batch (without a forward): the leading size of x, or of y."""
+    for t in (x, y):
+        if isinstance(t, torch.Tensor) and t.ndim >= 1:
+            return int(t.shape[0])
+        if isinstance(t, (list, tuple)):
+            return len(t)
+    raise TypeError(f"cannot tell the number of samples of a batch whose 'x' is {_describe(x)}.")
+
+
 def _n_of(y):
     return y.shape[0] if isinstance(y, torch.Tensor) and y.ndim >= 1 else None
 
@@ -451,8 +461,9 @@ class GraftBatchSelector(_Sketcher):
     random_state : None, int or numpy.random.Generator
         Seeds the randomized low-rank solver (the selector's own generator).
     **select_kwargs
-        Passed to :func:`graft_array.select` (rank, method, tol, band, weight_reg,
-        min_size, max_size, solver, backend).
+        Passed to :func:`graft_array.select` (strategy, gradmatch_lambda, rank,
+        method, tol, band, weight_reg, min_size, max_size, solver, backend);
+        e.g. ``strategy="craig"`` runs a baseline through the same machinery.
 
     Attributes
     ----------
@@ -604,8 +615,9 @@ class GraftEpochSampler(Sampler):
     seed : int, default=0
         Seeds the order (``seed + epoch``) and the randomized solver.
     **select_kwargs
-        Passed to :func:`graft_array.select` (rank, method, tol, band, weight_reg,
-        min_size, max_size, solver, backend).
+        Passed to :func:`graft_array.select` (strategy, gradmatch_lambda, rank,
+        method, tol, band, weight_reg, min_size, max_size, solver, backend);
+        e.g. ``strategy="craig"`` runs a baseline through the same machinery.
 
     Attributes
     ----------
@@ -732,7 +744,7 @@ class GraftEpochSampler(Sampler):
         def flush():
             if not feats:
                 return
-            grads = None if sk.loss is None else LastLayerGrads(list(res), list(embs))
+            grads = None if sk.loss is None or not res else LastLayerGrads(list(res), list(embs))
             s = select(list(feats), grads, fraction=self.fraction, offsets=np.asarray(offs, dtype=np.int64),
                        return_info=True, random_state=seed, **sk.select_kwargs)
             idx_out.append(s.indices.detach().to("cpu", torch.int64))
@@ -741,10 +753,14 @@ class GraftEpochSampler(Sampler):
 
         with tqdm(total=hi - lo, desc="GRAFT selection", unit="sample", disable=not self._show_progress(),
                   leave=False) as bar:
+            blind = sk.select_kwargs.get("strategy") == "random"  # needs neither features nor gradients
             for batch in loader:
                 x, y = self.unpack(batch)
-                x, y = _to(x, device), _to(y, device)
-                F, g = sk.sketch(x, y)
+                if blind:
+                    F, g = torch.zeros((_batch_len(x, y), 1)), None
+                else:
+                    x, y = _to(x, device), _to(y, device)
+                    F, g = sk.sketch(x, y)
                 if F.shape[0] == 0:
                     continue
                 feats.append(F)

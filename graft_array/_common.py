@@ -2,6 +2,9 @@
 
 METHODS = ("deim", "volume", "tournament")
 
+#: selection strategies of select: GRAFT and the baselines with the same API
+STRATEGIES = ("graft", "random", "craig", "gradmatch")
+
 
 def default_tile_rows(n, k_eff):
     """Rows per tile of the tournament method when the caller gives none.

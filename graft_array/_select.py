@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backends import kernel, resolve
-from ._common import METHODS
+from ._common import METHODS, STRATEGIES
 from ._exceptions import GradientRankWarning
 from ._namespace import array_namespace, describe, device_of, from_numpy_like, is_array, to_numpy_view
 from ._validation import check_array, check_bool, check_int, check_option, check_real, nonfinite_error
@@ -45,20 +45,22 @@ class Selection:
     weights : float64 array (n_selected,)
         Non-negative weights aligned with ``indices``; within a batch they sum to
         the batch's number of rows, so ``sum_j w_j loss_j / n_b`` estimates the
-        batch's mean loss (see :func:`select`).
+        batch's mean loss (see :func:`select`). ``strategy="gradmatch"``: the
+        fit's own weights, whose sum is near n_b only where the fit is good.
     sizes : int64 array (batch,)
         Number of rows chosen in each batch.
     residuals : float64 array (batch, max_size)
-        rho(m) for m = 1..max_size along each batch's pivot order (NaN where not
-        computed: ``grads=None``, or beyond a short batch's own max_size).
+        rho(m) for m = 1..max_size along each batch's selection order (the pivot
+        order for GRAFT; NaN where not computed: ``grads=None``, or beyond a
+        short batch's own max_size).
     backend : str
-        What ran the MaxVol step ("numba", "array_api" or "cuda").
+        What ran the selection ("numba", "array_api" or "cuda").
     solver : str
         The low-rank solver used ("exact" or "randomized"; with ragged batches,
-        the one of the largest).
+        the one of the largest); "none" for the baselines.
     rank : int
         Number of singular directions used (r); with ragged batches, r of the
-        largest ones.
+        largest ones; 0 for the baselines.
     """
 
     indices: Any
@@ -74,12 +76,14 @@ def select(
     features,
     grads=None,
     *,
+    strategy="graft",
     fraction=0.25,
     rank=None,
     method="deim",
     tol=0.1,
     band=0.5,
     weight_reg=0.01,
+    gradmatch_lambda=0.5,
     min_size=None,
     max_size=None,
     solver="auto",
@@ -123,13 +127,54 @@ def select(
     call per step (Numba: parallel over batches; the low-rank step runs chunks of
     batches in threads with BLAS kept to one thread each).
 
+    Baselines (``strategy``), with the same inputs and outputs, for comparisons:
+    each takes exactly ``round(fraction * n)`` rows per batch (at least 1, at
+    most n), ignores the features' values (only their batch layout counts) and
+    leaves ``rank``, ``method``, ``tol``, ``band``, ``weight_reg`` and ``solver``
+    unused (``min_size`` / ``max_size`` raise ValueError); ``Selection.solver``
+    is "none" and ``Selection.rank`` 0. ``residuals`` hold rho(m) along each
+    baseline's selection order (NaN without grads), so that strategies can be
+    compared on the gradient residual they leave.
+
+    * ``"random"``: a uniform random subset, in the order drawn, weights n / m.
+      Batch b's generator is a SplitMix64 stream seeded by the call's seed
+      (drawn from ``random_state``) and the batch's dataset start position
+      (``offsets[b]``, ``b * n``, or its start in the list of ragged batches):
+      row i gets the stream's (i+1)-th number, the m smallest win. The result
+      does not depend on how batches are grouped into calls. ``grads`` optional.
+    * ``"craig"`` (Mirzasoleiman, Bilmes, Leskovec, ICML 2020), per batch: the
+      gradient distances d_ij = ||g_i - g_j|| (from the batch's n x n gradient
+      Gram, for LastLayerGrads <e_i, e_j>(<h_i, h_j> + 1)), similarities
+      s_ij = dmax - d_ij (dmax: the batch's largest distance), and the facility
+      location F(S) = sum_i max_{j in S} s_ij maximised by the lazy greedy
+      (ties to the lowest index: exactly the plain greedy's rows), in greedy
+      order. Weight of j: the number of the batch's rows whose most similar
+      selected row is j (ties to the earliest selected): positive integers
+      summing to n (0 only for a row that duplicates an earlier selected one).
+      Needs ``grads``; memory n x n per batch being selected.
+    * ``"gradmatch"`` (Killamsetty et al., ICML 2021, the OMP variant), per
+      batch: orthogonal matching pursuit of the batch gradient g = sum_i g_i.
+      Each step adds the unselected row with the largest <g_j, r>,
+      r = g - sum_{j in S} w_j g_j (ties to the lowest index), then refits
+      w >= 0 on S minimising ||sum_j w_j g_j - g||^2 + gradmatch_lambda * s *
+      ||w||^2 (s: the batch's mean squared per-sample gradient norm; Gram-space
+      NNLS). When no unselected row correlates positively with r before the
+      budget is reached, the rest of the budget takes the largest remaining
+      correlations with weight 0 (a batch whose gradient is 0 gets all weights
+      0). The weights are GradMatch's own fit of g, not rescaled: the loss
+      sum_j w_j loss_j / n estimates the gradient of the batch's mean loss, and
+      their sum is near n only where the fit is good. Needs ``grads``; memory
+      n x n per batch being selected.
+
     Parameters
     ----------
     features : array (n, d) or (batch, n, d), real floating; or a list of (n_b, d) arrays
         A list gives ragged batches (e.g. a short last batch).
     grads : None, array (n, p) / (batch, n, p) / list of (n_b, p), or :class:`LastLayerGrads`
         Per-sample gradients, laid out like ``features``. ``None``: features only,
-        ``round(fraction * n)`` rows per batch.
+        ``round(fraction * n)`` rows per batch. Required by "craig" and "gradmatch".
+    strategy : {"graft", "random", "craig", "gradmatch"}, default="graft"
+        GRAFT, or a baseline with the same API (see above).
     fraction : float in (0, 1], default=0.25
         Target share of each batch; the centre of the size band.
     rank : int or None
@@ -141,10 +186,15 @@ def select(
         Residual tolerance of the size criterion.
     band : float in [0, 1), default=0.5
         Sizes searched: floor((1 - band) * fraction * n) .. ceil((1 + band) * fraction * n),
-        unless ``min_size`` / ``max_size`` are given (capped by each batch's n).
+        unless ``min_size`` / ``max_size`` are given (capped by each batch's n). ``band=0``
+        fixes the size at round(fraction * n), the baselines' budget (the gradient
+        criterion then only yields the residual curve and the weights).
     weight_reg : float >= 0, default=0.01
         Pull of the weights towards uniform (step 4), relative to the mean squared
         gradient norm of the chosen samples.
+    gradmatch_lambda : float >= 0, default=0.5
+        Ridge of GradMatch's weight fit, relative to the batch's mean squared
+        per-sample gradient norm (``strategy="gradmatch"`` only).
     min_size, max_size : None or int >= 1
         Bounds of the size band (replacing the ``band`` rule on that side); each
         is capped by each batch's n, so one call serves batches of any length.
@@ -160,8 +210,8 @@ def select(
     return_info : bool
         Return a :class:`Selection` instead of the indices alone.
     random_state : None, int or numpy.random.Generator
-        Seeds the randomized solver only; no global RNG is touched. ``None``:
-        fresh entropy (not reproducible).
+        Seeds the randomized solver (and the "random" strategy) only; no global
+        RNG is touched. ``None``: fresh entropy (not reproducible).
     backend : {"auto", "numba", "array_api", "cuda"}
 
     Returns
@@ -176,7 +226,10 @@ def select(
         method=check_option(method, "method", _FUNC, METHODS),
         solver=check_option(solver, "solver", _FUNC, SOLVERS),
         rank=check_int(rank, "rank", _FUNC, low=1, allow_none=True),
+        strategy=check_option(strategy, "strategy", _FUNC, STRATEGIES),
+        gradmatch_lambda=check_real(gradmatch_lambda, "gradmatch_lambda", _FUNC, low=0.0),
     )
+    _check_strategy(opts["strategy"], grads, min_size, max_size)
     return_info = check_bool(return_info, "return_info", _FUNC)
     rng = _check_random_state(random_state)
     seed = int(rng.integers(2**63))  # one test matrix for every batch, whatever the chunking
@@ -194,7 +247,8 @@ def select(
         offsets = _check_offsets(offsets, nb)
     name = resolve(features, backend, _FUNC)
     F = features if batched else xp.expand_dims(features, axis=0)
-    res = _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, features)
+    starts = np.arange(nb, dtype=np.int64) * n if offsets is None else offsets
+    res = _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, features, starts)
 
     cxp = array_namespace(res.pivots)
     dev = device_of(res.pivots)
@@ -208,7 +262,8 @@ def select(
     sizes, residuals = res.sizes, res.residuals
     if name == "numba":
         idx, wts, sizes, residuals = (from_numpy_like(np.asarray(a), features) for a in (idx, wts, sizes, residuals))
-    _warn_gradient_rank(grads_kind, grads, res.hi)
+    if opts["strategy"] == "graft":
+        _warn_gradient_rank(grads_kind, grads, res.hi)
     if not return_info:
         return idx
     return Selection(idx, wts, sizes, residuals, name, res.solver, res.rank)
@@ -228,7 +283,7 @@ class _StackResult(NamedTuple):
 def _band(n, d, opts, min_size, max_size):
     """(lo, hi, r) for batches of n rows and d features."""
     centre = opts["fraction"] * n
-    if opts.get("has_grads"):
+    if opts.get("has_grads") and opts["band"] > 0:
         lo = min(n, max(1, int(math.floor((1.0 - opts["band"]) * centre))))
         hi = min(n, max(1, int(math.ceil((1.0 + opts["band"]) * centre))))
     else:
@@ -248,14 +303,23 @@ def _band(n, d, opts, min_size, max_size):
     return lo, hi, r
 
 
-def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like):
-    """Selection of every batch of the stack F (B, n, d) on backend ``name``; results in the compute namespace."""
+def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like, starts):
+    """Selection of every batch of the stack F (B, n, d) on backend ``name``; results in the compute namespace.
+
+    ``starts`` (B,) int64: each batch's dataset position (seeds the "random" strategy).
+    """
     xp = array_namespace(F)
     nb, n, d = F.shape
-    lo, hi, r = _band(n, d, dict(opts, has_grads=grads_kind is not None), min_size, max_size)
+    graft = opts["strategy"] == "graft"
+    lo, hi, r = _band(n, d, dict(opts, has_grads=graft and grads_kind is not None), min_size, max_size)
     if name == "numba":
         F = to_numpy_view(F)
         grads = tuple(to_numpy_view(g) for g in grads)
+    if not graft:  # the baselines: round(fraction * n) rows, no low-rank step, no solver
+        from ._baselines import run_baseline
+
+        pivots, sizes, residuals, weights = run_baseline(F, grads, grads_kind, hi, opts, seed, name, starts)
+        return _StackResult(pivots, sizes, residuals, weights, hi, hi, 0, "none")
     from ._agnostic.lowrank import NonFiniteFeatures, choose_solver
 
     solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
@@ -309,7 +373,8 @@ def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, see
             continue
         F = xp.stack([batches[b] for b in members])
         parts = tuple(xp.stack([g[b] for b in members]) for g in gparts)
-        res = _run_stack(F, parts, grads_kind, min_size, max_size, opts, seed, name, like)
+        res = _run_stack(F, parts, grads_kind, min_size, max_size, opts, seed, name, like,
+                         np.asarray([starts[b] for b in members], dtype=np.int64))
         if n > best_n:
             best, best_n = res, n
         cxp = array_namespace(res.pivots)
@@ -345,7 +410,8 @@ def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, see
     ])
     if name == "numba":
         idx, wts, sizes, residuals = (from_numpy_like(np.asarray(a), like) for a in (idx, wts, sizes, residuals))
-    _warn_gradient_rank(grads_kind, tuple(g[0] for g in gparts), res.hi)
+    if opts["strategy"] == "graft":
+        _warn_gradient_rank(grads_kind, tuple(g[0] for g in gparts), res.hi)
     if not return_info:
         return idx
     return Selection(idx, wts, sizes, residuals, name, res.solver, res.rank)
@@ -487,6 +553,23 @@ def _scale_weights(xp, W, sizes, n):
     uniform = xp.astype(xp.arange(W.shape[1], device=device_of(W))[None, :] < sizes[:, None], xp.float64)
     safe = xp.where(total > 0, total, xp.ones_like(total))
     return xp.where((total > 0)[:, None], W * (n / safe)[:, None], uniform * (n / m)[:, None])
+
+
+def _check_strategy(strategy, grads, min_size, max_size):
+    """The arguments that only GRAFT takes, and the gradients the baselines need."""
+    if strategy == "graft":
+        return
+    for nm, value in (("min_size", min_size), ("max_size", max_size)):
+        if value is not None:
+            raise ValueError(
+                f"The '{nm}' parameter of select applies to strategy='graft' only; strategy={strategy!r} takes "
+                f"round(fraction * n) rows per batch. Got {nm}={value!r} instead."
+            )
+    if grads is None and strategy in ("craig", "gradmatch"):
+        raise ValueError(
+            f"select with strategy={strategy!r} needs per-sample gradients: pass 'grads' (an array, a list of "
+            "arrays or LastLayerGrads(residuals, embeddings)). Got grads=None instead."
+        )
 
 
 def _check_random_state(random_state):

@@ -27,6 +27,9 @@ __all__ = [
     "reference_rho",
     "reference_select",
     "last_layer_gradients",
+    "reference_random",
+    "reference_craig",
+    "reference_gradmatch",
 ]
 
 
@@ -293,7 +296,7 @@ def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim
     F = np.asarray(features, dtype=np.float64)
     n, d = F.shape
     centre = fraction * n
-    if G is None:
+    if G is None or band == 0:
         lo = hi = min(n, max(1, int(round(centre))))
     else:
         lo = min(n, max(1, int(math.floor((1.0 - band) * centre))))
@@ -322,3 +325,98 @@ def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim
         w = np.zeros(m)
     w = w * (n / w.sum()) if w.sum() > 0 else np.full(m, n / m)
     return piv[:m], w, m, rho
+
+
+# --------------------------------------------------------------------------------------
+# the baseline strategies of select (one batch each)
+# --------------------------------------------------------------------------------------
+def reference_random(n, m, seed, start):
+    """One batch of ``select(..., strategy="random")`` with Python integers: ``(indices, weights)``.
+
+    The batch's generator is SplitMix64 seeded with mix(mix(seed) + start) (64-bit
+    wrapping arithmetic; ``seed`` is select's call seed, ``start`` the batch's
+    dataset position); row i's key is the top 53 bits of its (i+1)-th output. The
+    m rows of smallest key (ties: lower row) in key order; weights n / m.
+    """
+    mask = (1 << 64) - 1
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    state = mix((mix(int(seed) & mask) + (int(start) & mask)) & mask)
+    keys = [mix((state + (i + 1) * 0x9E3779B97F4A7C15) & mask) >> 11 for i in range(n)]
+    order = sorted(range(n), key=lambda i: (keys[i], i))[:m]
+    return np.array(order, dtype=np.int64), np.full(m, n / m)
+
+
+def reference_craig(G, m):
+    """CRAIG (Mirzasoleiman et al. 2020) on one batch of materialised gradient rows G (n, p), plain greedy.
+
+    Similarities s_ij = dmax - ||g_i - g_j|| (dmax: the batch's largest distance);
+    facility location F(S) = sum_i max_{j in S} s_ij, maximised greedily with every
+    gain re-evaluated at every step (ties to the lowest index). Weights: the number
+    of rows whose most similar selected row is j (ties to the earliest selected).
+    Returns ``(indices, weights)``.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    n = G.shape[0]
+    D = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            D[i, j] = np.sqrt(np.sum((G[i] - G[j]) ** 2))
+    S = D.max() - D
+    cur = np.zeros(n)
+    chosen = []
+    for _ in range(m):
+        best, best_j = -1.0, -1
+        for j in range(n):
+            if j in chosen:
+                continue
+            gain = 0.0
+            for i in range(n):
+                gain += max(0.0, S[i, j] - cur[i])
+            if gain > best:
+                best, best_j = gain, j
+        chosen.append(best_j)
+        cur = np.maximum(cur, S[:, best_j])
+    w = np.zeros(m)
+    for i in range(n):
+        w[_argmax_lowest(S[i, chosen], np.ones(m, dtype=bool))] += 1.0
+    return np.array(chosen, dtype=np.int64), w
+
+
+def reference_gradmatch(G, m, *, lam=0.5):
+    """GradMatch (Killamsetty et al. 2021, OMP) on one batch of materialised gradient rows G (n, p).
+
+    Target g = sum_i g_i. Each step takes the unselected row with the largest
+    correlation <g_j, r>, r = g - G_S^T w (ties to the lowest index); while that
+    correlation is positive, w is refitted by ``scipy.optimize.nnls`` on the
+    augmented system [G_S^T; sqrt(lam s) I] w ~ [g; 0] (s = mean squared row
+    norm of the batch); afterwards the remaining rows come in order of
+    correlation with weight 0. Returns ``(indices, weights)``.
+    """
+    from scipy.optimize import nnls
+
+    G = np.asarray(G, dtype=np.float64)
+    n = G.shape[0]
+    g = G.sum(axis=0)
+    s = float((G**2).sum()) / n
+    chosen, w, r, filling = [], np.zeros(0), g.copy(), False
+    for _ in range(m):
+        c = np.array([G[j] @ r for j in range(n)])
+        free = np.ones(n, dtype=bool)
+        free[chosen] = False
+        j = _argmax_lowest(c, free)
+        chosen.append(j)
+        if filling or not c[j] > 0:
+            filling = True
+            w = np.append(w, 0.0)
+            continue
+        q = len(chosen)
+        A = np.vstack([G[chosen].T, np.sqrt(lam * s) * np.eye(q)])
+        y = np.concatenate([g, np.zeros(q)])
+        w, _ = nnls(A, y)
+        r = g - G[chosen].T @ w
+    return np.array(chosen, dtype=np.int64), w

@@ -392,6 +392,18 @@ def test_gram_overflow_is_told_apart_from_nonfinite(rng):
     assert len(ga.select(F.astype(np.float64), fraction=0.1, solver="randomized", random_state=0)) == 6
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_closed_band_is_the_baselines_budget(rng, backend):
+    F, E, H = _batch(rng, n=67)
+    for f in (0.1, 0.3, 0.5):
+        s = ga.select(F, LastLayerGrads(E, H), fraction=f, band=0.0, tol=0.99, solver="exact", backend=backend,
+                      return_info=True)
+        assert int(s.sizes[0]) == round(f * 67)
+        idx, w, m, _ = gt.reference_select(F, gt.last_layer_gradients(E, H), fraction=f, band=0.0, tol=0.99)
+        assert m == round(f * 67)
+        assert_array_equal(np.asarray(s.indices), idx)
+
+
 def test_sizes_above_n_are_capped(rng):
     F, E, H = _batch(rng, n=20)
     s = ga.select(F, LastLayerGrads(E, H), min_size=30, max_size=40, random_state=0, return_info=True)
