@@ -1,11 +1,11 @@
-"""``python -m graft_array``: a small example on an embedded default (no download).
+"""``graft-array example``: the core on synthetic data, no training (no torch needed).
 
 Builds a deterministic 20 000 x 32 matrix of sample coordinates (orthonormal
 columns, as GRAFT's low-rank features are), selects 32 rows with each method and
 prints the rows' log-volume and the time taken; then runs the whole GRAFT step
 (``select``) on 64 batches of 128 synthetic samples with last-layer gradients of a
 seeded linear softmax model, and compares the gradient residual of its subsets
-with random subsets of the same sizes. The training demo comes later.
+with random subsets of the same sizes. The training comparison is ``graft-array demo``.
 """
 
 import argparse
@@ -23,7 +23,7 @@ def _log_volume(V, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m graft_array", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="graft-array example", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="number of samples (default 20000)")
     parser.add_argument("--rank", type=int, default=32, help="columns of V = rows selected (default 32)")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,7 +73,3 @@ def _select_example(rng, batches=64, n=128, d=256, classes=10):
           f"({s.solver} low rank r = {s.rank}, {s.backend})")
     print(f"  mean subset size {sizes.mean():.1f} of {n}; gradient residual ||g - P_S g|| / ||g||: "
           f"GRAFT {rho.mean():.3f}, random subsets of the same sizes {rho_random.mean():.3f}")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
