@@ -10,6 +10,7 @@ exit. Nothing here calls a parallel Numba kernel: those are not safe to launch
 from several threads under every threading layer.
 """
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -41,8 +42,10 @@ def map_batches(fn, *arrays, workers=None):
     """``fn`` on matching chunks of the leading (batch) axis of ``arrays``, concatenated along it.
 
     ``fn`` must return one NumPy array whose leading axis is the chunk's batch
-    axis. With one worker or one batch, ``fn`` runs once on everything, BLAS
-    threads untouched.
+    axis, the same trailing shape and dtype for every chunk. Each thread copies
+    its chunk's result into the output (no serial concatenation at the end).
+    With one worker or one batch, ``fn`` runs once on everything, BLAS threads
+    untouched.
     """
     nb = arrays[0].shape[0]
     workers = n_workers() if workers is None else int(workers)
@@ -53,7 +56,18 @@ def map_batches(fn, *arrays, workers=None):
     parts = max(workers, min(_CHUNKS_PER_WORKER * workers, nb // _MIN_CHUNK))
     parts = min(parts, nb)
     bounds = [(i * nb // parts, (i + 1) * nb // parts) for i in range(parts)]
+    out = []  # the result, allocated by the first chunk to finish; each thread copies its own part into it
+    lock = threading.Lock()
+
+    def run(lo, hi):
+        part = fn(*(a[lo:hi] for a in arrays))
+        with lock:
+            if not out:
+                out.append(np.empty((nb,) + part.shape[1:], dtype=part.dtype))
+        out[0][lo:hi] = part
+
     with _blas_one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(fn, *(a[lo:hi] for a in arrays)) for lo, hi in bounds]
-        out = [f.result() for f in futures]
-    return np.concatenate(out, axis=0)
+        futures = [pool.submit(run, lo, hi) for lo, hi in bounds]
+        for f in futures:
+            f.result()
+    return out[0]

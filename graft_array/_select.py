@@ -477,7 +477,7 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     """NumPy in, NumPy out: low rank in threads over chunks of batches, the rest in parallel Numba kernels."""
     from ._agnostic.lowrank import lowrank
     from ._numba import criterion as ncrit
-    from ._numba.lowrank import cholqr_rows
+    from ._numba.lowrank import batch_gram, gram_ritz
     from ._numba.maxvol import run_maxvol
     from ._parallel import map_batches
 
@@ -487,7 +487,7 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
 
     def chunk(Fc):
         rng = np.random.default_rng(seed)
-        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, orth_rows=cholqr_rows, check_finite=True)[0]
+        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, gram=batch_gram, ritz=gram_ritz, check_finite=True)[0]
 
     V = np.ascontiguousarray(map_batches(chunk, F))
     pivots, _, _, _ = run_maxvol(V, hi, method=opts["method"], tile_rows=None, refine=False, tol=1.05, max_iters=0)

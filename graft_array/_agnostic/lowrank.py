@@ -27,7 +27,7 @@ w <= max(n, d) * eps * w_max are set to 0 (the feature batch has lower rank than
 maxvol then fills those positions by its rank-deficiency rule. V is float64.
 """
 
-__all__ = ["lowrank", "choose_solver", "oversampled", "NonFiniteFeatures"]
+__all__ = ["lowrank", "choose_solver", "oversampled", "batch_gram", "gram_ritz", "NonFiniteFeatures"]
 
 
 class NonFiniteFeatures(ArithmeticError):
@@ -91,7 +91,7 @@ def _check(xp, X, diag, check_finite):
     return X
 
 
-def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, orth_rows=None, check_finite=False):
+def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, gram=None, ritz=None, check_finite=False):
     """Top-r left singular vectors of each batch of F (batch, n, d). Returns (V, sigma, solver).
 
     ``check_finite``: raise :class:`NonFiniteFeatures` when the first product
@@ -99,16 +99,51 @@ def lowrank(F, r, *, solver, xp, rng=None, power_iters=1, orth_rows=None, check_
 
     ``rng`` (a :class:`numpy.random.Generator`) draws the randomized solver's
     Gaussian test matrix, shared by all batches; nothing else is random.
-    ``orth_rows(Yt, passes)`` orthonormalises the rows of each Yt_b (batch, l, n)
-    by Cholesky QR (a backend's compiled version; default: the generic one).
+    ``gram(F)`` and ``ritz(G, omega_t, power_iters, r)``: a backend's compiled
+    twins of :func:`batch_gram` and :func:`gram_ritz` for the randomized solver
+    on a wide batch (default: the generic functions).
     """
     import numpy as np
 
     with np.errstate(over="ignore", invalid="ignore"):  # NumPy's warnings: the finiteness check reports instead
-        return _lowrank(F, r, solver, xp, rng, power_iters, orth_rows, check_finite)
+        return _lowrank(F, r, solver, xp, rng, power_iters, gram, ritz, check_finite)
 
 
-def _lowrank(F, r, solver, xp, rng, power_iters, orth_rows, check_finite):
+def batch_gram(xp, F):
+    """``F_b F_b^T`` for each batch of F (batch, n, d), in F's precision (one stacked GEMM)."""
+    return F @ _mT(xp, F)
+
+
+def gram_ritz(xp, G, omega_t, power_iters, r):
+    """Top-r Ritz pairs of the range finder on each batch Gram G (batch, n, n). Returns (w, V), float64.
+
+    Row layout: Q^T (l, n) throughout, so each product is Q^T G (G is
+    symmetric). ``Q^T = orth(Omega^T G)`` by Cholesky QR (two passes when
+    ``power_iters`` is 0, else one), then ``power_iters`` times
+    ``Q^T = orth(Q^T G)`` (two passes the last time), ``T = (Q^T G) Q`` and the
+    top-r eigenpairs of ``(T + T^T) / 2``: w (batch, r) descending and
+    V = Q U (batch, n, r). The products run in G's precision (a float32 batch
+    stays float32 in BLAS); Q and the l x l problem are float64. ``omega_t``
+    (l, n), in G's dtype, is shared by all batches.
+    """
+    f64 = xp.float64
+
+    def times_g(Qt):
+        return xp.astype(xp.astype(Qt, G.dtype) @ G, f64)
+
+    def orth_rows(Yt, passes):
+        return _mT(xp, _orth(xp, _mT(xp, Yt), passes))
+
+    Qt = orth_rows(times_g(omega_t), 2 if power_iters == 0 else 1)
+    for i in range(power_iters):
+        Qt = orth_rows(times_g(Qt), 2 if i == power_iters - 1 else 1)
+    T = times_g(Qt) @ _mT(xp, Qt)
+    w, Ut = xp.linalg.eigh(0.5 * (T + _mT(xp, T)))
+    w, Ut = _top(xp, w, Ut, r)
+    return w, _mT(xp, _mT(xp, Ut) @ Qt)
+
+
+def _lowrank(F, r, solver, xp, rng, power_iters, gram, ritz, check_finite):
     nb, n, d = F.shape
     f64 = xp.float64
     if solver == "exact":
@@ -123,25 +158,13 @@ def _lowrank(F, r, solver, xp, rng, power_iters, orth_rows, check_finite):
             V = F @ W
     elif d >= n:
         eps = float(xp.finfo(F.dtype).eps)  # the Gram is formed in F's precision
-        if orth_rows is None:
-            def orth_rows(Yt, passes):
-                return _mT(xp, _orth(xp, _mT(xp, Yt), passes))
         ell = oversampled(r, n, d)
-        # Row layout: Q^T (l, n) throughout, so each product is Q^T G (G is symmetric). The products run in
-        # F's precision (a float32 batch stays float32 in BLAS); Q and the l x l problem are float64.
         omega_t = xp.asarray(rng.standard_normal((ell, n)), dtype=F.dtype, device=_dev(F))
-        G = _check(xp, F @ _mT(xp, F), True, check_finite)
-
-        def times_g(Qt):
-            return xp.astype(xp.astype(Qt, F.dtype) @ G, f64)
-
-        Qt = orth_rows(times_g(omega_t), 2 if power_iters == 0 else 1)
-        for i in range(power_iters):
-            Qt = orth_rows(times_g(Qt), 2 if i == power_iters - 1 else 1)
-        T = times_g(Qt) @ _mT(xp, Qt)
-        w, Ut = xp.linalg.eigh(0.5 * (T + _mT(xp, T)))
-        w, Ut = _top(xp, w, Ut, r)
-        V = _mT(xp, _mT(xp, Ut) @ Qt)
+        G = _check(xp, batch_gram(xp, F) if gram is None else gram(F), True, check_finite)
+        if ritz is None:
+            w, V = gram_ritz(xp, G, omega_t, power_iters, r)
+        else:
+            w, V = ritz(G, omega_t, power_iters, r)
     else:
         eps = float(xp.finfo(F.dtype).eps)
         ell = oversampled(r, n, d)
