@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["map_batches", "n_workers"]
+__all__ = ["map_batches", "n_workers", "threads_for"]
 
 _CONTROLLER = None
 _CHUNKS_PER_WORKER = 4
@@ -30,6 +30,7 @@ def n_workers():
 
 
 def _blas_one_thread():
+    """NumPy's BLAS (and any other loaded when first called) held to one thread, as a context manager."""
     global _CONTROLLER
     from threadpoolctl import ThreadpoolController
 
@@ -71,3 +72,46 @@ def map_batches(fn, *arrays, workers=None):
         for f in futures:
             f.result()
     return out[0]
+
+
+#: below this many rows (all batches of a call together) the Numba kernels run on the calling thread
+SERIAL_ROWS = 4096
+
+
+class threads_for:
+    """Context manager: Numba's parallel kernels use one thread for a small call of ``rows`` rows.
+
+    A parallel region costs a wake-up of the other threads; on a call of a few
+    thousand rows that is most of the work, and right after a torch operation
+    (torch's OpenMP threads keep spinning for a while) the wake-up waits for a
+    busy core. BLAS is held to one thread for the same reason. ``numba.set_num_threads``
+    is per calling thread, so other threads are not affected; the previous
+    counts are restored on exit.
+    """
+
+    def __init__(self, rows):
+        self.rows = int(rows)
+        self._old = None
+        self._blas = None
+
+    def __enter__(self):
+        if self.rows <= SERIAL_ROWS:
+            import numba
+
+            self._old = numba.get_num_threads()
+            if self._old > 1:
+                numba.set_num_threads(1)
+                self._blas = _blas_one_thread()  # the small LAPACK calls too (eigh of one batch Gram)
+                self._blas.__enter__()
+            else:
+                self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            import numba
+
+            numba.set_num_threads(self._old)
+            self._blas.__exit__(*exc)
+            self._old = self._blas = None
+        return False

@@ -1,5 +1,6 @@
 """The public :func:`select`: GRAFT's per-batch selection, many batches per call."""
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -313,19 +314,26 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
     graft = opts["strategy"] == "graft"
     lo, hi, r = _band(n, d, dict(opts, has_grads=graft and grads_kind is not None), min_size, max_size)
     if name == "numba":
+        from ._parallel import threads_for
+
         F = to_numpy_view(F)
         grads = tuple(to_numpy_view(g) for g in grads)
+        threads = threads_for(nb * n)  # a small call runs on this thread: no wake-up of the others
+    else:
+        threads = contextlib.nullcontext()
     if not graft:  # the baselines: round(fraction * n) rows, no low-rank step, no solver
         from ._baselines import run_baseline
 
-        pivots, sizes, residuals, weights = run_baseline(F, grads, grads_kind, hi, opts, seed, name, starts)
+        with threads:
+            pivots, sizes, residuals, weights = run_baseline(F, grads, grads_kind, hi, opts, seed, name, starts)
         return _StackResult(pivots, sizes, residuals, weights, hi, hi, 0, "none")
     from ._agnostic.lowrank import NonFiniteFeatures, choose_solver
 
     solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
     run = _select_numba if name == "numba" else _select_generic
     try:  # the low-rank step's first product tells whether F is finite (no pass of its own)
-        pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
+        with threads:
+            pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
     except NonFiniteFeatures:
         if name == "numba":
             from ._numba.checks import all_finite

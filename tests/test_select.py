@@ -443,3 +443,39 @@ def test_select_properties(nb, n, d, C, fraction, tol, seed):
         assert np.all((rho >= 0) & (rho <= 1 + 1e-12))
         assert np.all(np.diff(rho) <= 1e-12)  # nested spans: the residual never grows
         start += m
+
+
+def test_small_calls_run_serial_and_restore_thread_counts(rng):
+    """A small call runs Numba and BLAS on one thread and puts both counts back, also after an error."""
+    numba = pytest.importorskip("numba")
+    from threadpoolctl import threadpool_info
+
+    from graft_array import _parallel
+
+    def blas_threads():  # NumPy's BLAS: the one our small LAPACK calls go through
+        return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas" and "numpy" in d["filepath"]]
+
+    before, blas_before = numba.get_num_threads(), blas_threads()
+    F, E, H = _batch(rng, n=64)
+    seen = []
+    original = _parallel.threads_for.__enter__
+
+    def spy(self):
+        out = original(self)
+        seen.append((numba.get_num_threads(), blas_threads()))
+        return out
+
+    _parallel.threads_for.__enter__ = spy
+    try:
+        ga.select(F, LastLayerGrads(E, H), random_state=0)
+        with pytest.raises(ValueError, match="finite"):
+            ga.select(np.full((64, 100), np.nan), random_state=0)
+    finally:
+        _parallel.threads_for.__enter__ = original
+    assert seen and all(t == 1 for t, _ in seen)
+    if before > 1:
+        assert all(set(b) == {1} for _, b in seen)
+    assert numba.get_num_threads() == before and blas_threads() == blas_before
+    big = _parallel.threads_for(_parallel.SERIAL_ROWS + 1)
+    with big:
+        assert numba.get_num_threads() == before
