@@ -610,6 +610,11 @@ class GraftEpochSampler(Sampler):
         batches' embeddings are held at once).
     shuffle : bool, default=True
         Reshuffle the subset every epoch (else dataset order).
+    shuffle_pass : bool, default=False
+        Cut each selection pass's batches from a fresh permutation of the
+        dataset (seeded by ``seed`` and the selection epoch, the same on every
+        rank) instead of consecutive positions, so that every pass groups the
+        samples differently; indices are still dataset indices.
     progress : bool, default=True
         A tqdm bar (stderr) over the selection pass.
     seed : int, default=0
@@ -631,7 +636,8 @@ class GraftEpochSampler(Sampler):
 
     def __init__(self, dataset, model, *, fraction=0.25, batch_size=128, refresh_every=1, warm_start_epochs=0,
                  layer=None, loss="cross_entropy", features="embeddings", eval_mode=True, unpack=None,
-                 collate_fn=None, num_workers=0, device=None, batches_per_call=64, shuffle=True, progress=True,
+                 collate_fn=None, num_workers=0, device=None, batches_per_call=64, shuffle=True, shuffle_pass=False,
+                 progress=True,
                  seed=0, **select_kwargs):
         func = type(self).__name__
         try:
@@ -650,6 +656,7 @@ class GraftEpochSampler(Sampler):
         self.num_workers = check_int(num_workers, "num_workers", func, low=0)
         self.batches_per_call = check_int(batches_per_call, "batches_per_call", func, low=1)
         self.shuffle = check_bool(shuffle, "shuffle", func)
+        self.shuffle_pass = check_bool(shuffle_pass, "shuffle_pass", func)
         self.progress = check_bool(progress, "progress", func)
         self.seed = check_int(seed, "seed", func, low=0)
         for nm, fn in (("unpack", unpack), ("collate_fn", collate_fn)):
@@ -730,7 +737,14 @@ class GraftEpochSampler(Sampler):
         func = self._func
         sk = self._sketch
         device = self.device if self.device is not None else _model_device(sk._inner)
-        data = self.dataset if (lo, hi) == (0, self._n) else Subset(self.dataset, range(lo, hi))
+        if self.shuffle_pass:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 1_000_003 + sel_epoch)
+            order = torch.randperm(self._n, generator=g)[lo:hi]  # this rank's block of one shared permutation
+            data = Subset(self.dataset, order.tolist())
+        else:
+            order = None
+            data = self.dataset if (lo, hi) == (0, self._n) else Subset(self.dataset, range(lo, hi))
         gen = torch.Generator()  # the DataLoader draws a base seed: keep it off the global RNG
         gen.manual_seed(self.seed)
         loader = DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate_fn,
@@ -780,7 +794,10 @@ class GraftEpochSampler(Sampler):
             )
         if not idx_out:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64)
-        return torch.cat(idx_out), torch.cat(w_out)
+        idx = torch.cat(idx_out)
+        if order is not None:  # positions lo..hi-1 of the permuted pass -> dataset indices
+            idx = order[idx - lo]
+        return idx, torch.cat(w_out)
 
     # ---- what the training loop sees
 

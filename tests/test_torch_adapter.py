@@ -359,6 +359,29 @@ def test_epoch_indices_are_dataset_indices():
     assert sorted(seen) == hot.tolist()
 
 
+def test_shuffled_pass_returns_dataset_indices():
+    """Each pass cuts its batches from a seeded permutation; the indices are still dataset indices."""
+    n, d = 1000, 12
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, d, generator=g)
+    y = torch.zeros(n, dtype=torch.long)
+    ds = SelfIndexed(x, y)
+    model = mlp(d=d, classes=2)
+    kw = dict(loss=None, features="inputs", fraction=0.1, batch_size=100, progress=False, seed=3)
+    plain = GraftEpochSampler(ds, model, **kw)
+    s = GraftEpochSampler(ds, model, shuffle_pass=True, refresh_every=1, **kw)
+    idx0 = s.indices.clone()
+    assert len(idx0) == 100 and len(set(idx0.tolist())) == 100 and int(idx0.max()) < n
+    assert set(idx0.tolist()) != set(plain.indices.tolist())  # other batches, other rows
+    for xb, _, ib in DataLoader(ds, batch_size=50, sampler=s):
+        assert torch.equal(xb, x[ib])  # the sample behind each yielded index is the dataset's own
+    assert torch.all(s.weights[idx0] > 0) and float(s.weights.sum()) == pytest.approx(n)
+    s.set_epoch(1)
+    assert set(s.indices.tolist()) != set(idx0.tolist())  # a new permutation at the next pass
+    again = GraftEpochSampler(ds, model, shuffle_pass=True, refresh_every=1, **kw)
+    assert torch.equal(again.indices, idx0)  # seeded: reproducible
+
+
 def test_epoch_selection_matches_core_with_offsets():
     x, y = clusters(1050, seed=9)
     model = mlp(seed=9)
