@@ -24,6 +24,28 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
+
+@njit(cache=True, nogil=True)
+def _batch_gram_plain(Gb):
+    """(K, b, ||g||^2) of one batch's plain gradient rows Gb (n, p): the whole n x n Gram, b = K 1."""
+    n, p = Gb.shape
+    K = np.empty((n, n))
+    bv = np.empty(n)
+    gg = _gram_plain_one(Gb, np.arange(n), K, bv, np.empty(p), np.empty((n, p)))
+    return K, bv, gg
+
+
+@njit(cache=True, nogil=True)
+def _batch_gram_last_layer(Eb, Hb):
+    """(K, b, ||g||^2) of one batch's last-layer gradients e_i (x) [h_i; 1], never formed."""
+    n, C = Eb.shape
+    h = Hb.shape[1]
+    K = np.empty((n, n))
+    bv = np.empty(n)
+    gg = _gram_last_layer_one(Eb, Hb, np.arange(n), K, bv, np.empty((C, h + 1)), np.empty((n, C)),
+                              np.empty((n, h + 1)), np.empty(h + 1))
+    return K, bv, gg
+
 @njit(cache=True, nogil=True)
 def _mix64(z):
     """SplitMix64's output function (a bijection of uint64)."""
@@ -185,14 +207,12 @@ def _rho_along(K, bv, gg, order, rho):
 @njit(cache=True, nogil=True, parallel=True)
 def craig_plain(G, m, lazy):
     """CRAIG on plain gradient rows G (B, n, p): (order (B, m), weights (B, m), rho (B, m))."""
-    nb, n, p = G.shape
+    nb, n = G.shape[0], G.shape[1]
     order = np.empty((nb, m), dtype=np.int64)
     w = np.empty((nb, m))
     rho = np.empty((nb, m))
     for bi in prange(nb):
-        K = np.empty((n, n))
-        bv = np.empty(n)
-        gg = _gram_plain_one(G[bi], np.arange(n), K, bv, np.empty(p), np.empty((n, p)))
+        K, bv, gg = _batch_gram_plain(G[bi])
         Kg = K.copy()
         _similarities(K)
         _craig_one(K, m, lazy, order[bi], w[bi])
@@ -203,16 +223,12 @@ def craig_plain(G, m, lazy):
 @njit(cache=True, nogil=True, parallel=True)
 def craig_last_layer(E, H, m, lazy):
     """CRAIG on last-layer gradients e_i (x) [h_i; 1]: E (B, n, C), H (B, n, h); K never leaves the batch."""
-    nb, n, C = E.shape
-    h = H.shape[2]
+    nb, n = E.shape[0], E.shape[1]
     order = np.empty((nb, m), dtype=np.int64)
     w = np.empty((nb, m))
     rho = np.empty((nb, m))
     for bi in prange(nb):
-        K = np.empty((n, n))
-        bv = np.empty(n)
-        gg = _gram_last_layer_one(E[bi], H[bi], np.arange(n), K, bv, np.empty((C, h + 1)), np.empty((n, C)),
-                                  np.empty((n, h + 1)), np.empty(h + 1))
+        K, bv, gg = _batch_gram_last_layer(E[bi], H[bi])
         Kg = K.copy()
         _similarities(K)
         _craig_one(K, m, lazy, order[bi], w[bi])
@@ -274,14 +290,12 @@ def _gradmatch_one(K, bv, m, lam, order, w):
 @njit(cache=True, nogil=True, parallel=True)
 def gradmatch_plain(G, m, lam):
     """GradMatch (OMP) on plain gradient rows G (B, n, p): (order (B, m), weights (B, m), rho (B, m))."""
-    nb, n, p = G.shape
+    nb, n = G.shape[0], G.shape[1]
     order = np.empty((nb, m), dtype=np.int64)
     w = np.empty((nb, m))
     rho = np.empty((nb, m))
     for bi in prange(nb):
-        K = np.empty((n, n))
-        bv = np.empty(n)
-        gg = _gram_plain_one(G[bi], np.arange(n), K, bv, np.empty(p), np.empty((n, p)))
+        K, bv, gg = _batch_gram_plain(G[bi])
         _gradmatch_one(K, bv, m, lam, order[bi], w[bi])
         _rho_along(K, bv, gg, order[bi], rho[bi])
     return order, w, rho
@@ -290,16 +304,12 @@ def gradmatch_plain(G, m, lam):
 @njit(cache=True, nogil=True, parallel=True)
 def gradmatch_last_layer(E, H, m, lam):
     """GradMatch (OMP) on last-layer gradients: E (B, n, C), H (B, n, h)."""
-    nb, n, C = E.shape
-    h = H.shape[2]
+    nb, n = E.shape[0], E.shape[1]
     order = np.empty((nb, m), dtype=np.int64)
     w = np.empty((nb, m))
     rho = np.empty((nb, m))
     for bi in prange(nb):
-        K = np.empty((n, n))
-        bv = np.empty(n)
-        gg = _gram_last_layer_one(E[bi], H[bi], np.arange(n), K, bv, np.empty((C, h + 1)), np.empty((n, C)),
-                                  np.empty((n, h + 1)), np.empty(h + 1))
+        K, bv, gg = _batch_gram_last_layer(E[bi], H[bi])
         _gradmatch_one(K, bv, m, lam, order[bi], w[bi])
         _rho_along(K, bv, gg, order[bi], rho[bi])
     return order, w, rho
