@@ -2401,6 +2401,9 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     V = np.asarray(V)
     if not V.flags.c_contiguous:
         V = np.ascontiguousarray(V)
+    if V.flags.writeable:  # one read-only view type for every caller: each kernel compiles once per dtype
+        V = V.view()
+        V.flags.writeable = False
     nb, n, r = V.shape
     kk = min(k, r)
     eps = float(np.finfo(V.dtype).eps)
