@@ -38,8 +38,11 @@ dloss_i/dz_i``:
   (n, C) tensor.
 * ``loss=None``: no gradient criterion; ``round(fraction * n)`` rows per batch.
 
-The low-rank (MaxVol) step runs on ``features="embeddings"`` (default: ``h``) or
-on ``features="inputs"`` (the batch ``x`` flattened to (n, -1)).
+The low-rank (MaxVol) step runs on ``features="embeddings"`` (default: ``h``),
+on ``features="inputs"`` (the batch ``x`` flattened to (n, -1)), or on
+``features="gradients"``: the per-sample last-layer gradients themselves
+(``graft_array.select(None, LastLayerGrads(e, h))``, from their factorised Gram;
+needs a loss). ``benchmarks/bench_training.py`` compares them.
 
 Tensors stay on their device (CUDA tensors run the core's array-API path on the
 device); indices come back as LongTensors on that device. Nothing here prints
@@ -69,7 +72,7 @@ __all__ = [
 ]
 
 LOSSES = ("cross_entropy", "mse")
-FEATURES = ("embeddings", "inputs")
+FEATURES = ("embeddings", "inputs", "gradients")
 IGNORE_INDEX = -100
 _RESERVED = ("offsets", "return_info", "mask", "random_state", "fraction")
 
@@ -149,7 +152,8 @@ def _check_features(features, func):
     if isinstance(features, str) and features in FEATURES:
         return features
     raise ValueError(
-        f"The 'features' parameter of {func} must be one of 'embeddings', 'inputs'. Got {features!r} instead."
+        f"The 'features' parameter of {func} must be one of 'embeddings', 'inputs', 'gradients'. Got {features!r} "
+        "instead."
     )
 
 
@@ -401,12 +405,20 @@ class _Sketcher:
         self.layer_module, self.layer_name = _find_layer(self._inner, layer, func)
         self.loss = _check_loss(loss, func)
         self.features = _check_features(features, func)
+        if self.features == "gradients" and self.loss is None:
+            raise ValueError(
+                f"{func} with features='gradients' selects on the per-sample gradients, which need a loss; got "
+                "loss=None. Pass loss='cross_entropy', 'mse' or a callable, or other features."
+            )
         self.eval_mode = check_bool(eval_mode, "eval_mode", func)
         self.select_kwargs = _check_select_kwargs(select_kwargs, func)
         self._func = func
 
     def sketch(self, x, y):
-        """(features (n, d), grads or None) of one batch; y's length is checked against the batch."""
+        """(features (n, d) or None, grads or None) of one batch; y's length is checked against the batch.
+
+        Features are None for ``features="gradients"`` (select then works on the gradients).
+        """
         func = self._func
         n_x = _n_of(x)
         if self.loss is not None:
@@ -426,6 +438,8 @@ class _Sketcher:
                     f"{func} with features='inputs' expects 'x' to be a floating tensor (n, ...); got {_describe(x)}."
                 )
             F = _float(x).flatten(1).contiguous()
+        elif self.features == "gradients":
+            F = None
         else:
             F = h
         if self.loss is None:
@@ -454,8 +468,8 @@ class GraftBatchSelector(_Sketcher):
         default: the model's last ``nn.Linear``.
     loss : "cross_entropy", "mse", None or callable, default="cross_entropy"
         How the gradient sketch is built from logits and targets (module docstring).
-    features : "embeddings" or "inputs", default="embeddings"
-        What the low-rank/MaxVol step sees.
+    features : "embeddings", "inputs" or "gradients", default="embeddings"
+        What the low-rank/MaxVol step sees (module docstring).
     eval_mode : bool, default=True
         Run the selection forward in eval mode; the train/eval flags are restored.
     random_state : None, int or numpy.random.Generator
@@ -485,7 +499,7 @@ class GraftBatchSelector(_Sketcher):
 
         Returns
         -------
-        idx : LongTensor (m,) on the device of the features
+        idx : LongTensor (m,) on the device of the features (of the embeddings for features="gradients")
             Rows of ``x`` to train on (batch-local, in selection order).
         w : float32 tensor (m,), same device
             Non-negative weights summing to ``len(x)`` (:func:`graft_array.select`'s
@@ -493,11 +507,13 @@ class GraftBatchSelector(_Sketcher):
             ``(w * loss_per_sample).sum() / len(x)`` estimates the batch's mean loss.
         """
         F, g = self.sketch(x, y)
-        self._last_n = int(F.shape[0])
+        rows = F if F is not None else g[1]
+        self._last_n = int(rows.shape[0])
         s = select(F, None if g is None else LastLayerGrads(*g), fraction=self.fraction, return_info=True,
                    random_state=self._rng, **self.select_kwargs)
         self.last_selection = s
-        return s.indices.to(device=F.device, dtype=torch.int64), s.weights.to(device=F.device, dtype=torch.float32)
+        dev = rows.device
+        return s.indices.to(device=dev, dtype=torch.int64), s.weights.to(device=dev, dtype=torch.float32)
 
     def step(self, optimizer, x, y, *, criterion=None):
         """One weighted update: select, forward on ``x[idx]``, ``sum_j w_j loss_j / len(x)``, backward, step.
@@ -756,10 +772,13 @@ class GraftEpochSampler(Sampler):
         pos = lo
 
         def flush():
-            if not feats:
+            if not offs:
                 return
-            grads = None if sk.loss is None or not res else LastLayerGrads(list(res), list(embs))
-            s = select(list(feats), grads, fraction=self.fraction, offsets=np.asarray(offs, dtype=np.int64),
+            # equal batches go in as one stacked array (one check per call), a ragged set as lists
+            pack = torch.stack if len({int(f.shape[0]) for f in (embs or feats)}) == 1 else list
+            F = None if gradients else pack(feats)
+            grads = None if sk.loss is None or not res else LastLayerGrads(pack(res), pack(embs))
+            s = select(F, grads, fraction=self.fraction, offsets=np.asarray(offs, dtype=np.int64),
                        return_info=True, random_state=seed, **sk.select_kwargs)
             idx_out.append(s.indices.detach().to("cpu", torch.int64))
             w_out.append(s.weights.detach().to("cpu", torch.float64))
@@ -768,6 +787,7 @@ class GraftEpochSampler(Sampler):
         with tqdm(total=hi - lo, desc="GRAFT selection", unit="sample", disable=not self._show_progress(),
                   leave=False) as bar:
             blind = sk.select_kwargs.get("strategy") == "random"  # needs neither features nor gradients
+            gradients = sk.features == "gradients" and not blind
             for batch in loader:
                 x, y = self.unpack(batch)
                 if blind:
@@ -775,17 +795,19 @@ class GraftEpochSampler(Sampler):
                 else:
                     x, y = _to(x, device), _to(y, device)
                     F, g = sk.sketch(x, y)
-                if F.shape[0] == 0:
+                rows = int((F if F is not None else g[1]).shape[0])
+                if rows == 0:
                     continue
-                feats.append(F)
+                if F is not None:
+                    feats.append(F)
                 if g is not None:
                     res.append(g[0])
                     embs.append(g[1])
                 offs.append(pos)
-                pos += int(F.shape[0])
-                if len(feats) >= self.batches_per_call:
+                pos += rows
+                if len(offs) >= self.batches_per_call:
                     flush()
-                bar.update(int(F.shape[0]))
+                bar.update(rows)
             flush()
         if pos != hi:
             raise ValueError(

@@ -167,10 +167,20 @@ def select(
       their sum is near n only where the fit is good. Needs ``grads``; memory
       n x n per batch being selected.
 
+    With ``features=None`` the low-rank step runs on the per-sample gradients
+    themselves: V spans the dominant directions of the batch's gradients (for
+    :class:`LastLayerGrads` from their Gram <e_i, e_j>(<h_i, h_j> + 1), never
+    forming the C (h + 1) columns; its d is C (h + 1)), so MaxVol picks samples
+    whose gradients span the batch's gradient space, the space the size
+    criterion and the weights work in. It favours samples with large gradients
+    (those the model gets wrong); ``benchmarks/bench_training.py`` measures when
+    that helps (at the larger fractions) and when it hurts (small fractions).
+
     Parameters
     ----------
-    features : array (n, d) or (batch, n, d), real floating; or a list of (n_b, d) arrays
-        A list gives ragged batches (e.g. a short last batch).
+    features : None, array (n, d) or (batch, n, d), real floating; or a list of (n_b, d) arrays
+        A list gives ragged batches (e.g. a short last batch). ``None``: select on
+        the gradients (``grads`` required; see above).
     grads : None, array (n, p) / (batch, n, p) / list of (n_b, p), or :class:`LastLayerGrads`
         Per-sample gradients, laid out like ``features``. ``None``: features only,
         ``round(fraction * n)`` rows per batch. Required by "craig" and "gradmatch".
@@ -200,7 +210,8 @@ def select(
         Bounds of the size band (replacing the ``band`` rule on that side); each
         is capped by each batch's n, so one call serves batches of any length.
     solver : {"auto", "exact", "randomized"}
-        "auto": randomized when 4 r <= min(n, d), else exact. Recorded in the result.
+        "auto": randomized when its test matrix of l = r + max(8, r / 4) columns
+        is at most half the batch (2 l <= min(n, d)), else exact. Recorded in the result.
     mask : None or bool array (n,) / (batch, n)
         Rows that are samples (True) in a padded ``features`` array; indices refer
         to the padded layout. Another way to give ragged batches.
@@ -231,6 +242,10 @@ def select(
         gradmatch_lambda=check_real(gradmatch_lambda, "gradmatch_lambda", _FUNC, low=0.0),
     )
     _check_strategy(opts["strategy"], grads, min_size, max_size)
+    opts["split"] = None  # features=None with LastLayerGrads: the number of residual columns of [E | H]
+    if features is None:
+        features, opts["split"] = _gradient_features(grads)
+    opts["source"] = "grads" if features is grads or opts["split"] is not None else "features"
     return_info = check_bool(return_info, "return_info", _FUNC)
     rng = _check_random_state(random_state)
     seed = int(rng.integers(2**63))  # one test matrix for every batch, whatever the chunking
@@ -281,6 +296,12 @@ class _StackResult(NamedTuple):
     solver: str
 
 
+def _feature_width(d, opts):
+    """The d the rank and the solver rule see: C (h + 1) for [E | H] (features=None with LastLayerGrads)."""
+    split = opts.get("split")
+    return d if split is None else split * (d - split + 1)
+
+
 def _band(n, d, opts, min_size, max_size):
     """(lo, hi, r) for batches of n rows and d features."""
     centre = opts["fraction"] * n
@@ -312,6 +333,7 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
     xp = array_namespace(F)
     nb, n, d = F.shape
     graft = opts["strategy"] == "graft"
+    d = _feature_width(d, opts)
     lo, hi, r = _band(n, d, dict(opts, has_grads=graft and grads_kind is not None), min_size, max_size)
     if name == "numba":
         from ._parallel import threads_for
@@ -341,11 +363,12 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
             finite = all_finite(F)
         else:
             finite = bool(xp.all(xp.isfinite(F)))
+        what = opts["source"]
         if not finite:
-            raise nonfinite_error("features", _FUNC, like) from None
+            raise nonfinite_error(what, _FUNC, like) from None
         raise ValueError(
-            f"{_FUNC}: the Gram matrix of 'features' overflows {F.dtype} (entries too large for their "
-            f"precision); scale the features down or pass float64. Got {describe(like)}."
+            f"{_FUNC}: the Gram matrix of '{what}' overflows {F.dtype} (entries too large for their "
+            f"precision); scale the {what} down or pass float64. Got {describe(like)}."
         ) from None
     return _StackResult(pivots, sizes, residuals, weights, lo, hi, r, solver)
 
@@ -495,7 +518,8 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
 
     def chunk(Fc):
         rng = np.random.default_rng(seed)
-        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, gram=batch_gram, ritz=gram_ritz, check_finite=True)[0]
+        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, gram=batch_gram, ritz=gram_ritz, check_finite=True,
+                       split=opts["split"])[0]
 
     V = np.ascontiguousarray(map_batches(chunk, F))
     pivots, _, _, _ = run_maxvol(V, hi, method=opts["method"], tile_rows=None, refine=False, tol=1.05, max_iters=0)
@@ -523,7 +547,8 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     nb, n, _ = F.shape
     if F.dtype == getattr(xp, "float16", None):
         F = xp.astype(F, xp.float32)
-    V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed), check_finite=True)
+    V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed), check_finite=True,
+                      split=opts["split"])
     run = kernel("maxvol", name)
     plist, _, _, _ = run(V, hi, xp=xp, device=dev, method=opts["method"], tile_rows=None, refine=False, tol=1.05,
                          max_iters=0)
@@ -578,6 +603,53 @@ def _check_strategy(strategy, grads, min_size, max_size):
             f"select with strategy={strategy!r} needs per-sample gradients: pass 'grads' (an array, a list of "
             "arrays or LastLayerGrads(residuals, embeddings)). Got grads=None instead."
         )
+
+
+def _gradient_features(grads):
+    """What stands in for ``features=None``: (the gradients, None), or ([E | H], C) for LastLayerGrads."""
+    if grads is None:
+        raise ValueError(
+            "select needs 'features' or 'grads': with features=None it selects on the per-sample gradients. "
+            "Got features=None and grads=None."
+        )
+    if not isinstance(grads, LastLayerGrads):
+        if is_array(grads):
+            check_array(grads, "grads", _FUNC, ndims=(2, 3), shape_doc="(n, p) or (batch, n, p)")
+        elif not isinstance(grads, (list, tuple)):
+            raise TypeError(
+                f"select expects 'grads' to be None, an array of per-sample gradients, a list of them or "
+                f"LastLayerGrads(residuals, embeddings); got {describe(grads)}."
+            )
+        else:
+            for b, g in enumerate(grads):
+                check_array(g, f"grads[{b}]", _FUNC, ndims=(2,), shape_doc="(n_b, p)", min_rows=0)
+        return grads, None
+    E, H = grads
+    if isinstance(E, (list, tuple)) or isinstance(H, (list, tuple)):
+        if not (isinstance(E, (list, tuple)) and isinstance(H, (list, tuple)) and len(E) == len(H) and len(E)):
+            raise TypeError(
+                "select expects 'grads.residuals' and 'grads.embeddings' to be two arrays, or two non-empty lists "
+                f"of the same length (one array per batch); got {describe(E)} and {describe(H)}."
+            )
+        parts = [_residuals_embeddings(e, h, f"[{b}]", (2,), "(n_b, C)", "(n_b, h)") for b, (e, h) in enumerate(zip(E, H))]
+        widths = {int(e.shape[-1]) for e in E}
+        if len(widths) != 1:
+            raise ValueError(f"select expects every batch of 'grads.residuals' to have the same C; got {sorted(widths)}.")
+        return parts, widths.pop()
+    return _residuals_embeddings(E, H, "", (2, 3), "(n, C) or (batch, n, C)", "(n, h) or (batch, n, h)"), int(E.shape[-1])
+
+
+def _residuals_embeddings(e, h, at, ndims, doc_e, doc_h):
+    """[e | h] along the last axis, after checking that e and h pair up."""
+    xp = check_array(e, f"grads.residuals{at}", _FUNC, ndims=ndims, shape_doc=doc_e, min_rows=0)
+    check_array(h, f"grads.embeddings{at}", _FUNC, ndims=ndims, shape_doc=doc_h, min_rows=0)
+    if tuple(h.shape[:-1]) != tuple(e.shape[:-1]) or type(h) is not type(e):
+        raise ValueError(
+            f"select expects 'grads.embeddings{at}' with one row per row of 'grads.residuals{at}', in the same "
+            f"array library; got {describe(h)} and {describe(e)}."
+        )
+    dt = xp.result_type(e.dtype, h.dtype)
+    return xp.concat([xp.astype(e, dt), xp.astype(h, dt)], axis=-1)
 
 
 def _check_random_state(random_state):

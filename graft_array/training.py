@@ -11,6 +11,9 @@ each epoch trains on differs:
   no-grad forward in batches of ``selection_batch`` and one :func:`graft_array.select`
   per ``batches_per_call`` batches), then only the selected samples, weighted by
   :meth:`~graft_array.adapters.torch.GraftEpochSampler.loss_weights`.
+* ``graft-grad``: as ``graft`` with ``features="gradients"``: MaxVol runs on the
+  per-sample last-layer gradients (``select(None, LastLayerGrads(e, h))``)
+  instead of the embeddings.
 * ``graft-batch``: the paper's per-batch mode
   (:class:`graft_array.adapters.torch.GraftBatchSelector`): each training batch
   is forwarded once without gradients, a subset selected, and the weighted update
@@ -53,8 +56,9 @@ __all__ = [
     "energy_tracker",
 ]
 
-METHODS = ("full", "graft", "graft-batch", "random", "craig", "gradmatch")
-_EPOCH_STRATEGIES = {"graft": "graft", "random": "random", "craig": "craig", "gradmatch": "gradmatch"}
+METHODS = ("full", "graft", "graft-grad", "graft-batch", "random", "craig", "gradmatch")
+_EPOCH_STRATEGIES = {"graft": "graft", "graft-grad": "graft", "random": "random", "craig": "craig",
+                     "gradmatch": "gradmatch"}
 
 
 # --------------------------------------------------------------------------- data and models
@@ -290,7 +294,9 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
     else:
         from .adapters.torch import GraftEpochSampler
 
-        if method != "graft":
+        if method == "graft-grad":
+            kw["features"] = "gradients"
+        elif method != "graft":
             kw["strategy"] = _EPOCH_STRATEGIES[method]
         sampler = GraftEpochSampler(_IndexedTensors(Xtr, ytr), net, fraction=fraction, batch_size=selection_batch,
                                     refresh_every=refresh_every, seed=seed, progress=progress, collate_fn=_as_batch,
@@ -415,7 +421,7 @@ def plot_results(rows, path, *, title=""):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip(METHODS, "*osD^v"))
+    markers = dict(zip(METHODS, "*oPsD^v"))
     for method in METHODS:
         rs = [r for r in rows if r["method"] == method]
         if not rs:
