@@ -623,7 +623,10 @@ class GraftEpochSampler(Sampler):
         Where batches go for the forward; default: the model's parameters' device.
     batches_per_call : int, default=64
         Batches per :func:`graft_array.select` call (bounds memory: only these
-        batches' embeddings are held at once).
+        batches' embeddings are held at once). With ``eval_mode=True`` the
+        pass's forward takes ``min(8, batches_per_call)`` batches at a time (a
+        row's outputs do not depend on its batch in eval mode, up to BLAS
+        rounding); with ``eval_mode=False`` one batch at a time.
     shuffle : bool, default=True
         Reshuffle the subset every epoch (else dataset order).
     shuffle_pass : bool, default=False
@@ -763,8 +766,11 @@ class GraftEpochSampler(Sampler):
             data = self.dataset if (lo, hi) == (0, self._n) else Subset(self.dataset, range(lo, hi))
         gen = torch.Generator()  # the DataLoader draws a base seed: keep it off the global RNG
         gen.manual_seed(self.seed)
-        loader = DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate_fn,
-                            num_workers=self.num_workers, drop_last=False, generator=gen)
+        # in eval mode a row's outputs do not depend on its batch: forward several selection batches at once
+        # (fewer, larger calls), then cut them into selection batches of batch_size
+        per_forward = min(8, self.batches_per_call) if sk.eval_mode else 1
+        loader = DataLoader(data, batch_size=self.batch_size * per_forward, shuffle=False,
+                            collate_fn=self.collate_fn, num_workers=self.num_workers, drop_last=False, generator=gen)
         rng = np.random.default_rng([self.seed, sel_epoch])
         seed = int(rng.integers(2**63))  # one seed for the whole pass (the same on every rank)
         feats, res, embs, offs = [], [], [], []
@@ -796,17 +802,17 @@ class GraftEpochSampler(Sampler):
                     x, y = _to(x, device), _to(y, device)
                     F, g = sk.sketch(x, y)
                 rows = int((F if F is not None else g[1]).shape[0])
-                if rows == 0:
-                    continue
-                if F is not None:
-                    feats.append(F)
-                if g is not None:
-                    res.append(g[0])
-                    embs.append(g[1])
-                offs.append(pos)
-                pos += rows
-                if len(offs) >= self.batches_per_call:
-                    flush()
+                for a in range(0, rows, self.batch_size):
+                    b = min(a + self.batch_size, rows)
+                    if F is not None:
+                        feats.append(F[a:b])
+                    if g is not None:
+                        res.append(g[0][a:b])
+                        embs.append(g[1][a:b])
+                    offs.append(pos)
+                    pos += b - a
+                    if len(offs) >= self.batches_per_call:
+                        flush()
                 bar.update(rows)
             flush()
         if pos != hi:

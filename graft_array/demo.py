@@ -20,7 +20,7 @@ from .training import METHODS
 
 DEFAULTS = {
     "digits": dict(epochs=20, refresh_every=2, batch_size=64, lr=2e-3, fractions=(0.1, 0.3)),
-    "fashion-mnist": dict(epochs=10, refresh_every=5, batch_size=128, lr=1e-3, fractions=(0.1, 0.3, 0.5)),
+    "fashion-mnist": dict(epochs=10, refresh_every=2, batch_size=128, lr=1e-3, fractions=(0.1, 0.3, 0.5)),
 }
 
 

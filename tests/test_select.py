@@ -483,3 +483,81 @@ def test_small_calls_run_serial_and_restore_thread_counts(rng):
     big = _parallel.threads_for(_parallel.SERIAL_ROWS + 1)
     with big:
         assert numba.get_num_threads() == before
+
+
+# --------------------------------------------------------------------------- features=None: select on the gradients
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("solver", ["exact", "randomized"])
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_gradient_features_equal_materialised_and_reference(rng, backend, solver, fraction):
+    B, n, C, h = 3, 64, 5, 12
+    E = rng.standard_normal((B, n, C))
+    H = rng.standard_normal((B, n, h))
+    G = np.stack([gt.last_layer_gradients(E[b], H[b]) for b in range(B)])  # (B, n, C (h + 1))
+    kw = dict(fraction=fraction, tol=0.5, solver=solver, backend=backend, random_state=0, return_info=True)
+    a = ga.select(None, LastLayerGrads(readonly(E), readonly(H)), **kw)  # the factorised Gram
+    b = ga.select(G, LastLayerGrads(E, H), **kw)  # the same gradients, materialised, as features
+    c = ga.select(None, G, **kw)  # plain gradients stand in for the features
+    assert a.solver == solver and a.rank == round(fraction * n)
+    for other in (b, c):
+        assert_array_equal(a.indices, other.indices)
+        assert_array_equal(a.sizes, other.sizes)
+        assert_allclose(a.weights, other.weights, rtol=1e-6, atol=1e-8)
+    if solver == "exact":
+        start = 0
+        for k in range(B):
+            idx, w, m, rho = gt.reference_select(G[k], G[k], fraction=fraction, tol=0.5)
+            assert int(a.sizes[k]) == m
+            assert_array_equal(a.indices[start:start + m] - k * n, idx)
+            assert_allclose(a.weights[start:start + m], w, rtol=1e-6, atol=1e-8)
+            start += m
+
+
+def test_gradient_features_width_sets_rank_and_solver(rng):
+    # C (h + 1) = 2 * 4 = 8 columns: r = min(round(0.5 * 40), 40, 8) = 8
+    E, H = rng.standard_normal((40, 2)), rng.standard_normal((40, 3))
+    s = ga.select(None, LastLayerGrads(E, H), fraction=0.5, return_info=True, random_state=0)
+    assert s.rank == 8 and s.solver == "exact"
+    G = gt.last_layer_gradients(E, H)
+    assert_array_equal(s.indices, ga.select(G, LastLayerGrads(E, H), fraction=0.5, random_state=0))
+
+
+def test_gradient_features_ragged_and_other_namespaces(rng):
+    torch = pytest.importorskip("torch")
+    xs = pytest.importorskip("array_api_strict")
+    E = [rng.standard_normal((50, 4)), rng.standard_normal((23, 4))]
+    H = [rng.standard_normal((50, 7)), rng.standard_normal((23, 7))]
+    s = ga.select(None, LastLayerGrads(E, H), fraction=0.3, tol=0.6, return_info=True, random_state=0)
+    one = ga.select(None, LastLayerGrads(E[0], H[0]), fraction=0.3, tol=0.6, random_state=0)
+    two = ga.select(None, LastLayerGrads(E[1], H[1]), fraction=0.3, tol=0.6, random_state=0)
+    assert_array_equal(s.indices, np.concatenate([one, two + 50]))
+    ref = ga.select(None, LastLayerGrads(E[0], H[0]), fraction=0.3, solver="exact", return_info=True)
+    t = ga.select(None, LastLayerGrads(torch.tensor(E[0]), torch.tensor(H[0], requires_grad=True)), fraction=0.3,
+                  solver="exact", return_info=True)
+    assert isinstance(t.indices, torch.Tensor)
+    assert_array_equal(t.indices.numpy(), ref.indices)
+    a = ga.select(None, LastLayerGrads(xs.asarray(E[0]), xs.asarray(H[0])), fraction=0.3, solver="exact",
+                  return_info=True)
+    assert a.backend == "array_api"
+    assert_array_equal(np.asarray(a.indices), ref.indices)
+    assert_allclose(np.asarray(a.weights), ref.weights, rtol=1e-8)
+
+
+def test_gradient_features_bad_input(rng):
+    E, H = rng.standard_normal((30, 3)), rng.standard_normal((30, 5))
+    with pytest.raises(ValueError, match="needs 'features' or 'grads'.*Got features=None and grads=None"):
+        ga.select(None)
+    with pytest.raises(ValueError, match=r"'grads.embeddings' with one row per row of 'grads.residuals'.*\(29, 5\)"):
+        ga.select(None, LastLayerGrads(E, H[:29]))
+    with pytest.raises(ValueError, match="'grads.embeddings' with a real floating dtype.*int64"):
+        ga.select(None, LastLayerGrads(E, H.astype(np.int64)))
+    with pytest.raises(TypeError, match=r"'grads\[1\]' to be an array"):
+        ga.select(None, [E, "x"])
+    with pytest.raises(TypeError, match="two non-empty lists of the same length"):
+        ga.select(None, LastLayerGrads([E], [H, H]))
+    with pytest.raises(ValueError, match=r"same C; got \[2, 3\]"):
+        ga.select(None, LastLayerGrads([E, E[:, :2]], [H, H]))
+    with pytest.raises(ValueError, match="'grads' to contain only finite values; got NaN"):
+        ga.select(None, np.where(np.arange(30)[:, None] == 3, np.nan, E))

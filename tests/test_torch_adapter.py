@@ -553,3 +553,28 @@ def test_ddp_two_processes_share_the_subset(tmp_path):
         assert r0[key][0]["order"] != r0[key][1]["order"]  # reshuffled per epoch
     # blocks of 500 are whole batches of 100: the same subset as one process
     assert sorted(r0["drop_last=False"][0]["subset"]) == sorted(r0["single"])
+
+
+def test_features_gradients_select_on_the_last_layer_gradients():
+    x, y = clusters(256)
+    model = mlp()
+    sel = GraftBatchSelector(model, features="gradients", fraction=0.25, random_state=0)
+    idx, w = sel(x, y)
+    with torch.no_grad():
+        h = model[:-1](x)
+        e = torch.softmax(model(x), 1) - F.one_hot(y, 4).float()
+    ref = select(None, LastLayerGrads(e, h), fraction=0.25, random_state=np.random.default_rng(0), return_info=True)
+    assert torch.equal(idx, ref.indices) and torch.allclose(w, ref.weights.float())
+    with pytest.raises(ValueError, match="features='gradients' selects on the per-sample gradients.*loss=None"):
+        GraftBatchSelector(model, features="gradients", loss=None)
+    ds = IndexedDataset(TensorDataset(x, y))
+    kw = dict(fraction=0.25, batch_size=64, batches_per_call=3, progress=False, seed=1, features="gradients",
+              unpack=lambda b: (b[0], b[1]))
+    s = GraftEpochSampler(ds, model, **kw)
+    got = s.indices
+    assert len(got) == len(set(got.tolist())) and torch.all(s.weights[got] >= 0)
+    # the pass equals one select call over the dataset's batches of 64 with dataset offsets
+    seed = int(np.random.default_rng([1, 0]).integers(2**63))
+    want = select(None, LastLayerGrads(e.reshape(4, 64, 4), h.reshape(4, 64, -1)), fraction=0.25,
+                  offsets=np.arange(4) * 64, random_state=seed)
+    assert torch.equal(got, want)
