@@ -51,10 +51,12 @@ def choose_solver(n, d, r):
     """``"randomized"`` when its test matrix is at most half the batch (2 l <= min(n, d), l = r + max(8, r / 4)).
 
     There its products (n x n times n x l) cost a fraction of the exact
-    eigendecomposition, and on Fashion-MNIST batches (inputs, embeddings and
-    last-layer gradients, r up to 0.4 n) the subsets it leads to reproduce the
-    batch gradient within 2% of the exact solver's residual
-    (``benchmarks/bench_select.py`` reports both). Else ``"exact"``.
+    eigendecomposition (0.47 against 1.5 ms per batch of 128 x 256 at r = 38 on
+    the 2-core development machine), and in a one-off check on Fashion-MNIST
+    batches (inputs, embeddings and last-layer gradients of a 784-256-10 MLP
+    after one epoch, r from 0.3 n to 0.5 n) the subsets it led to left a batch
+    gradient residual at most a few hundredths above the exact solver's
+    (e.g. 0.0461 against 0.0452). Else ``"exact"``.
     """
     return "randomized" if 2 * oversampled(r, n, d) <= min(n, d) else "exact"
 
