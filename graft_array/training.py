@@ -57,8 +57,6 @@ __all__ = [
 ]
 
 METHODS = ("full", "graft", "graft-grad", "graft-batch", "random", "craig", "gradmatch")
-_EPOCH_STRATEGIES = {"graft": "graft", "graft-grad": "graft", "random": "random", "craig": "craig",
-                     "gradmatch": "gradmatch"}
 
 
 # --------------------------------------------------------------------------- data and models
@@ -296,8 +294,8 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
 
         if method == "graft-grad":
             kw["features"] = "gradients"
-        elif method != "graft":
-            kw["strategy"] = _EPOCH_STRATEGIES[method]
+        elif method != "graft":  # the baselines: the method is select's strategy
+            kw["strategy"] = method
         sampler = GraftEpochSampler(_IndexedTensors(Xtr, ytr), net, fraction=fraction, batch_size=selection_batch,
                                     refresh_every=refresh_every, seed=seed, progress=progress, collate_fn=_as_batch,
                                     **kw)

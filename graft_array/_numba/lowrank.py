@@ -35,11 +35,10 @@ under every update).
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import njit
 from numba.extending import intrinsic
 
-from .maxvol import (_FM, _Vec, _prefetch_at, _simd_width, _vbcast, _vec_call, _vfnma, _vload, _vmul, _vsplat,
+from .maxvol import (_FM, _Vec, _lane_reduce, _prefetch_at, _simd_width, _vbcast, _vec_call, _vfnma, _vload, _vmul, _vsplat,
                      _vstore, _vsuffix, _vzero)
 
 __all__ = ["batch_gram", "gram_ritz", "cholqr_rows"]
@@ -74,14 +73,7 @@ def _vhsum(typingctx, v):
         return None
 
     def codegen(context, builder, sig, args):
-        x = args[0]
-        n = v.lanes
-        while n > 1:
-            n //= 2
-            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n))))
-            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n, 2 * n))))
-            x = builder.fadd(lo, hi)
-        return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
+        return _lane_reduce(builder, args[0], v.lanes, lambda lo, hi, n: builder.fadd(lo, hi))
 
     return v.dtype(v), codegen
 

@@ -448,17 +448,23 @@ def _vhmax(typingctx, v):
         return None
 
     def codegen(context, builder, sig, args):
-        x = args[0]
-        n = v.lanes
-        i32v = lambda idx: ir.Constant(ir.VectorType(ir.IntType(32), len(idx)), idx)  # noqa: E731
-        while n > 1:
-            n //= 2
-            lo = builder.shuffle_vector(x, x, i32v(list(range(n))))
-            hi = builder.shuffle_vector(x, x, i32v(list(range(n, 2 * n))))
-            x = _vec_call(builder, f"llvm.maxnum.v{n}f{v.dtype.bitwidth}", lo.type, [lo, hi])
-        return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
+        def combine(lo, hi, n):
+            return _vec_call(builder, f"llvm.maxnum.v{n}f{v.dtype.bitwidth}", lo.type, [lo, hi])
+
+        return _lane_reduce(builder, args[0], v.lanes, combine)
 
     return v.dtype(v), codegen
+
+
+def _lane_reduce(builder, x, lanes, combine):
+    """Reduce the lanes of vector ``x`` to a scalar by pairwise halving: ``combine(lo, hi, n)`` on halves of n lanes."""
+    n = lanes
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n))))
+        hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n, 2 * n))))
+        x = combine(lo, hi, n)
+    return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
 
 
 class _VecI(types.Type):
