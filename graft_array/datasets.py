@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["load_fashion_mnist", "FASHION_MNIST_DIR"]
+__all__ = ["load_fashion_mnist", "FASHION_MNIST_DIR", "DataNotFoundError"]
 
 #: where the Debian package puts the files
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -24,15 +24,24 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+class DataNotFoundError(FileNotFoundError):
+    """An IDX file is missing; ``directory`` and ``missing`` (the file's stem) let a caller word its own hint."""
+
+    def __init__(self, directory, missing):
+        super().__init__(
+            f"load_fashion_mnist: neither {missing}.gz nor {missing} is in {directory!r}. Install the Debian "
+            "package 'dataset-fashion-mnist' or pass data_dir= a directory holding the IDX files."
+        )
+        self.directory = directory
+        self.missing = missing
+
+
 def _find(data_dir, stem):
     for name in (stem + ".gz", stem):
         path = os.path.join(data_dir, name)
         if os.path.exists(path):
             return path
-    raise FileNotFoundError(
-        f"load_fashion_mnist: neither {stem}.gz nor {stem} is in {data_dir!r}. Install the Debian package "
-        "'dataset-fashion-mnist' or pass data_dir= a directory holding the IDX files."
-    )
+    raise DataNotFoundError(data_dir, stem)
 
 
 def read_idx(path):

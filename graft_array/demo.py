@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+from .datasets import DataNotFoundError
 from .training import METHODS
 
 DEFAULTS = {
@@ -53,22 +54,22 @@ def add_arguments(p):
     return p
 
 
-def run(args, out=None):
-    """Run the demo for parsed ``args``; returns the summary rows."""
+def run(args, out=None, prog="graft-array demo"):
+    """Run the demo for parsed ``args``; returns the summary rows. ``prog`` starts its error messages."""
     out = out or sys.stdout
     try:
         import torch
     except ImportError:
-        raise SystemExit("graft-array demo needs PyTorch: pip install 'graft-array[demo]'") from None
+        raise SystemExit(f"{prog} needs PyTorch: pip install 'graft-array[demo]'") from None
     from . import training
 
     d = DEFAULTS[args.dataset]
     fractions = tuple(args.fractions) if args.fractions else d["fractions"]
     for f in fractions:
         if not 0.0 < f <= 1.0:
-            raise SystemExit(f"graft-array demo: --fractions must lie in (0, 1]; got {f}.")
+            raise SystemExit(f"{prog}: --fractions must lie in (0, 1]; got {f}.")
     if args.seeds < 1:
-        raise SystemExit(f"graft-array demo: --seeds must be >= 1; got {args.seeds}.")
+        raise SystemExit(f"{prog}: --seeds must be >= 1; got {args.seeds}.")
     kw = dict(
         model=args.model,
         epochs=args.epochs or d["epochs"],
@@ -79,8 +80,11 @@ def run(args, out=None):
     t0 = time.perf_counter()
     try:
         data = training.load_data(args.dataset, data_dir=args.data_dir)
-    except FileNotFoundError as e:
-        raise SystemExit(f"graft-array demo: {e}") from None
+    except DataNotFoundError as e:
+        raise SystemExit(
+            f"{prog}: the Fashion-MNIST file {e.missing} (or {e.missing}.gz) is not in {e.directory!r}. Install "
+            "the Debian package 'dataset-fashion-mnist', or pass --data-dir DIR with the four IDX files."
+        ) from None
     tracker = training.energy_tracker(not args.no_energy, args.country_iso_code)
     print(f"graft-array demo: {data[4]}; {args.model}, {kw['epochs']} epochs, Adam lr {kw['lr']:g}, batch "
           f"{kw['batch_size']}, selection every {kw['refresh_every']} epochs; fractions "
@@ -109,9 +113,9 @@ def run(args, out=None):
     return rows
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    run(args)
+def main(argv=None, prog="graft-array demo"):
+    args = build_parser(prog).parse_args(argv)
+    run(args, prog=prog)
     return 0
 
 

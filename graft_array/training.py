@@ -360,12 +360,19 @@ def run_grid(data, *, methods=METHODS, fractions=(0.1, 0.3), seeds=(0, 1, 2), pr
 
 
 def summarise(results):
-    """Mean and std over seeds per (method, fraction); wall-time ratios against ``full``."""
+    """Per (method, fraction) over seeds: accuracy mean and std, wall time median and ratio against ``full``.
+
+    Wall times are summarised by their median over seeds (``wall_median``; the
+    mean is kept as ``wall_mean``): one run slowed by a cold cache or a busy
+    machine moves a mean of three timings a lot and the median little.
+    ``wall_vs_full`` is the ratio of the medians and ``selection_share`` the
+    median over seeds of each run's selection time over its wall time.
+    """
     groups = {}
     for r in results:
         groups.setdefault((r.method, r.fraction), []).append(r)
     full = groups.get(("full", 1.0))
-    full_wall = float(np.mean([r.wall_s for r in full])) if full else math.nan
+    full_wall = float(np.median([r.wall_s for r in full])) if full else math.nan
     full_acc = float(np.mean([r.accuracy for r in full])) if full else math.nan
     rows = []
     order = {m: i for i, m in enumerate(METHODS)}
@@ -379,8 +386,9 @@ def summarise(results):
             method=method, fraction=f, seeds=len(rs),
             acc_mean=float(acc.mean()), acc_std=float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
             acc_vs_full=float(acc.mean() - full_acc),
-            wall_mean=float(wall.mean()), wall_vs_full=float(wall.mean() / full_wall),
-            selection_share=float(sel.sum() / wall.sum()),
+            wall_mean=float(wall.mean()), wall_median=float(np.median(wall)),
+            wall_vs_full=float(np.median(wall) / full_wall),
+            selection_share=float(np.median(sel / wall)),
             energy_kwh=float(np.mean(kwh)), co2_kg=float(np.mean(co2)),
         ))
     return rows
@@ -388,14 +396,14 @@ def summarise(results):
 
 def format_table(rows, *, markdown=False, energy=True):
     """The summary rows as a text (or Markdown) table."""
-    head = ["method", "fraction", "test acc (mean +- std)", "vs full (points)", "wall time", "vs full",
+    head = ["method", "fraction", "test acc (mean +- std)", "vs full (points)", "wall time (median)", "vs full",
             "selection share"]
     if energy:
         head += ["energy (Wh, est.)", "CO2 (g, est.)"]
     table = []
     for r in rows:
         line = [r["method"], f"{r['fraction']:g}", f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f}",
-                f"{100 * r['acc_vs_full']:+.2f}", f"{r['wall_mean']:.2f} s", f"{r['wall_vs_full']:.2f}x",
+                f"{100 * r['acc_vs_full']:+.2f}", f"{r['wall_median']:.2f} s", f"{r['wall_vs_full']:.2f}x",
                 f"{100 * r['selection_share']:.1f}%"]
         if energy:
             e, c = r["energy_kwh"], r["co2_kg"]
@@ -424,7 +432,7 @@ def plot_results(rows, path, *, title=""):
         rs = [r for r in rows if r["method"] == method]
         if not rs:
             continue
-        xs = [r["wall_mean"] for r in rs]
+        xs = [r["wall_median"] for r in rs]
         ys = [100 * r["acc_mean"] for r in rs]
         es = [100 * r["acc_std"] for r in rs]
         ax.errorbar(xs, ys, yerr=es, fmt=markers[method] + ("" if method == "full" else "-"), label=method,
@@ -432,7 +440,7 @@ def plot_results(rows, path, *, title=""):
         if method != "full":
             for r, x, y in zip(rs, xs, ys):
                 ax.annotate(f"{r['fraction']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("wall time per training run, selection included (s)")
+    ax.set_xlabel("wall time per training run, selection included (s, median over seeds)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "accuracy against wall time (labels: fraction)")
     ax.grid(alpha=0.3)

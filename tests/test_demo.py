@@ -88,6 +88,19 @@ def test_summary_and_table_from_known_numbers():
     assert "| graft | 0.3 | 87.00 +- 1.41 | -4.00 | 4.00 s | 0.36x | 25.0% |" in md
 
 
+def test_wall_time_is_the_median_over_seeds():
+    """One cold or loaded run (60 s among 10 s runs) moves the mean, not the median the table reports."""
+    R = training.RunResult
+    res = [R("full", 1.0, s, 0.9, w, 0.0, 100) for s, w in enumerate((10.0, 60.0, 11.0))]
+    res += [R("random", 0.3, s, 0.8, w, sel, 30) for s, (w, sel) in enumerate(((3.0, 0.3), (4.0, 2.0), (30.0, 0.3)))]
+    rows = {r["method"]: r for r in training.summarise(res)}
+    assert rows["full"]["wall_median"] == 11.0 and rows["full"]["wall_mean"] == pytest.approx(27.0)
+    assert rows["random"]["wall_vs_full"] == pytest.approx(4.0 / 11.0)
+    assert rows["random"]["selection_share"] == pytest.approx(0.1)  # median of 0.1, 0.5, 0.01
+    table = training.format_table(list(rows.values()), energy=False)
+    assert "wall time (median)" in table and "11.00 s" in table and "0.36x" in table
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [(["--fractions", "1.5"], r"--fractions must lie in \(0, 1\]"), (["--seeds", "0"], r"--seeds must be >= 1")],
@@ -113,3 +126,23 @@ def test_command_line_entry_points(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "log-volume" in out.stdout and "gradient residual" in out.stdout
+
+
+def test_cli_version_and_messages_name_what_the_user_typed(tmp_path):
+    from graft_array import __version__
+
+    def cli(*argv):
+        return subprocess.run([sys.executable, "-m", "graft_array", *argv], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"graft-array {__version__}", out
+    out = cli("--no-such-option")  # the demo is the default command, but nobody typed 'demo'
+    assert out.returncode == 2 and "graft-array: error: unrecognized arguments: --no-such-option" in out.stderr
+    assert "graft-array demo" not in out.stderr
+    out = cli("demo", "--no-such-option")
+    assert out.returncode == 2 and "graft-array demo: error:" in out.stderr
+    out = cli("--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--no-energy", "--quiet")
+    assert out.returncode == 1, out
+    assert "--data-dir" in out.stderr and "data_dir=" not in out.stderr and "train-images-idx3-ubyte" in out.stderr
+    assert out.stderr.startswith("graft-array: "), out.stderr
