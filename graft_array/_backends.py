@@ -21,6 +21,7 @@ import importlib
 
 import array_api_compat as aac
 
+from . import _threading
 from ._exceptions import BackendUnavailableError
 from ._namespace import describe
 
@@ -64,6 +65,7 @@ def _numba_available():
         importlib.import_module("numba")
     except ImportError:
         return False
+    _threading.prefer_tbb()  # before Numba starts its threading layer: a fork-safe one where we can
     return True
 
 
@@ -72,12 +74,16 @@ def which_backend(x):
 
     One of ``"numba"`` (NumPy arrays and CPU torch tensors), ``"cuda"`` (CuPy
     arrays and CUDA tensors; for now the array-API code on the device) and
-    ``"array_api"`` (any other array-API namespace).
+    ``"array_api"`` (any other array-API namespace). In a ``fork()`` child of a
+    process that had run Numba's GNU OpenMP threading layer, where Numba would
+    terminate the child, NumPy arrays and CPU tensors get ``"array_api"``.
     """
     if not aac.is_array_api_obj(x):
         raise TypeError(f"which_backend expects an array; got {describe(x)}.")
     name = _auto(*_kind(x))
     if name == "numba" and not _numba_available():  # pragma: no cover - numba is a core dependency
+        return "array_api"
+    if name == "numba" and _threading.forked_from_openmp():  # Numba would SIGTERM this fork child
         return "array_api"
     return name
 
@@ -98,6 +104,13 @@ def resolve(x, backend, func):
             )
         if not _numba_available():  # pragma: no cover
             raise BackendUnavailableError("backend='numba' needs the numba package, which is not installed.")
+        if _threading.forked_from_openmp():
+            raise BackendUnavailableError(
+                "backend='numba' cannot run in this process: it was fork()ed from a process that had already "
+                "run Numba's GNU OpenMP threading layer, and Numba terminates such a child at its first parallel "
+                "kernel. Use backend='auto' (the array-API code runs here), install tbb, start workers with "
+                "'spawn' or 'forkserver', or set NUMBA_THREADING_LAYER=tbb or workqueue."
+            )
     if backend == "cuda" and not (kind == "cupy" or (kind == "torch" and dev == "cuda")):
         raise BackendUnavailableError(
             f"backend='cuda' runs on CuPy arrays and CUDA torch tensors only; got {describe(x)}."
