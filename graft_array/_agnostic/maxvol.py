@@ -20,7 +20,14 @@ Contract (shared by every backend and by :mod:`graft_array.testing`)
 * ``tournament``: deim per tile of ``tile_rows`` rows, candidates kept tile by
   tile in ascending row order, repeated until one tile remains, deim on it;
 * k > r: r pivots, then greedy det(V_S^T V_S) (rect_maxvol);
-* ``refine``: Goreinov swaps on B = A inv(A_S), A = V[:, :k].
+* ``refine``: Goreinov swaps on B = A inv(A_S), A = V[:, :k]; skipped (rank
+  lowered to the number of pivots taken) when Gauss-Jordan with partial
+  pivoting on A_S meets a pivot <= 8 k eps64 max|A_S|;
+* scale: the float64 computations (norms, volume, k > r, refine) run on the
+  batch times 2^-e, e the exponent of its max |entry| (exact), and deim /
+  tournament eliminate on the batch times 2^-e when max|V_b| is outside
+  [2^-60, 2^60] (float32) or [2^-500, 2^500] (float64): the rows of V 2^j are
+  those of V whenever V 2^j is exactly representable.
 """
 
 import math
@@ -53,9 +60,35 @@ class _Ctx:
         return self.xp.logical_and(free, self.arange(free.shape[0]) != p)
 
 
-def _row_norms(ctx, X64):
+def _pow2_scale(m):
+    """2^-e with m = f 2^e, 0.5 <= f < 1 (1 if m == 0; the exponent clamped for a subnormal m)."""
+    if not m > 0.0:
+        return 1.0
+    return math.ldexp(1.0, -max(math.frexp(m)[1], -1022))
+
+
+def _scaled64(ctx, V):
+    """``(V as float64) * 2^-e``, e the exponent of ``max |V|`` (exact)."""
     xp = ctx.xp
-    return xp.sqrt(xp.sum(X64 * X64, axis=1))
+    X = xp.astype(V, xp.float64)
+    if X.shape[0] * X.shape[1] == 0:
+        return X
+    return X * _pow2_scale(float(xp.max(xp.abs(X))))
+
+
+def _elim_scale(dtype_eps, vmax):
+    """Scale of a deim / tournament batch: 1 while ``max|V_b|`` is inside the band, else :func:`_pow2_scale`."""
+    lo, hi = (2.0 ** -60, 2.0 ** 60) if dtype_eps > 1e-10 else (2.0 ** -500, 2.0 ** 500)
+    if lo <= vmax <= hi or vmax == 0.0:
+        return 1.0
+    return _pow2_scale(vmax)
+
+
+def _row_norms(ctx, X64):
+    """Row norms of ``X64`` times a common power of two (they are only compared with each other)."""
+    xp = ctx.xp
+    X = _scaled64(ctx, X64)
+    return xp.sqrt(xp.sum(X * X, axis=1))
 
 
 def _fill(ctx, norms, free):
@@ -99,7 +132,7 @@ def _volume(ctx, V, kk):
     """Greedy volume on one batch, float64. Returns (pivots list, rank)."""
     xp = ctx.xp
     n, r = V.shape
-    X = xp.astype(V, xp.float64)
+    X = _scaled64(ctx, V)
     eps = float(xp.finfo(V.dtype).eps)
     sqrt_eps64 = math.sqrt(float(xp.finfo(xp.float64).eps))
     rho = xp.sum(X * X, axis=1)
@@ -136,7 +169,7 @@ def _rect(ctx, V, piv, k, norms):
     """Extend r full-rank pivots to k > r rows, greedy det(V_S^T V_S). float64."""
     xp = ctx.xp
     n = V.shape[0]
-    X = xp.astype(V, xp.float64)
+    X = _scaled64(ctx, V)
     S = xp.take(X, ctx.ints(piv), axis=0)
     Ginv = xp.linalg.inv(S.T @ S)
     s = xp.sum((X @ Ginv) * X, axis=1)
@@ -155,12 +188,44 @@ def _rect(ctx, V, piv, k, norms):
     return piv
 
 
+def _block_rank(ctx, A):
+    """Gauss-Jordan with partial pivoting on the square float64 ``A`` (as the Numba ``_inverse``), pivots only.
+
+    Returns the number of pivots taken before one is ``<= 8 k eps64 max|A|``
+    (``k`` when none is).
+    """
+    xp = ctx.xp
+    k = A.shape[0]
+    thr = 8.0 * k * 2.220446049250313e-16 * float(xp.max(xp.abs(A)))
+    idx = ctx.arange(k)
+    for c in range(k):
+        p = c + int(xp.argmax(xp.abs(A[c:, c])))
+        if p != c:
+            perm = list(range(k))
+            perm[c], perm[p] = p, c
+            A = xp.take(A, ctx.ints(perm), axis=0)
+        d = float(A[c, c])
+        if not abs(d) > thr:
+            return c
+        rowc = A[c, :] / d
+        f = xp.where(idx == c, xp.zeros_like(A[:, c]), A[:, c])
+        A = xp.where((idx == c)[:, None], rowc[None, :], A - f[:, None] * rowc[None, :])
+    return k
+
+
 def _refine(ctx, V, piv, tol, max_iters):
-    """Goreinov maxvol swaps on A = V[:, :k]. Returns (pivots, converged, iterations)."""
+    """Goreinov maxvol swaps on A = V[:, :k]. Returns (pivots, converged, iterations, rank).
+
+    ``rank < k`` (:func:`_block_rank`): the start block is numerically singular
+    and the pivots are returned unchanged.
+    """
     xp = ctx.xp
     k = len(piv)
-    A = xp.astype(V[:, :k], xp.float64)
+    A = _scaled64(ctx, V[:, :k])
     AS = xp.take(A, ctx.ints(piv), axis=0)
+    rk = _block_rank(ctx, AS)
+    if rk < k:
+        return list(piv), True, 0, rk
     B = xp.linalg.solve(AS.T, A.T).T
     piv = list(piv)
     eye = ctx.arange(k)
@@ -170,12 +235,12 @@ def _refine(ctx, V, piv, tol, max_iters):
         i, j = divmod(ij, k)
         bij = float(B[i, j])
         if abs(bij) <= tol:
-            return piv, True, it
+            return piv, True, it, k
         piv[j] = i
         row = B[i, :] - xp.astype(eye == j, xp.float64)
         B = B - B[:, j][:, None] * row[None, :] / bij
     converged = float(xp.max(xp.abs(B))) <= tol
-    return piv, converged, max_iters
+    return piv, converged, max_iters, k
 
 
 def _tournament(ctx, V, kk, tile_rows, tol, norms):
@@ -212,13 +277,17 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     for b in range(nb):
         Vb = V[b, ...]
         norms = _row_norms(ctx, xp.astype(Vb, xp.float64))
-        deim_tol = max(n, r) * eps * float(xp.max(xp.abs(Vb)))
-        if method == "deim":
-            piv, rank = _deim(ctx, Vb, kk, deim_tol, norms)
-        elif method == "volume":
+        if method == "volume":
             piv, rank = _volume(ctx, Vb, kk)
         else:
-            piv, rank = _tournament(ctx, Vb, kk, tiles, deim_tol, norms)
+            vmax = float(xp.max(xp.abs(Vb)))
+            sc = _elim_scale(eps, vmax)
+            Ve = Vb if sc == 1.0 else xp.astype(xp.astype(Vb, xp.float64) * sc, V.dtype)  # exact
+            deim_tol = max(n, r) * eps * (vmax * sc)
+            if method == "deim":
+                piv, rank = _deim(ctx, Ve, kk, deim_tol, norms)
+            else:
+                piv, rank = _tournament(ctx, Ve, kk, tiles, deim_tol, norms)
         if k > r:
             if rank < r:
                 free = xp.ones(n, dtype=xp.bool, device=device)
@@ -232,7 +301,7 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
                 piv = _rect(ctx, Vb, piv, k, norms)
         ok, it = True, 0
         if refine and rank == k:
-            piv, ok, it = _refine(ctx, Vb, piv, tol, max_iters)
+            piv, ok, it, rank = _refine(ctx, Vb, piv, tol, max_iters)
         all_piv.append(piv)
         ranks.append(rank)
         conv.append(ok)

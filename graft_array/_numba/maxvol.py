@@ -189,6 +189,90 @@ def _simd_width_ol(a):
     return lambda a: w
 
 
+# ---------------------------------------------------------------------------
+# Exact power-of-two scaling (scale invariance at the ends of the range)
+# ---------------------------------------------------------------------------
+# Squares and dot products of |V| ~ 1e200 overflow, of float32 1e-30 underflow.
+# The kernels that form them scale each batch by 2^-e, e the exponent of its
+# max |entry|, as the values are loaded: exact, so the rows for V 2^j are the
+# rows for V whenever V 2^j is exactly representable. The DEIM eliminations
+# (in V's dtype) scale their work buffer only when max |V_b| leaves a wide
+# band around 1 (one compare per batch on the hot path).
+
+
+@njit(cache=True, nogil=True)
+def _pow2_scale(m):
+    """``2^-e`` with ``m = f 2^e``, ``0.5 <= f < 1``, so that ``m * scale`` is in ``[0.5, 1)`` exactly (1 if ``m == 0``).
+
+    For a subnormal ``m`` the exponent is clamped (the scale stays finite).
+    """
+    m = np.float64(m)
+    if not m > 0.0:
+        return 1.0
+    _, e = math.frexp(m)
+    return math.ldexp(1.0, -max(e, -1022))
+
+
+@intrinsic
+def _fence(typingctx, x):
+    """``llvm.arithmetic.fence``: ``x`` unchanged, but fast-math reassociation never crosses it."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lty = context.get_value_type(x)
+        name = "llvm.arithmetic.fence.f32" if x == types.float32 else "llvm.arithmetic.fence.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lty, [lty]), name)
+        return builder.call(fn, args)
+
+    return x(x), codegen
+
+
+@njit(cache=True, nogil=True)
+def _ld(X, i, t, sc):
+    """``X[i, t] * sc`` in float64: exact for a power of two ``sc``.
+
+    Fenced: inside a fast-math kernel ``(x sc) (y sc)`` could otherwise be
+    reassociated into ``(x y) (sc sc)``, which over- or underflows. (Numba's
+    ``float(x)`` keeps a float32 ``x`` float32; this is float64 for both dtypes.)
+    """
+    return _fence(np.float64(X[i, t]) * sc)
+
+
+def _elim_band(a):  # pragma: no cover - replaced by the overload inside compiled code
+    raise NotImplementedError
+
+
+@overload(_elim_band)
+def _elim_band_ol(a):
+    """``(lo, hi)``: a DEIM batch whose ``max |V_b|`` is outside runs on ``V_b`` scaled by :func:`_pow2_scale`.
+
+    Inside, the LU growth cannot overflow and the residuals down to
+    ``eps * max |V_b|`` (and the tolerance) stay normal numbers.
+    """
+    if a.dtype == types.float32:
+        return lambda a: (2.0 ** -60, 2.0 ** 60)
+    return lambda a: (2.0 ** -500, 2.0 ** 500)
+
+
+@njit(cache=True, nogil=True)
+def _elim_scale(W, vmax):
+    """Scale of a DEIM work buffer of ``W``'s dtype for a batch (tile) of max ``vmax``: 1 inside the band."""
+    lo, hi = _elim_band(W)
+    vmax = np.float64(vmax)
+    if lo <= vmax <= hi or vmax == 0.0:
+        return 1.0
+    return _pow2_scale(vmax)
+
+
+@njit(cache=True, nogil=True)
+def _scale_cols(W, kk, m, sc):
+    """``W[:kk, :m] *= sc`` (a power of two: exact; computed in float64)."""
+    for c in range(kk):
+        for i in range(m):
+            W[c, i] = np.float64(W[c, i]) * sc
+
+
 @intrinsic
 def _transpose_block(typingctx, W, i0, X, rows, c0):
     """``W[c0 + t, i0 + k] = X[rows[i0 + k], c0 + t]`` for ``t, k < w`` (``w`` = one 256-bit vector).
@@ -830,13 +914,21 @@ def _pivot_row(U, W, s, j0, p, f, c0, c1):
 
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _row_norms(Vb, rows, m, nrm):
-    """Euclidean norms (float64) of the full rows ``Vb[rows[i], :]``, ``i < m``."""
+    """Euclidean norms (float64) of the full rows ``Vb[rows[i], :]``, ``i < m``, times a common power of two.
+
+    The rows are scaled by :func:`_pow2_scale` of their max ``|entry|`` (the
+    norms are only compared with each other), so no square overflows or underflows.
+    """
     r = Vb.shape[1]
+    vmax = 0.0
     for i in range(m):
-        x = Vb[rows[i]]
+        for t in range(r):
+            vmax = max(vmax, abs(np.float64(Vb[rows[i], t])))
+    sc = _pow2_scale(vmax)
+    for i in range(m):
         s = 0.0
         for t in range(r):
-            v = float(x[t])
+            v = _ld(Vb, rows[i], t, sc)
             s += v * v
         nrm[i] = math.sqrt(s)
 
@@ -1441,7 +1533,10 @@ def _deim_batched(V, kk, eps, nthreads):
                     piv_out[b, j] = j
                 continue
             _load_cols(Vb, rows, n, kk, W)
-            tol = max(n, r) * eps * vmax
+            sc = _elim_scale(W, vmax)
+            if sc != 1.0:  # far from 1: eliminate on V_b 2^-e (exact)
+                _scale_cols(W, kk, n, sc)
+            tol = max(n, r) * eps * (np.float64(vmax) * sc)
             # the next batch is prefetched during this one (the last one prefetches itself: harmless)
             rank, _ = _deim_vcore(W, n, kk, tol, Vb, rows, piv, sel, nrm, U, V[min(b + 1, b1 - 1)].reshape(n * r))
             rank_out[b] = rank
@@ -1480,7 +1575,13 @@ def _deim_rowpar(Vb, kk, eps, nparts):
         pmax[q] = _absmax_flat(Vb[lo:hi].reshape((hi - lo) * r))
         _load_cols(Vb, np.arange(lo, hi), hi - lo, kk, W[q])
         pval[q] = _col_absmax(W[q], 0, 0, hi - lo)
-    tol = max(n, r) * eps * pmax.max()
+    sc = _elim_scale(U, pmax.max())
+    if sc != 1.0:  # far from 1: eliminate on V_b 2^-e (exact)
+        for q in prange(P):
+            m = min(n, q * chunk + chunk) - q * chunk
+            _scale_cols(W[q], kk, m, sc)
+            pval[q] = _col_absmax(W[q], 0, 0, m)
+    tol = max(n, r) * eps * (pmax.max() * sc)
     one = _one_like(U)
     zero = one - one
     piv = np.empty(kk, np.int64)
@@ -1584,17 +1685,20 @@ def _tile_buffers(V, m, kk):
 
 
 @njit(cache=True, nogil=True)
-def _tile_deim(Vb, rows, m, kc, tol, W, U, piv, sel, nrm, pf):
-    """DEIM (:func:`_deim_vcore`) on the rows ``rows[:m]`` of ``Vb``, first ``kc`` columns.
+def _tile_deim(Vb, rows, m, kc, tol, W, U, piv, sel, nrm, pf, sc):
+    """DEIM (:func:`_deim_vcore`) on the rows ``rows[:m]`` of ``Vb`` times ``sc``, first ``kc`` columns.
 
     ``W, U, piv, sel, nrm`` come from :func:`_tile_buffers` (for at least ``m``
     rows and ``kk >= kc`` columns) and may have served an earlier tile: the
     zero padding :func:`_deim_vcore` needs is restored here (rows ``m`` up to a
     whole vector, and the rows / columns past ``kc`` when ``kc < kk``, i.e.
     after a tile with more columns). ``pf`` is prefetched (see
-    :func:`_deim_vcore`). Returns ``(rank, min_ok)``; ``piv[:kc]`` = positions.
+    :func:`_deim_vcore`). ``sc``: the batch's :func:`_elim_scale` (``tol`` is
+    in its units). Returns ``(rank, min_ok)``; ``piv[:kc]`` = positions.
     """
     _load_cols(Vb, rows, m, kc, W)
+    if sc != 1.0:
+        _scale_cols(W, kc, m, sc)
     return _tile_deim_loaded(Vb, rows, m, kc, tol, W, U, piv, sel, nrm, pf)
 
 
@@ -1623,7 +1727,8 @@ def _tile_max_deim(V, b, r0, sz, kk, scale, pf, W, U, piv, sel, nrm, rows, out):
     """First-level tile: rows ``[r0, r0 + sz)`` of ``V[b]``; ``out`` = chosen rows.
 
     Returns ``(max |tile|, min_ok)``; a tile with a NaN or an infinity is not
-    eliminated and returns ``(nan, inf)``.
+    eliminated and returns ``(nan, inf)``. A tile far from 1 is eliminated on
+    the tile times its :func:`_elim_scale` (``min_ok`` is returned unscaled).
     """
     Vb = V[b]
     r = Vb.shape[1]
@@ -1638,9 +1743,12 @@ def _tile_max_deim(V, b, r0, sz, kk, scale, pf, W, U, piv, sel, nrm, rows, out):
             _load_cols(Vb, rows, sz, kc, W)
     if not ok:
         return np.nan, np.inf
-    _, mo = _tile_deim_loaded(Vb, rows, sz, kc, scale * tmax, W, U, piv, sel, nrm, pf)
+    sc = _elim_scale(W, tmax)
+    if sc != 1.0:
+        _scale_cols(W, kc, sz, sc)
+    _, mo = _tile_deim_loaded(Vb, rows, sz, kc, scale * (np.float64(tmax) * sc), W, U, piv, sel, nrm, pf)
     _sorted_rows(piv, kc, rows, out)
-    return tmax, mo
+    return tmax, mo / sc
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -1662,7 +1770,9 @@ def _tournament_first_level(V, kk, T, scale, nthreads):
     cand : (B, nt * kk) int64
         Each tile's chosen rows, ascending, tile after tile.
     tol : (B,) float64
-        Whole-batch DEIM tolerances.
+        Whole-batch DEIM tolerances, in the units of ``sc``.
+    sc : (B,) float64
+        Whole-batch :func:`_elim_scale` (what the later levels scale the rows by).
     bad : (B,) bool
         Batches with a NaN or an infinity (found by the tiles' max pass; their
         ``cand`` and ``tol`` are meaningless).
@@ -1693,6 +1803,7 @@ def _tournament_first_level(V, kk, T, scale, nthreads):
                                                     cand[b, t * kk:])
             cur = nxt
     tol = np.empty(nb)
+    sc = np.ones(nb)
     bad = np.zeros(nb, np.bool_)
     for b in range(nb):
         tb = 0.0
@@ -1701,14 +1812,15 @@ def _tournament_first_level(V, kk, T, scale, nthreads):
                 bad[b] = True
             elif tmax[b, t] > tb:
                 tb = tmax[b, t]
-        tol[b] = scale * tb
+        sc[b] = _elim_scale(V, tb)
+        tol[b] = scale * (tb * sc[b])
         if bad[b]:
             for t in range(nt):
                 tmin[b, t] = np.inf  # no redo
     redo = np.empty(tot, np.int64)
     nredo = 0
     for it in range(tot):
-        if tmin[it // nt, it % nt] <= tol[it // nt]:
+        if tmin[it // nt, it % nt] * sc[it // nt] <= tol[it // nt]:
             redo[nredo] = it
             nredo += 1
     for q in prange(nredo):
@@ -1719,13 +1831,13 @@ def _tournament_first_level(V, kk, T, scale, nthreads):
         kc = min(kk, sz)
         W, U, piv, sel, nrm = _tile_buffers(V, sz, kk)
         rows = np.arange(r0, r0 + sz)
-        _tile_deim(V[b], rows, sz, kc, tol[b], W, U, piv, sel, nrm, np.empty(0, V.dtype))
+        _tile_deim(V[b], rows, sz, kc, tol[b], W, U, piv, sel, nrm, np.empty(0, V.dtype), sc[b])
         _sorted_rows(piv, kc, rows, cand[b, t * kk:])
-    return cand, tol, bad
+    return cand, tol, sc, bad
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _tournament_next_level(V, cand, m, kk, T, tol, nthreads):
+def _tournament_next_level(V, cand, m, kk, T, tol, sc, nthreads):
     """One later tournament level: DEIM on tiles of the ``m`` candidates, parallel over (batch, tile).
 
     Tiles are claimed one at a time from a shared counter, as in :func:`_tournament_first_level`.
@@ -1746,14 +1858,14 @@ def _tournament_next_level(V, cand, m, kk, T, tol, nthreads):
             sz = min(T, m - r0)
             rows = cand[b, r0:r0 + sz]
             kc = min(kk, sz)
-            _tile_deim(V[b], rows, sz, kc, tol[b], W, U, piv, sel, nrm, pf)
+            _tile_deim(V[b], rows, sz, kc, tol[b], W, U, piv, sel, nrm, pf, sc[b])
             _sorted_rows(piv, kc, rows, nxt[b, t * kk:])
             it = _claim(ctr)
     return nxt
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _deim_on_rows(V, cand, m, kk, tol, bad):
+def _deim_on_rows(V, cand, m, kk, tol, sc, bad):
     """DEIM of every batch on its candidate rows ``cand[b, :m]``; pivots mapped back to rows.
 
     Batches flagged ``bad`` (NaN / infinity) are skipped: ``piv = 0, 1, ...``, rank 0.
@@ -1769,7 +1881,7 @@ def _deim_on_rows(V, cand, m, kk, tol, bad):
             continue
         rows = cand[b, :m]
         W, U, piv, sel, nrm = _tile_buffers(V, m, kk)
-        rank, _ = _tile_deim(V[b], rows, m, kk, tol[b], W, U, piv, sel, nrm, np.empty(0, V.dtype))
+        rank, _ = _tile_deim(V[b], rows, m, kk, tol[b], W, U, piv, sel, nrm, np.empty(0, V.dtype), sc[b])
         rank_out[b] = rank
         for j in range(kk):
             piv_out[b, j] = rows[piv[j]]
@@ -1793,25 +1905,27 @@ def _tournament_batched(V, kk, T, eps, nthreads):
     scale = max(n, r) * eps
     if n <= T:
         tol = np.empty(nb)
+        sc = np.ones(nb)
         bad = np.zeros(nb, np.bool_)
         cand = np.empty((nb, n), np.int64)
         for b in range(nb):
             vmax, ok = _absmax_finite(V[b].reshape(n * r))
-            tol[b] = scale * vmax
+            sc[b] = _elim_scale(V, vmax)
+            tol[b] = scale * (np.float64(vmax) * sc[b])
             bad[b] = not ok
             cand[b] = np.arange(n)
-        piv, rank = _deim_on_rows(V, cand, n, kk, tol, bad)
+        piv, rank = _deim_on_rows(V, cand, n, kk, tol, sc, bad)
         return piv, rank, bad
-    cand, tol, bad = _tournament_first_level(V, kk, T, scale, nthreads)
+    cand, tol, sc, bad = _tournament_first_level(V, kk, T, scale, nthreads)
     if bad.any():
         return np.zeros((nb, kk), np.int64), np.zeros(nb, np.int64), bad
     nt = (n + T - 1) // T
     m = (nt - 1) * kk + min(kk, n - (nt - 1) * T)
     while m > T:
-        cand = _tournament_next_level(V, cand, m, kk, T, tol, nthreads)
+        cand = _tournament_next_level(V, cand, m, kk, T, tol, sc, nthreads)
         nt = (m + T - 1) // T
         m = (nt - 1) * kk + min(kk, m - (nt - 1) * T)
-    piv, rank = _deim_on_rows(V, cand, m, kk, tol, bad)
+    piv, rank = _deim_on_rows(V, cand, m, kk, tol, sc, bad)
     return piv, rank, bad
 
 
@@ -1821,13 +1935,13 @@ def _tournament_batched(V, kk, T, eps, nthreads):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _dot_rq(X, i, Q, l):
-    """``X[i, :] . Q[l, :]`` in float64 (X float32 or float64)."""
+def _dot_rq(X, i, Q, l, sc):
+    """``(sc X[i, :]) . Q[l, :]`` in float64 (X float32 or float64)."""
     iu = np.uint64(i)
     lu = np.uint64(l)
     s = 0.0
     for t in range(np.uint64(X.shape[1])):
-        s += float(X[iu, t]) * Q[lu, t]
+        s += _ld(X, iu, t, sc) * Q[lu, t]
     return s
 
 
@@ -1842,24 +1956,24 @@ def _dot_rv(X, i, u):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _dot_rr(X, i):
-    """``||X[i, :]||^2`` in float64."""
+def _dot_rr(X, i, sc):
+    """``||sc X[i, :]||^2`` in float64."""
     iu = np.uint64(i)
     s = 0.0
     for t in range(np.uint64(X.shape[1])):
-        v = float(X[iu, t])
+        v = _ld(X, iu, t, sc)
         s += v * v
     return s
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _exact_residual(X, i, Q, nq, res):
-    """``||x_i - sum_{l<nq} (x_i . q_l) q_l||^2`` (the geqp3-style explicit recomputation)."""
+def _exact_residual(X, i, Q, nq, res, sc):
+    """``||x_i - sum_{l<nq} (x_i . q_l) q_l||^2``, ``x_i = sc X[i, :]`` (the geqp3-style explicit recomputation)."""
     r = X.shape[1]
     for t in range(r):
-        res[t] = float(X[i, t])
+        res[t] = _ld(X, i, t, sc)
     for l in range(nq):
-        c = _dot_rq(X, i, Q, l)
+        c = _dot_rq(X, i, Q, l, sc)
         lu = np.uint64(l)
         for t in range(np.uint64(r)):
             res[t] -= c * Q[lu, t]
@@ -1870,8 +1984,8 @@ def _exact_residual(X, i, Q, nq, res):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _dots4(X, i, Q, l):
-    """``X[i, :] . Q[l + a, :]`` for ``a < 4`` (float64), sharing the loads of the row."""
+def _dots4(X, i, Q, l, sc):
+    """``(sc X[i, :]) . Q[l + a, :]`` for ``a < 4`` (float64), sharing the loads of the row."""
     iu = np.uint64(i)
     l0 = np.uint64(l)
     l1 = l0 + np.uint64(1)
@@ -1882,7 +1996,7 @@ def _dots4(X, i, Q, l):
     s2 = 0.0
     s3 = 0.0
     for t in range(np.uint64(X.shape[1])):
-        x = float(X[iu, t])
+        x = _ld(X, iu, t, sc)
         s0 += x * Q[l0, t]
         s1 += x * Q[l1, t]
         s2 += x * Q[l2, t]
@@ -1891,7 +2005,7 @@ def _dots4(X, i, Q, l):
 
 
 @njit(cache=True, nogil=True)
-def _downdate(X, i, Q, l, c, v, rho0, sqeps, res):
+def _downdate(X, i, Q, l, c, v, rho0, sqeps, res, sc):
     """Eager downdate ``v - c^2`` of row ``i`` by direction ``l``, then geqp3's test.
 
     When the result falls to ``sqrt(eps64) * rho0_i`` it is recomputed
@@ -1899,13 +2013,13 @@ def _downdate(X, i, Q, l, c, v, rho0, sqeps, res):
     """
     v -= c * c
     if v <= sqeps * rho0[i]:
-        v = _exact_residual(X, i, Q, l + 1, res)
+        v = _exact_residual(X, i, Q, l + 1, res, sc)
         rho0[i] = v
     return v
 
 
 @njit(cache=True, nogil=True)
-def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res):
+def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res, sc):
     """Apply to row ``i`` the downdates of directions ``done[i] .. nq-1``, in order, exactly as the eager loop.
 
     The dot products (which do not depend on ``rho``) are computed four at a
@@ -1914,14 +2028,14 @@ def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res):
     v = rho[i]
     l = done[i]
     while l + 4 <= nq:
-        c0, c1, c2, c3 = _dots4(X, i, Q, l)
-        v = _downdate(X, i, Q, l, c0, v, rho0, sqeps, res)
-        v = _downdate(X, i, Q, l + 1, c1, v, rho0, sqeps, res)
-        v = _downdate(X, i, Q, l + 2, c2, v, rho0, sqeps, res)
-        v = _downdate(X, i, Q, l + 3, c3, v, rho0, sqeps, res)
+        c0, c1, c2, c3 = _dots4(X, i, Q, l, sc)
+        v = _downdate(X, i, Q, l, c0, v, rho0, sqeps, res, sc)
+        v = _downdate(X, i, Q, l + 1, c1, v, rho0, sqeps, res, sc)
+        v = _downdate(X, i, Q, l + 2, c2, v, rho0, sqeps, res, sc)
+        v = _downdate(X, i, Q, l + 3, c3, v, rho0, sqeps, res, sc)
         l += 4
     while l < nq:
-        v = _downdate(X, i, Q, l, _dot_rq(X, i, Q, l), v, rho0, sqeps, res)
+        v = _downdate(X, i, Q, l, _dot_rq(X, i, Q, l, sc), v, rho0, sqeps, res, sc)
         l += 1
     rho[i] = v
     done[i] = nq
@@ -1929,11 +2043,11 @@ def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res):
 
 
 @njit(cache=True, nogil=True)
-def _cgs2(X, p, Q, nq, w):
-    """``w = x_p`` orthogonalised twice against ``q_0 .. q_{nq-1}`` (CGS2). Returns ``||w||``."""
+def _cgs2(X, p, Q, nq, w, sc):
+    """``w = sc x_p`` orthogonalised twice against ``q_0 .. q_{nq-1}`` (CGS2). Returns ``||w||``."""
     r = X.shape[1]
     for t in range(r):
-        w[t] = float(X[p, t])
+        w[t] = _ld(X, p, t, sc)
     for _ in range(2):
         for l in range(nq):
             c = 0.0
@@ -1948,7 +2062,7 @@ def _cgs2(X, p, Q, nq, w):
 
 
 @njit(cache=True, nogil=True)
-def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand):
+def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand, sc):
     """Exact argmax of the current residual norms over rows ``[lo, hi)``, starting from ``(best, bi)``.
 
     A row is brought up to date only if its bound ``key`` (last residual norm
@@ -1972,7 +2086,7 @@ def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, 
         i = cand[a]
         if key[i] >= best:
             if done[i] < nq:
-                v = _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res)
+                v = _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res, sc)
                 key[i] = v + slack * rho0[i]
             else:
                 v = rho[i]
@@ -1983,7 +2097,7 @@ def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, 
 
 
 @njit(cache=True, nogil=True)
-def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand):
+def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand, sc):
     """Exact ``(max, argmax)`` of the current residual norms over the unselected rows of ``[lo, hi)``.
 
     Seeds with the row of largest bound in the range, then scans the rows
@@ -1998,28 +2112,28 @@ def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, can
             bi = i
     if bi < 0:
         return -np.inf, -1
-    best = _bring_up(X, bi, Q, nq, rho, rho0, done, sqeps, res)
+    best = _bring_up(X, bi, Q, nq, rho, rho0, done, sqeps, res, sc)
     key[bi] = best + slack * rho0[bi]
-    return _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand)
+    return _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand, sc)
 
 
 @njit(cache=True, nogil=True)
-def _volume_init(X):
-    """Squared row norms (float64): the initial residuals ``rho``, ``rho0`` and bounds ``key``."""
+def _volume_init(X, sc):
+    """Squared row norms (float64) of ``sc X``: the initial residuals ``rho``, ``rho0`` and bounds ``key``."""
     n = X.shape[0]
     rho = np.empty(n)
     for i in range(n):
-        rho[i] = _dot_rr(X, i)
+        rho[i] = _dot_rr(X, i, sc)
     return rho, rho.copy(), rho.copy()
 
 
 @njit(cache=True, nogil=True)
-def _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j):
+def _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j, sc):
     """Step ``j`` with residual argmax ``p``: orthogonalise (CGS2), accept or take a fill row.
 
     Returns the new number of directions ``nq``.
     """
-    wn = _cgs2(X, p, Q, nq, w)
+    wn = _cgs2(X, p, Q, nq, w, sc)
     if not wn > tol:
         p = _fill_argmax(nrm, key)
     piv[j] = p
@@ -2037,9 +2151,14 @@ _SLACK = 4.0 * 2.220446049250313e-16  # times (k + 1)(2 r + 2) rho0: bound on a 
 
 @njit(cache=True, nogil=True)
 def _volume_one(X, kk, eps, piv):
-    """Greedy volume pivots of one batch ``X`` (n, r), lazy residual norms, serial. Returns the rank."""
+    """Greedy volume pivots of one batch ``X`` (n, r), lazy residual norms, serial. Returns the rank.
+
+    Runs on ``X 2^-e`` (:func:`_pow2_scale` of ``max |X|``): no square overflows
+    or underflows, and the pivots of ``X 2^j`` are those of ``X``.
+    """
     n, r = X.shape
-    rho, rho0, key = _volume_init(X)
+    sc = _pow2_scale(_absmax_flat(X.reshape(n * r)))
+    rho, rho0, key = _volume_init(X, sc)
     nrm = np.sqrt(rho)
     tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
     slack = _SLACK * (kk + 1) * (2 * r + 2)
@@ -2051,8 +2170,8 @@ def _volume_one(X, kk, eps, piv):
     cand = np.empty(n, np.int64)
     nq = 0
     for j in range(kk):
-        _, p = _volume_chunk(X, 0, n, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand)
-        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j)
+        _, p = _volume_chunk(X, 0, n, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand, sc)
+        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j, sc)
     return nq
 
 
@@ -2065,7 +2184,8 @@ def _volume_rowpar(X, kk, eps, piv, nparts):
     the pivots are those of the serial kernel.
     """
     n, r = X.shape
-    rho, rho0, key = _volume_init(X)
+    sc = _pow2_scale(_absmax_flat(X.reshape(n * r)))
+    rho, rho0, key = _volume_init(X, sc)
     nrm = np.sqrt(rho)
     tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
     slack = _SLACK * (kk + 1) * (2 * r + 2)
@@ -2083,14 +2203,14 @@ def _volume_rowpar(X, kk, eps, piv, nparts):
             lo = q * n // nparts
             hi = (q + 1) * n // nparts
             pbest[q], pidx[q] = _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res[q],
-                                              cand[lo:hi])
+                                              cand[lo:hi], sc)
         p = -1
         best = -np.inf
         for q in range(nparts):  # ranges in row order: strict > keeps the lowest index on ties
             if pidx[q] >= 0 and (p < 0 or pbest[q] > best):
                 best = pbest[q]
                 p = pidx[q]
-        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j)
+        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j, sc)
     return nq
 
 
@@ -2124,9 +2244,19 @@ def _volume_batched(V, kk, eps):
 
 @njit(cache=True, nogil=True)
 def _inverse(A):
-    """Inverse of a small square float64 matrix by Gauss-Jordan with partial pivoting (A is overwritten)."""
+    """Inverse of a small square float64 matrix by Gauss-Jordan with partial pivoting (A is overwritten).
+
+    Returns ``(inv, rank)``. A pivot ``|d| <= 8 k eps64 max|A|`` (always the
+    case for a zero pivot) stops it: ``rank`` is then the number of pivots
+    taken before (``< k``) and ``inv`` is meaningless. ``rank == k`` otherwise.
+    """
     k = A.shape[0]
     inv = np.eye(k)
+    amax = 0.0
+    for a in range(k):
+        for c in range(k):
+            amax = max(amax, abs(A[a, c]))
+    thr = 8.0 * k * 2.220446049250313e-16 * amax
     for c in range(k):
         p = c
         for i in range(c + 1, k):
@@ -2137,6 +2267,8 @@ def _inverse(A):
                 A[c, t], A[p, t] = A[p, t], A[c, t]
                 inv[c, t], inv[p, t] = inv[p, t], inv[c, t]
         d = A[c, c]
+        if not abs(d) > thr:  # numerically singular (never divides by zero)
+            return inv, c
         for t in range(k):
             A[c, t] /= d
             inv[c, t] /= d
@@ -2147,7 +2279,7 @@ def _inverse(A):
                     for t in range(k):
                         A[i, t] -= f * A[c, t]
                         inv[i, t] -= f * inv[c, t]
-    return inv
+    return inv, k
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -2164,22 +2296,27 @@ def _row_times(X, i, M, y):
 
 @njit(cache=True, nogil=True)
 def _rect_one(X, piv, k, rank, out):
-    """Extend the ``r`` pivots ``piv`` to ``k > r`` rows (greedy ``det(V_S^T V_S)``), or fill if ``rank < r``."""
+    """Extend the ``r`` pivots ``piv`` to ``k > r`` rows (greedy ``det(V_S^T V_S)``), or fill if ``rank < r``.
+
+    Runs on ``X 2^-e`` (:func:`_pow2_scale` of ``max |X|``): no square
+    overflows or underflows, and the rows of ``X 2^j`` are those of ``X``.
+    """
     n, r = X.shape
+    sc = _pow2_scale(_absmax_flat(X.reshape(n * r)))
     sel = np.zeros(n, np.bool_)
     for j in range(r):
         out[j] = piv[j]
         sel[piv[j]] = True
+    nrm = np.empty(n)
+    for i in range(n):
+        nrm[i] = math.sqrt(_dot_rr(X, i, sc))
     if rank < r:
-        nrm = np.empty(n)
-        for i in range(n):
-            nrm[i] = math.sqrt(_dot_rr(X, i))
         for t in range(r, k):
             p = _fill_pick(nrm, sel, n)
             sel[p] = True
             out[t] = p
         return
-    _rect_full(X, k, out, sel)
+    _rect_full(X, k, out, sel, sc, nrm)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -2199,8 +2336,12 @@ def _axpyn(a, x, y, m):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _rect_full(X, k, out, sel):
+def _rect_full(X, k, out, sel, sc, nrm):
     """Greedy ``det(V_S^T V_S)`` extension of the ``r`` full-rank pivots in ``out[:r]`` to ``k`` rows.
+
+    On ``sc X`` (``sc`` a power of two). A step whose scores are all NaN (a
+    Gram matrix singular in float64 despite the rank test) takes the fill row
+    (largest ``nrm``, the row norms of ``sc X``), so the rows stay unique.
 
     With L L^T = V_S^T V_S and z_i = L^-1 x_i, row i adds the factor
     1 + s_i, s_i = x_i^T (V_S^T V_S)^-1 x_i = ||z_i||^2. After adding row p the
@@ -2211,12 +2352,12 @@ def _rect_full(X, k, out, sel):
     n, r = X.shape
     L = np.zeros((r, r))
     for j in range(r):  # lower triangle of V_S^T V_S, row axpys
-        x = X[out[j]]
         for a in range(r):
-            xa = float(x[a])
+            xa = _ld(X, out[j], a, sc)
             for c in range(a + 1):
-                L[a, c] += xa * float(x[c])
+                L[a, c] += xa * _ld(X, out[j], c, sc)
     for a in range(r):  # Cholesky by rows
+        gaa = L[a, a]
         for c in range(a):
             acc = L[a, c]
             for t in range(c):
@@ -2225,12 +2366,12 @@ def _rect_full(X, k, out, sel):
         acc = L[a, a]
         for t in range(a):
             acc -= L[a, t] * L[a, t]
-        L[a, a] = math.sqrt(acc) if acc > 0.0 else 1e-300
+        # not positive: singular in float64; a floor of degree 1 (keeps z = L^-1 x finite)
+        L[a, a] = math.sqrt(acc) if acc > 0.0 else (math.sqrt(2.220446049250313e-16 * gaa) if gaa > 0.0 else 1.0)
     Zt = np.empty((r, n))  # Z^T = L^-1 X^T by rows: contiguous axpys of length n
     for i in range(n):
-        x = X[i]
         for a in range(r):
-            Zt[a, i] = float(x[a])
+            Zt[a, i] = _ld(X, i, a, sc)
     for a in range(r):
         za = Zt[a]
         for t in range(a):
@@ -2253,6 +2394,8 @@ def _rect_full(X, k, out, sel):
             if not sel[i] and s[i] > best:
                 best = s[i]
                 p = i
+        if p < 0:
+            p = _fill_pick(nrm, sel, n)
         sel[p] = True
         out[r + t] = p
         d = 1.0 + s[p]
@@ -2283,22 +2426,32 @@ def _rect_batched(V, piv, rank, k):
 def _refine_one(X, piv, tol, max_iters):
     """Goreinov maxvol swaps on ``A = X[:, :k]`` (k = len(piv)), in place on ``piv``.
 
-    Returns ``(converged, iterations)``.
+    Runs on ``A 2^-e`` (:func:`_pow2_scale` of ``max |A|``; ``B`` does not
+    depend on it). Returns ``(converged, iterations, rank)``: ``rank < k`` (from
+    :func:`_inverse`) when the start ``A[piv]`` is numerically singular, and then
+    nothing is done.
     """
     n = X.shape[0]
     k = piv.shape[0]
+    amax = 0.0
+    for i in range(n):
+        for c in range(k):
+            amax = max(amax, abs(np.float64(X[i, c])))
+    sc = _pow2_scale(amax)
     AS = np.empty((k, k))
     for a in range(k):
         for c in range(k):
-            AS[a, c] = float(X[piv[a], c])
-    Ai = _inverse(AS)
+            AS[a, c] = _ld(X, piv[a], c, sc)
+    Ai, rk = _inverse(AS)
+    if rk < k:
+        return True, 0, rk
     B = np.empty((n, k))
     y = np.empty(k)
     for i in range(n):
         for t in range(k):
             y[t] = 0.0
         for a in range(k):
-            xa = float(X[i, a])
+            xa = _ld(X, i, a, sc)
             for t in range(k):
                 y[t] += xa * Ai[a, t]
         for t in range(k):
@@ -2308,7 +2461,7 @@ def _refine_one(X, piv, tol, max_iters):
     row = np.empty(k)
     for it in range(max_iters):
         if bv <= tol:
-            return True, it
+            return True, it, k
         piv[bj] = bi
         bij = B[bi, bj]
         for i in range(n):
@@ -2330,7 +2483,7 @@ def _refine_one(X, piv, tol, max_iters):
                     ni = i
                     nj = t
         bi, bj = ni, nj
-    return bv <= tol, max_iters
+    return bv <= tol, max_iters, k
 
 
 @njit(cache=True, nogil=True)
@@ -2351,15 +2504,20 @@ def _abs_argmax_2d(B):
 
 @njit(cache=True, nogil=True, parallel=True)
 def _refine_batched(V, piv, rank, tol, max_iters):
-    """Refinement of every batch with full rank (``rank == k``), parallel over batches."""
+    """Refinement of every batch with full rank (``rank == k``), parallel over batches.
+
+    A batch whose start block is numerically singular is left as it is and
+    its ``rank`` lowered (in place) to the rank :func:`_inverse` found.
+    """
     nb, k = piv.shape
     conv = np.ones(nb, np.bool_)
     iters = np.zeros(nb, np.int64)
     for b in prange(nb):
         if rank[b] == k:
-            c, it = _refine_one(V[b], piv[b], tol, max_iters)
+            c, it, rk = _refine_one(V[b], piv[b], tol, max_iters)
             conv[b] = c
             iters[b] = it
+            rank[b] = rk
     return conv, iters
 
 

@@ -1,0 +1,247 @@
+"""maxvol's guarantees on every finite input (issue 10, items 1 and 5).
+
+* Scale invariance: the rows of ``c V`` are the rows of ``V`` for every power of
+  two ``c`` for which ``c V`` is exactly representable, in every method, for
+  k <= r, k > r and with refinement (the squared norms of the float64 kernels
+  and the DEIM eliminations must neither overflow nor underflow).
+* Refinement from a singular start warns and keeps the start (it used to divide
+  by zero inside a kernel).
+* A fuzz of small random and degenerate inputs: k unique in-range rows, and no
+  exception or warning other than RankDeficiencyWarning / ConvergenceWarning.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from numpy.testing import assert_array_equal
+
+import graft_array as ga
+
+from conftest import CPU_BACKENDS
+
+METHODS = ("deim", "volume", "tournament")
+ALLOWED = (ga.RankDeficiencyWarning, ga.ConvergenceWarning)
+
+
+def _quiet(V, k, **kwargs):
+    """maxvol with the two legal warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ga.RankDeficiencyWarning)
+        warnings.simplefilter("ignore", ga.ConvergenceWarning)
+        return ga.maxvol(V, k, **kwargs)
+
+
+def _assert_valid(idx, n, k):
+    idx = np.asarray(idx)
+    assert idx.shape[-1] == k and idx.dtype == np.int64
+    for row in idx.reshape(-1, k):
+        assert len(set(row.tolist())) == k, row
+        assert row.min() >= 0 and row.max() < n, row
+
+
+def _exact_exponents(V):
+    """``(lo, hi)``: every ``2^e``, ``lo <= e <= hi``, keeps ``V 2^e`` exactly representable.
+
+    No entry overflows and no nonzero entry becomes subnormal.
+    """
+    fi = np.finfo(V.dtype)
+    a = np.abs(V.astype(np.float64))
+    _, e_max = np.frexp(a.max())  # max = f 2^e_max, 0.5 <= f < 1
+    _, e_min = np.frexp(a[a > 0].min())
+    hi = int(fi.maxexp) - int(e_max)  # f 2^(e_max + e) < 2^maxexp
+    lo = int(fi.minexp) + 1 - int(e_min)  # >= 2^(e_min - 1 + e) >= tiny = 2^minexp
+    return lo, hi
+
+
+def _pow2(V, e):
+    """``V 2^e`` exactly (through float64: ``2^e`` itself may not be a float32)."""
+    out = np.ldexp(V.astype(np.float64), e).astype(V.dtype)
+    assert_array_equal(np.ldexp(out.astype(np.float64), -e).astype(V.dtype), V)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# scale invariance
+# --------------------------------------------------------------------------------------
+cases = st.fixed_dictionaries({
+    "n": st.integers(1, 9),
+    "r": st.integers(1, 4),
+    "batch": st.sampled_from([None, 2]),
+    "dtype": st.sampled_from([np.float32, np.float64]),
+    "seed": st.integers(0, 2**32 - 1),
+})
+
+
+def _check_scale_invariance(case, data, backend):
+    n, r = case["n"], case["r"]
+    shape = (n, r) if case["batch"] is None else (case["batch"], n, r)
+    V = np.random.default_rng(case["seed"]).standard_normal(shape).astype(case["dtype"])
+    lo, hi = _exact_exponents(V)
+    e = data.draw(st.integers(lo, hi), label="e")
+    cV = _pow2(V, e)
+    k = data.draw(st.integers(1, n), label="k")
+    kk = min(k, r)
+    for method in METHODS:
+        tile_rows = data.draw(st.sampled_from([None, 2 * kk]), label="tile_rows") if method == "tournament" else None
+        opts = dict(method=method, tile_rows=tile_rows, backend=backend)
+        want = _quiet(V, k, **opts)
+        got = _quiet(cV, k, **opts)
+        _assert_valid(got, n, k)
+        assert_array_equal(got, want, err_msg=f"{method} k={k} e={e}")
+        if k <= r:
+            want = _quiet(V, k, refine=True, **opts)
+            got = _quiet(cV, k, refine=True, **opts)
+            _assert_valid(got, n, k)
+            assert_array_equal(got, want, err_msg=f"{method} refine k={k} e={e}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases, st.data())
+def test_property_power_of_two_scale_invariance_numba(case, data):
+    _check_scale_invariance(case, data, "numba")
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases, st.data())
+def test_property_power_of_two_scale_invariance_array_api(case, data):
+    _check_scale_invariance(case, data, "array_api")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("end", ["top", "bottom"])
+def test_scale_invariance_at_both_ends_of_the_range(backend, dtype, end):
+    """The largest and the smallest exact power-of-two scalings (max |V| next to the overflow threshold, or
+    the smallest |entry| at the smallest normal number), batched, all methods, k <= r, k > r and refine."""
+    V = np.random.default_rng(7).standard_normal((3, 40, 6)).astype(dtype)
+    lo, hi = _exact_exponents(V)
+    cV = _pow2(V, hi if end == "top" else lo)
+    for method in METHODS:
+        for k, refine in ((6, False), (4, True), (6, True), (11, False), (40, False)):
+            want = _quiet(V, k, method=method, refine=refine, tile_rows=12, backend=backend)
+            got = _quiet(cV, k, method=method, refine=refine, tile_rows=12, backend=backend)
+            _assert_valid(got, 40, k)
+            assert_array_equal(got, want, err_msg=f"{method} k={k} refine={refine}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_issue_example_huge_float64(backend, method):
+    V = np.random.default_rng(0).standard_normal((30, 4))
+    for k in (6, 4, 30):
+        got = ga.maxvol(V * 1e200, k, method=method, backend=backend)
+        _assert_valid(got, 30, k)
+        assert_array_equal(got, ga.maxvol(V, k, method=method, backend=backend))
+    assert_array_equal(ga.maxvol(V * 1e200, 4, method=method, refine=True, backend=backend),
+                       ga.maxvol(V, 4, method=method, refine=True, backend=backend))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e-30, 1e-36])
+def test_float32_large_and_small(backend, method, scale):
+    V = np.random.default_rng(0).standard_normal((30, 4))
+    ref = V.astype(np.float32)
+    V32 = (V * scale).astype(np.float32)
+    for k in (6, 4):
+        got = ga.maxvol(V32, k, method=method, backend=backend)
+        _assert_valid(got, 30, k)
+        assert_array_equal(got, ga.maxvol(ref, k, method=method, backend=backend))
+
+
+def test_array_api_strict_huge_input():
+    xs = pytest.importorskip("array_api_strict")
+    V = np.random.default_rng(0).standard_normal((2, 30, 4))
+    for method in METHODS:
+        got = np.asarray(ga.maxvol(xs.asarray(V * 1e200), 6, method=method))
+        assert_array_equal(got, ga.maxvol(V, 6, method=method, backend="numba"))
+
+
+# --------------------------------------------------------------------------------------
+# refinement from a singular start
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_refine_singular_start_warns_and_keeps_start(backend, method):
+    V = np.array([[0.0, 1.0], [0.0, 2.0]])  # full rank 1 as rows of V, but V[:, :1] = 0
+    start = _quiet(V, 1, method=method, backend=backend)
+    with pytest.warns(ga.RankDeficiencyWarning, match="rank 0"):
+        got = ga.maxvol(V, 1, method=method, refine=True, backend=backend)
+    assert_array_equal(got, start)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_refine_singular_batch_is_skipped_others_refined(backend):
+    rng = np.random.default_rng(3)
+    V = rng.standard_normal((3, 30, 3))
+    V[1, :, 1] = 2.0 * V[1, :, 0]  # batch 1: V[:, :2] has rank 1, V itself rank 2
+    with pytest.warns(ga.RankDeficiencyWarning, match=r"in 1 of 3 batches \(first: batch 1\)"):
+        got = ga.maxvol(V, 2, method="volume", refine=True, tol=1.0 + 1e-9, backend=backend)
+    _assert_valid(got, 30, 2)
+    assert_array_equal(got[1], _quiet(V[1], 2, method="volume", backend=backend))
+    for b in (0, 2):
+        assert_array_equal(got[b], ga.maxvol(V[b], 2, method="volume", refine=True, tol=1.0 + 1e-9, backend=backend))
+
+
+# --------------------------------------------------------------------------------------
+# fuzz: only valid outcomes
+# --------------------------------------------------------------------------------------
+def _fuzz_matrix(rng, n, r):
+    kind = rng.integers(7)
+    if kind == 0:
+        V = rng.standard_normal((n, r))
+    elif kind == 1:
+        V = np.zeros((n, r))
+    elif kind == 2:  # repeated rows
+        V = rng.standard_normal((max(1, n // 2), r))[rng.integers(0, max(1, n // 2), n)]
+    elif kind == 3:  # rank-deficient product
+        q = int(rng.integers(1, r + 1))
+        V = rng.standard_normal((n, q)) @ rng.standard_normal((q, r))
+    elif kind == 4:  # small integers (exact ties and exact singular blocks)
+        V = rng.integers(-2, 3, (n, r)).astype(np.float64)
+    elif kind == 5:  # zero columns / rows sprinkled into normals
+        V = rng.standard_normal((n, r)) * (rng.random((n, r)) < 0.6)
+    else:  # one direction only, plus a zero first column
+        V = np.outer(rng.standard_normal(n), rng.standard_normal(r))
+        V[:, 0] = 0.0
+    if rng.random() < 0.3:  # far from 1
+        V = V * 10.0 ** float(rng.choice([-300, -150, -35, 35, 150, 300]))
+    if rng.random() < 0.3:
+        with np.errstate(over="ignore"):  # a huge value becomes inf: the case is skipped
+            V = V.astype(np.float32)
+    return V
+
+
+def _fuzz(backend, cases):
+    rng = np.random.default_rng(12345)
+    for case in range(cases):
+        n = int(rng.integers(1, 9))
+        r = int(rng.integers(1, 5))
+        V = _fuzz_matrix(rng, n, r)
+        if not np.all(np.isfinite(V)):  # a float32 cast of a huge value
+            continue
+        if rng.random() < 0.2:
+            with np.errstate(over="ignore"):
+                V = np.stack([V, _fuzz_matrix(rng, n, r).astype(V.dtype)])
+            if not np.all(np.isfinite(V)):
+                continue
+        method = METHODS[case % 3]
+        k = int(rng.integers(1, min(n, r) + 1))
+        k_any = int(rng.integers(1, n + 1))
+        for kk, refine in ((k, True), (k_any, False)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                idx = ga.maxvol(V, kk, method=method, refine=refine, backend=backend)
+            others = [w for w in caught if not issubclass(w.category, ALLOWED)]
+            assert not others, (case, method, kk, refine, V, others[0].message)
+            _assert_valid(idx, n, kk)
+
+
+def test_fuzz_refine_numba():
+    _fuzz("numba", 3000)
+
+
+def test_fuzz_refine_array_api():
+    _fuzz("array_api", 400)
