@@ -388,12 +388,12 @@ def test_nonfinite_features_found_by_the_first_product(rng, backend, solver, sha
         ga.select(readonly(F), fraction=0.1, solver=solver, random_state=0, backend=backend)
 
 
-def test_gram_overflow_is_told_apart_from_nonfinite(rng):
+def test_features_whose_gram_would_overflow_are_scaled(rng):
     F = rng.standard_normal((64, 100)).astype(np.float32)
-    F[3, :] = 1e30  # finite, but its squares overflow float32
-    with pytest.raises(ValueError, match=r"Gram matrix of 'features' overflows float32"):
-        ga.select(F, fraction=0.1, solver="randomized", random_state=0)
-    assert len(ga.select(F.astype(np.float64), fraction=0.1, solver="randomized", random_state=0)) == 6
+    F[3, :] = 1e30  # finite, but its squares overflow float32: each batch is scaled by a power of two first
+    idx = ga.select(F, fraction=0.1, solver="randomized", random_state=0)
+    assert len(idx) == 6 and idx[0] == 3
+    assert_array_equal(idx, ga.select(F * np.float32(2.0**-100), fraction=0.1, solver="randomized", random_state=0))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -20,7 +20,12 @@ import numpy as np
 from . import criterion
 from .criterion import SPAN_TOL, _dev, _mT, _take_rows
 
-__all__ = ["random_keys", "random_subset", "full_gram", "gather", "craig", "gradmatch"]
+__all__ = ["random_keys", "random_subset", "full_gram", "gather", "distances", "craig", "gradmatch",
+           "DUPLICATE_ULPS"]
+
+#: a squared distance d_ij^2 = K_ii + K_jj - 2 K_ij <= DUPLICATE_ULPS * eps * (K_ii + K_jj) is the Gram's
+#: round-off, not a distance: equal rows whose products a BLAS rounded differently are exactly 0 apart
+DUPLICATE_ULPS = 16.0
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -74,6 +79,20 @@ def _onehot(xp, j, n):
     return xp.arange(n, dtype=xp.int64, device=_dev(j))[None, :] == j[:, None]
 
 
+def distances(xp, K):
+    """Gradient distances d_ij = ||g_i - g_j|| (B, n, n) from the Grams K (B, n, n), exactly symmetric.
+
+    d_ij^2 = K_ii + K_jj - 2 K_ij, set to 0 at or below ``DUPLICATE_ULPS`` eps
+    (K_ii + K_jj): duplicates are 0 apart whatever order the BLAS summed
+    their products in (the Numba twin's rule).
+    """
+    diag = xp.linalg.diagonal(K)
+    scale = diag[:, :, None] + diag[:, None, :]
+    d2 = scale - 2.0 * K
+    d = xp.sqrt(xp.where(d2 > (DUPLICATE_ULPS * 2.220446049250313e-16) * scale, d2, xp.zeros_like(d2)))
+    return 0.5 * (d + _mT(xp, d))  # exactly symmetric (a matrix product need not be)
+
+
 def craig(xp, K, m):
     """CRAIG on the gradient Grams K (B, n, n): (order (B, m) int64, weights (B, m) float64).
 
@@ -83,10 +102,7 @@ def craig(xp, K, m):
     to the earliest selected).
     """
     nb, n, _ = K.shape
-    diag = xp.linalg.diagonal(K)
-    d2 = diag[:, :, None] + diag[:, None, :] - 2.0 * K
-    d = xp.sqrt(xp.where(d2 > 0.0, d2, xp.zeros_like(d2)))
-    d = 0.5 * (d + _mT(xp, d))  # exactly symmetric (a matrix product need not be)
+    d = distances(xp, K)
     dmax = xp.max(xp.reshape(d, (nb, n * n)), axis=1)
     S = dmax[:, None, None] - d
     cur = xp.zeros((nb, n), dtype=xp.float64, device=_dev(K))
@@ -126,9 +142,7 @@ def _nnls_stack(xp, K, b):
         L = xp.linalg.cholesky(K)
         d = xp.linalg.diagonal(L)
         sol = xp.linalg.solve(K, b[:, :, None])[:, :, 0]
-        scale = xp.max(xp.abs(diagK), axis=1)
-        bmax = xp.max(xp.abs(b), axis=1)
-        tol = 10.0 * q * eps * xp.where(scale > 1e-300, scale, 1e-300) * xp.where(bmax > 1.0, bmax, 1.0)
+        tol = 10.0 * q * eps * xp.max(xp.abs(sol), axis=1)  # nnls_gram's homogeneous rule for a weight
         fin = xp.all(xp.reshape(xp.isfinite(L), (nb, q * q)), axis=1)
         ok = xp.logical_and(fin, xp.all(d * d > SPAN_TOL**2 * diagK, axis=1))
         ok = xp.logical_and(ok, xp.all(sol > tol[:, None], axis=1))

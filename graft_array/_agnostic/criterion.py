@@ -18,10 +18,17 @@ Two gradient forms share this code through ``(K, b, gg)``:
   g = M = E^T [H, 1], b_j = e_sj^T M [h_sj; 1], gg = ||M||_F^2. Nothing of size
   C * (h + 1) per sample is ever formed.
 
-All of it is in float64.
+All of it is in float64. rho, the weights and every tolerance are invariant to
+scaling every gradient by c > 0 (the tolerances are homogeneous in K and b), and
+:func:`gram_plain` / :func:`gram_last_layer` scale each batch by a power of two
+(exact) where its magnitude could overflow or underflow the Gram, so that this
+holds for any finite gradients.
 """
 
-__all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_gram", "weight_system", "SPAN_TOL", "SUM_PENALTY"]
+import numpy as np
+
+__all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_gram", "weight_system", "batch_abs_max",
+           "unit_exponents", "SPAN_TOL", "SUM_PENALTY", "SAFE_EXP"]
 
 #: relative size of a new Cholesky diagonal below which a pivot adds nothing to the span
 SPAN_TOL = 1e-7
@@ -29,6 +36,51 @@ SPAN_TOL = 1e-7
 #: weight of the penalty (1^T w - n)^2 that ties the weights' sum to n, relative
 #: to the mean squared gradient norm of the selected samples
 SUM_PENALTY = 100.0
+
+#: float64 rows whose largest |entry| is within 2^-SAFE_EXP .. 2^SAFE_EXP are used as they are:
+#: their Grams, b and ||g||^2 neither overflow nor underflow (others are scaled by a power of two)
+SAFE_EXP = 200
+
+
+def _host(x):
+    """A small array as NumPy float64 (device arrays are copied to the host)."""
+    if hasattr(x, "detach"):  # torch: a scale needs no autograd history
+        x = x.detach()
+    try:
+        return np.asarray(np.from_dlpack(x), dtype=np.float64)
+    except Exception:  # a device array: element by element (B numbers)
+        return np.asarray([float(v) for v in x], dtype=np.float64)
+
+
+def batch_abs_max(xp, X, cols=None):
+    """max |X_b[:, :cols]| for each batch of X (B, n, p), as NumPy float64 (B,); NaN or inf where not finite.
+
+    One pass over X, which also tells whether each batch is finite.
+    """
+    nb = X.shape[0]
+    if cols is not None:
+        X = X[..., :cols]
+    if X.shape[1] * X.shape[2] == 0:
+        return np.zeros(nb)
+    return _host(xp.max(xp.reshape(xp.abs(X), (nb, -1)), axis=1))
+
+
+def unit_exponents(amax, limit=1000):
+    """k (B,) int with amax_b 2^k_b in [1/2, 1) (0 where amax_b = 0), at most ``limit``: exact scales."""
+    return np.minimum(-np.frexp(np.asarray(amax, dtype=np.float64))[1], limit).astype(np.int64)
+
+
+def _unit_rows(xp, X):
+    """X (B, n, p) float64 with each batch scaled by 2^k_b (:func:`unit_exponents`), exactly.
+
+    Returned as it is (no copy) when every batch's max |entry| is already within
+    2^+-SAFE_EXP: the results are the same bits either way (homogeneity).
+    """
+    amax = batch_abs_max(xp, X)
+    k = unit_exponents(amax)
+    if np.all((amax == 0) | (np.abs(k) <= SAFE_EXP)):
+        return X
+    return X * xp.asarray(np.ldexp(1.0, k), dtype=X.dtype, device=_dev(X))[:, None, None]
 
 
 def _mT(xp, A):
@@ -45,8 +97,12 @@ def _take_rows(xp, X, piv):
 
 
 def gram_plain(xp, G, piv):
-    """(K, b, gg) for plain per-sample gradient rows G (B, n, p), pivots (B, K)."""
-    G = xp.astype(G, xp.float64)
+    """(K, b, gg) for plain per-sample gradient rows G (B, n, p), pivots (B, K).
+
+    Batch b's rows are scaled by a power of two (:func:`_unit_rows`): the (K, b, gg)
+    of G_b 2^k_b, whose rho and weights are those of G_b.
+    """
+    G = _unit_rows(xp, xp.astype(G, xp.float64))
     g = xp.sum(G, axis=1)  # (B, p)
     GS = _take_rows(xp, G, piv)
     K = GS @ _mT(xp, GS)
@@ -56,8 +112,12 @@ def gram_plain(xp, G, piv):
 
 
 def gram_last_layer(xp, E, H, piv):
-    """(K, b, gg) for last-layer gradients e_i (x) [h_i; 1]: E (B, n, C), H (B, n, h)."""
-    E = xp.astype(E, xp.float64)
+    """(K, b, gg) for last-layer gradients e_i (x) [h_i; 1]: E (B, n, C), H (B, n, h).
+
+    The residuals E_b are scaled by a power of two (:func:`_unit_rows`; scaling
+    every gradient by c scales e_i only).
+    """
+    E = _unit_rows(xp, xp.astype(E, xp.float64))
     H = xp.astype(H, xp.float64)
     ones = xp.ones(H.shape[:-1] + (1,), dtype=xp.float64, device=_dev(H))
     Ht = xp.concat([H, ones], axis=-1)
@@ -139,14 +199,18 @@ def nnls_gram(xp, K, b, *, max_iter=None):
     fixed shape: rows/columns outside it are replaced by the identity. A column
     numerically in the span of the passive ones (new Cholesky diagonal
     <= SPAN_TOL^2 K_jj) is never made passive.
+
+    The tolerances are homogeneous, so that K c^2 and b c^2 give the same w:
+    ``rel max |b|`` (rel = 10 m eps) for the gradient ``b - K w``, in the units of
+    b, and ``rel max |w|`` for a weight (the units of w).
     """
     m = b.shape[0]
     dev = _dev(b)
     if max_iter is None:
         max_iter = 3 * m + 10
     eye = xp.eye(m, dtype=xp.float64, device=dev)
-    scale = float(xp.max(xp.abs(xp.linalg.diagonal(K)))) if m else 0.0
-    tol = 10.0 * m * 2.220446049250313e-16 * max(scale, 1e-300) * max(1.0, float(xp.max(xp.abs(b))) if m else 1.0)
+    rel = 10.0 * m * 2.220446049250313e-16
+    tol = rel * float(xp.max(xp.abs(b))) if m else 0.0
     passive = xp.zeros(m, dtype=xp.bool, device=dev)
     w = xp.zeros(m, dtype=xp.float64, device=dev)
     zero = xp.zeros_like(w)
@@ -163,7 +227,7 @@ def nnls_gram(xp, K, b, *, max_iter=None):
             d = xp.linalg.diagonal(Lc)
             if bool(xp.all(xp.isfinite(Lc))) and bool(xp.all(d * d > SPAN_TOL**2 * xp.linalg.diagonal(K))):
                 s = xp.linalg.solve(K, b[:, None])[:, 0]
-                if bool(xp.all(s > tol)):
+                if bool(xp.all(s > rel * float(xp.max(xp.abs(s))))):
                     return s
         except Exception:  # not positive definite: each library raises its own LinAlgError
             pass
@@ -190,7 +254,7 @@ def nnls_gram(xp, K, b, *, max_iter=None):
             ratio = xp.where(bad, w / xp.where(bad, w - s, 1.0), xp.full_like(w, float("inf")))
             alpha = float(xp.min(ratio))
             w = w + alpha * (s - w)
-            passive = xp.logical_and(passive, w > tol)
+            passive = xp.logical_and(passive, w > rel * float(xp.max(xp.abs(w))))
             w = xp.where(passive, w, zero)
             s = solve(passive, b)
         w = s

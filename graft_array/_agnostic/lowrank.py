@@ -43,7 +43,9 @@ class NonFiniteFeatures(ArithmeticError):
     A NaN or infinity anywhere in a batch reaches the diagonal of its Gram (or a
     row of F Omega), so that small check replaces a pass over F; it also fires
     when finite features overflow the Gram's precision (the caller tells the two
-    apart on this rare path).
+    apart on this rare path). :func:`graft_array.select` scales each batch by a
+    power of two first, so there only the embeddings of last-layer gradients
+    (``split``), which enter as <h_i, h_j> + 1, can overflow it.
     """
 
 
@@ -85,9 +87,10 @@ def _orth(xp, Y, passes=2):
     eye = xp.eye(l, dtype=Y.dtype, device=_dev(Y))
     for _ in range(passes):
         S = _mT(xp, Y) @ Y
-        # a tiny shift keeps the Cholesky factor defined when Y is rank-deficient
+        # a tiny shift keeps the Cholesky factor defined when Y is rank-deficient; relative to the trace
+        # (homogeneous: Y c gives Q), and 1 for Y = 0
         trace = xp.sum(xp.linalg.diagonal(S), axis=-1)
-        shift = (Y.shape[-2] + l) * eps * trace + float(xp.finfo(Y.dtype).smallest_normal) ** 0.5
+        shift = xp.where(trace > 0, (Y.shape[-2] + l) * eps * trace, xp.ones_like(trace))
         L = xp.linalg.cholesky(S + shift[:, None, None] * eye)
         Y = Y @ _mT(xp, xp.linalg.inv(L))
     return Y

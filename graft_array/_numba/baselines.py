@@ -9,7 +9,8 @@ criterion's own per-batch kernels (:mod:`graft_array._numba.criterion`).
 import numpy as np
 from numba import njit, prange
 
-from .criterion import _gram_last_layer_one, _gram_plain_one, _nnls_one, _rho_one
+from .._agnostic.baselines import DUPLICATE_ULPS
+from .criterion import _EPS, _gram_last_layer_one, _gram_plain_one, _nnls_one, _rho_one, _unit_scale
 
 __all__ = [
     "random_subset",
@@ -27,23 +28,23 @@ _M2 = np.uint64(0x94D049BB133111EB)
 
 @njit(cache=True, nogil=True)
 def _batch_gram_plain(Gb):
-    """(K, b, ||g||^2) of one batch's plain gradient rows Gb (n, p): the whole n x n Gram, b = K 1."""
+    """(K, b, ||g||^2) of one batch's plain gradient rows Gb (n, p), scaled by :func:`_unit_scale`: the n x n Gram, b = K 1."""
     n, p = Gb.shape
     K = np.empty((n, n))
     bv = np.empty(n)
-    gg = _gram_plain_one(Gb, np.arange(n), K, bv, np.empty(p), np.empty((n, p)))
+    gg = _gram_plain_one(Gb, np.arange(n), K, bv, np.empty(p), np.empty((n, p)), _unit_scale(Gb))
     return K, bv, gg
 
 
 @njit(cache=True, nogil=True)
 def _batch_gram_last_layer(Eb, Hb):
-    """(K, b, ||g||^2) of one batch's last-layer gradients e_i (x) [h_i; 1], never formed."""
+    """(K, b, ||g||^2) of one batch's last-layer gradients e_i (x) [h_i; 1], never formed (E scaled by :func:`_unit_scale`)."""
     n, C = Eb.shape
     h = Hb.shape[1]
     K = np.empty((n, n))
     bv = np.empty(n)
     gg = _gram_last_layer_one(Eb, Hb, np.arange(n), K, bv, np.empty((C, h + 1)), np.empty((n, C)),
-                              np.empty((n, h + 1)), np.empty(h + 1))
+                              np.empty((n, h + 1)), np.empty(h + 1), _unit_scale(Eb))
     return K, bv, gg
 
 @njit(cache=True, nogil=True)
@@ -82,7 +83,11 @@ def random_subset(starts, seed, n, m):
 
 @njit(cache=True, nogil=True)
 def _similarities(K):
-    """In place: the gradient Gram K (n, n) becomes s_ij = dmax - d_ij, d_ij = sqrt(max(K_ii + K_jj - 2 K_ij, 0))."""
+    """In place: the gradient Gram K (n, n) becomes s_ij = dmax - d_ij, d_ij = sqrt(K_ii + K_jj - 2 K_ij).
+
+    d_ij^2 <= DUPLICATE_ULPS eps (K_ii + K_jj) is round-off of the Gram (equal rows
+    whose products were rounded differently) and counts as 0: the generic twin's rule.
+    """
     n = K.shape[0]
     diag = np.empty(n)
     for i in range(n):
@@ -91,7 +96,7 @@ def _similarities(K):
     for i in range(n):
         for j in range(i):
             d2 = diag[i] + diag[j] - 2.0 * K[i, j]
-            d = np.sqrt(d2) if d2 > 0.0 else 0.0
+            d = np.sqrt(d2) if d2 > DUPLICATE_ULPS * _EPS * (diag[i] + diag[j]) else 0.0
             K[i, j] = d
             K[j, i] = d
             if d > dmax:

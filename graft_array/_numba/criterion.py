@@ -1,8 +1,13 @@
 """Numba twins of :mod:`graft_array._agnostic.criterion`: the rho curve and NNLS weights, parallel over batches.
 
 Same arithmetic as the generic code (float64, the same span tolerance and the
-same Lawson-Hanson steps), one compiled call for all batches.
+same Lawson-Hanson steps), one compiled call for all batches. Each batch's
+gradients are scaled by the power of two of :func:`_unit_scale` as they are read
+(exact), so that nothing overflows or underflows and the results do not depend on
+the gradients' magnitude.
 """
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -13,6 +18,32 @@ __all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_batched"]
 
 
 _FM = {"nsz", "arcp", "contract", "reassoc"}  # reassociation lets LLVM vectorise the dot products
+_EPS = 2.220446049250313e-16
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _abs_max(X):
+    """max |X| of a finite 2-D array (0.0 when empty); float64."""
+    m = 0.0
+    for i in range(X.shape[0]):
+        for t in range(X.shape[1]):
+            a = abs(X[i, t])
+            m = a if a > m else m
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _unit_scale(X):
+    """The power of two 2^k that brings max |X| (X finite, 2-D) into [1/2, 1); 1.0 for X = 0; k <= 1000.
+
+    Multiplying by it is exact (the twin of :func:`graft_array._agnostic.criterion.unit_exponents`): the Gram,
+    b and ||g||^2 of the scaled rows neither overflow nor underflow, and rows
+    scaled by c = 2^j give the same bits.
+    """
+    m = _abs_max(X)
+    if not m > 0.0:
+        return 1.0
+    return math.ldexp(1.0, min(-math.frexp(m)[1], 1000))
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -24,16 +55,17 @@ def _dot(x, y):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _gram_plain_one(G, piv, K, bv, g, GS):
+def _gram_plain_one(G, piv, K, bv, g, GS, sc):
+    """(K, b) into K, bv and ||g||^2 of the rows G * sc (sc: a power of two, exact) along ``piv``."""
     n, p = G.shape
     kk = piv.shape[0]
     g[:] = 0.0
     for i in range(n):
         for t in range(p):
-            g[t] += G[i, t]
+            g[t] += G[i, t] * sc
     for j in range(kk):
         for t in range(p):
-            GS[j, t] = G[piv[j], t]
+            GS[j, t] = G[piv[j], t] * sc
     for j in range(kk):
         for l in range(j + 1):
             K[j, l] = _dot(GS[j], GS[l])
@@ -44,7 +76,11 @@ def _gram_plain_one(G, piv, K, bv, g, GS):
 
 @njit(cache=True, nogil=True, parallel=True)
 def gram_plain(G, piv):
-    """(K, b, gg) of plain per-sample gradient rows G (B, n, p) along pivots (B, K); float64."""
+    """(K, b, gg) of plain per-sample gradient rows G (B, n, p) along pivots (B, K); float64.
+
+    Batch b's rows are scaled by :func:`_unit_scale` (exact): K, b and gg are
+    those of G_b 2^k_b, which leaves rho and the weight fit unchanged.
+    """
     nb, n, p = G.shape
     kk = piv.shape[1]
     K = np.empty((nb, kk, kk))
@@ -53,12 +89,13 @@ def gram_plain(G, piv):
     for bi in prange(nb):
         g = np.empty(p)
         GS = np.empty((kk, p))
-        gg[bi] = _gram_plain_one(G[bi], piv[bi], K[bi], bv[bi], g, GS)
+        gg[bi] = _gram_plain_one(G[bi], piv[bi], K[bi], bv[bi], g, GS, _unit_scale(G[bi]))
     return K, bv, gg
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _gram_last_layer_one(E, H, piv, K, bv, M, ES, HS, row):
+def _gram_last_layer_one(E, H, piv, K, bv, M, ES, HS, row, sc):
+    """(K, b) into K, bv and ||M||_F^2 of the gradients (E sc)_i (x) [h_i; 1] (sc: a power of two, exact)."""
     n, C = E.shape
     h = H.shape[1]
     kk = piv.shape[0]
@@ -68,12 +105,12 @@ def _gram_last_layer_one(E, H, piv, K, bv, M, ES, HS, row):
             row[t] = H[i, t]
         row[h] = 1.0
         for c in range(C):
-            e = float(E[i, c])
+            e = E[i, c] * sc
             for t in range(h + 1):
                 M[c, t] += e * row[t]
     for j in range(kk):
         for c in range(C):
-            ES[j, c] = E[piv[j], c]
+            ES[j, c] = E[piv[j], c] * sc
         for t in range(h):
             HS[j, t] = H[piv[j], t]
         HS[j, h] = 1.0
@@ -97,6 +134,8 @@ def gram_last_layer(E, H, piv):
 
     K_jl = <e_j, e_l>(<h_j, h_l> + 1), b_j = e_j^T M [h_j; 1] with M = E^T [H, 1] the
     batch gradient, gg = ||M||_F^2; float64, nothing of size C (h + 1) per sample.
+    Batch b's residuals E_b are scaled by :func:`_unit_scale` (exact; the
+    embeddings are not: scaling every gradient by c scales e_i only).
     """
     nb, n, C = E.shape
     h = H.shape[2]
@@ -109,7 +148,7 @@ def gram_last_layer(E, H, piv):
         ES = np.empty((kk, C))
         HS = np.empty((kk, h + 1))
         row = np.empty(h + 1)
-        gg[bi] = _gram_last_layer_one(E[bi], H[bi], piv[bi], K[bi], bv[bi], M, ES, HS, row)
+        gg[bi] = _gram_last_layer_one(E[bi], H[bi], piv[bi], K[bi], bv[bi], M, ES, HS, row, _unit_scale(E[bi]))
     return K, bv, gg
 
 
@@ -197,14 +236,17 @@ def _nnls_one(K, b, max_iter, w):
     block of K: adding an index is one new row (O(p^2)), a removal rebuilds the
     factor. An index whose column is numerically in the span of the passive
     ones (new diagonal <= SPAN_TOL^2 K_jj) is never made passive.
+
+    Tolerances are homogeneous (:func:`graft_array._agnostic.criterion.nnls_gram`):
+    ``rel max |b|`` for the gradient ``b - K w`` and ``rel max |w|`` for the
+    weights, ``rel = 10 m eps``; scaling K and b by c^2 gives the same weights.
     """
     m = b.shape[0]
-    scale = 0.0
+    rel = 10.0 * m * _EPS
     bmax = 0.0
     for i in range(m):
-        scale = max(scale, abs(K[i, i]))
         bmax = max(bmax, abs(b[i]))
-    tol = 10.0 * m * 2.220446049250313e-16 * max(scale, 1e-300) * max(1.0, bmax)
+    tol = rel * bmax  # in the units of b
     passive = np.zeros(m, dtype=np.bool_)
     banned = np.zeros(m, dtype=np.bool_)
     order = np.empty(m, dtype=np.int64)
@@ -222,9 +264,12 @@ def _nnls_one(K, b, max_iter, w):
         p += 1
     if m > 0 and p == m:
         _chol_solve(L, b, order, m, s, y)
+        smax = 0.0
+        for i in range(m):
+            smax = max(smax, abs(s[i]))
         pos = True
         for i in range(m):
-            pos = pos and s[i] > tol
+            pos = pos and s[i] > rel * smax
         if pos:
             w[:] = s
             return
@@ -255,9 +300,12 @@ def _nnls_one(K, b, max_iter, w):
                     alpha = min(alpha, w[i] / (w[i] - s[i]))
             if not any_bad:
                 break
+            wmax = 0.0
             for i in range(m):
                 w[i] += alpha * (s[i] - w[i])
-                if passive[i] and not w[i] > tol:
+                wmax = max(wmax, abs(w[i]))
+            for i in range(m):
+                if passive[i] and not w[i] > rel * wmax:
                     passive[i] = False
                 if not passive[i]:
                     w[i] = 0.0

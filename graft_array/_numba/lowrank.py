@@ -41,9 +41,8 @@ from numba.extending import intrinsic
 from .maxvol import (_FM, _Vec, _lane_reduce, _prefetch_at, _simd_width, _vbcast, _vec_call, _vfnma, _vload, _vmul, _vsplat,
                      _vstore, _vsuffix, _vzero)
 
-__all__ = ["batch_gram", "gram_ritz", "cholqr_rows"]
+__all__ = ["batch_gram", "gram_ritz", "cholqr_rows", "batch_abs_max"]
 
-_TINY_SQRT = math.sqrt(np.finfo(np.float64).smallest_normal)
 _EPS = float(np.finfo(np.float64).eps)
 _PAD = 16  # scratch rows are padded to a multiple of 16 elements (4 float64 vectors, 2 float32 vectors)
 _QL_MAX_ITERS = 30
@@ -222,6 +221,42 @@ def _gram_stack(F, G):
         _syrk(F[b], G[b], n, d, F[min(b + 1, nb - 1)].reshape(n * d), step)
 
 
+@njit(cache=True, nogil=True)
+def _abs_max_bits(bits, cols, mask, out):
+    """out[b] = max over batch b's first ``cols`` columns of ``bits & mask`` (|x| as an unsigned integer)."""
+    nb, n, _ = bits.shape
+    for b in range(nb):
+        m = mask - mask
+        for i in range(n):
+            for t in range(cols):
+                v = bits[b, i, t] & mask
+                m = v if v > m else m
+        out[b] = m
+
+
+def batch_abs_max(F, cols=None):
+    """max |F_b[:, :cols]| for each batch of F (B, n, d), float32 or float64: NumPy float64 (B,).
+
+    One integer pass (vectorised unsigned maxima of the bits without the sign):
+    NaN or infinity anywhere in a batch makes its maximum NaN or infinity, so
+    the pass also tells whether the batch is finite. The twin of
+    :func:`graft_array._agnostic.criterion.batch_abs_max`.
+    """
+    if F.dtype.kind != "f" or F.dtype.itemsize not in (4, 8) or not F.dtype.isnative:
+        F = F.astype(np.float64)  # the bits below are those of native float32 / float64
+    F = np.ascontiguousarray(F)
+    nb, n, d = F.shape
+    cols = d if cols is None else cols
+    if F.dtype == np.float32:
+        bits, mask = F.view(np.uint32), np.uint32(0x7FFFFFFF)
+    else:
+        bits, mask = F.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF)
+    out = np.zeros(nb, dtype=bits.dtype)
+    if nb and n and cols:
+        _abs_max_bits(bits, cols, mask, out)
+    return out.view(F.dtype).astype(np.float64)
+
+
 def batch_gram(F):
     """``F_b F_b^T`` for each batch of F (B, n, d), float32 or float64, in F's dtype: (B, n, n), symmetric.
 
@@ -256,13 +291,13 @@ def _cholesky_shifted(S, Lt, dinv, n, l):
     trace = 0.0
     for a in range(l):
         trace += S[a, a]
-    shift = (n + l) * _EPS * trace + _TINY_SQRT  # keeps a rank-deficient block defined
+    shift = (n + l) * _EPS * trace if trace > 0.0 else 1.0  # keeps a rank-deficient block defined (homogeneous)
     for c in range(l):
         for j in range(lp):
             Lt[c, j] = 0.0
     for c in range(l):
         x = S[c, c] + shift
-        lcc = math.sqrt(x) if x > 0.0 else _TINY_SQRT
+        lcc = math.sqrt(x) if x > 0.0 else math.sqrt(shift)
         inv = 1.0 / lcc
         dinv[c] = inv
         Lt[c, c] = lcc
