@@ -25,6 +25,11 @@ def _rows(data, lo, hi, name):
         block = data.iloc[lo:hi].to_numpy()
     else:
         block = data[lo:hi]
+    if isinstance(block, np.ma.MaskedArray):
+        raise TypeError(
+            f"{_FUNC} expects '{name}' without a mask; got a numpy masked array, whose mask would be ignored. "
+            f"Pass numpy.ma.getdata({name}) or {name}.filled(value)."
+        )
     block = np.asarray(block)
     if block.ndim == 1:
         block = block[:, None]
@@ -35,6 +40,11 @@ def _rows(data, lo, hi, name):
             block = block.astype(np.float64)
         else:
             raise ValueError(f"{_FUNC} expects '{name}' with real numbers; got dtype {block.dtype}.")
+    if block.dtype.itemsize > 8:  # float16 is upcast and byte order made native by select
+        raise ValueError(
+            f"{_FUNC} expects '{name}' with dtype float16, float32 or float64; got dtype {block.dtype}. Extended "
+            f"precision is not supported (and is not narrowed silently): cast with {name}.astype(numpy.float64)."
+        )
     return block
 
 
@@ -72,7 +82,7 @@ def select_dataset(
     fraction : float, default=0.25
     progress : bool, default=True
         Show a tqdm progress bar (on stderr).
-    random_state : None, int or numpy.random.Generator
+    random_state : None, non-negative int or numpy.random.Generator
         Seeds the randomized low-rank solver (and ``strategy="random"``): the
         result equals one :func:`graft_array.select` call over all the batches with the same
         ``random_state`` (a Generator moves on by the same one draw).
@@ -108,7 +118,7 @@ def select_dataset(
     for part, name in zip(parts, names):
         if _length(part, name) != n:
             raise ValueError(f"{_FUNC} expects '{name}' to have one row per row of 'X' ({n}); got {len(part)}.")
-    rng = _check_random_state(random_state)
+    rng = _check_random_state(random_state, _FUNC)
     state = rng.bit_generator.state
 
     def replay():

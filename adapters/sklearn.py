@@ -12,7 +12,6 @@
 This module imports scikit-learn (1.6 or newer); ``import graft_array`` never does.
 """
 
-import numbers
 import warnings
 
 import numpy as np
@@ -37,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._common import METHODS, STRATEGIES
 from .._select import SOLVERS, LastLayerGrads, select
-from .._validation import check_bool, check_int, check_option, check_real
+from .._validation import check_bool, check_int, check_option, check_random_state, check_real
 
 __all__ = ["GraftSampler", "GraftSubsetEstimator"]
 
@@ -49,16 +48,7 @@ _REGRESSION = ("continuous", "continuous-multioutput")
 
 def _generator(random_state, owner):
     """A numpy Generator from sklearn-style ``random_state`` (None, int, RandomState, Generator); no global RNG."""
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if random_state is None or (isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool)):
-        return np.random.default_rng(random_state)
-    if isinstance(random_state, np.random.RandomState):  # sklearn convention: the caller's state advances
-        return np.random.default_rng(int(random_state.randint(np.iinfo(np.int32).max)))
-    raise TypeError(
-        f"The 'random_state' parameter of {owner} must be None, an int, a numpy RandomState or a numpy "
-        f"Generator. Got {random_state!r} instead."
-    )
+    return check_random_state(random_state, "random_state", owner, legacy=True)
 
 
 def _rows_of(data, idx):
@@ -152,7 +142,7 @@ class GraftSampler(BaseEstimator):
         ``indices_`` are still rows of the caller's ``X``.
     backend : {"auto", "numba", "array_api", "cuda"}, default="auto"
         Backend of :func:`graft_array.select`.
-    random_state : None, int, numpy RandomState or Generator, default=None
+    random_state : None, non-negative int, numpy RandomState or Generator, default=None
         Seeds the shuffle and the randomized low-rank solver (one
         ``numpy.random.Generator`` made from it: the permutation is drawn first,
         then :func:`graft_array.select` draws its seed). No global RNG is used;

@@ -52,7 +52,6 @@ random number generator: every random choice comes from the object's own
 """
 
 import math
-import numbers
 
 import numpy as np
 import torch
@@ -60,7 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .._select import LastLayerGrads, select
-from .._validation import check_bool, check_int, check_real
+from .._validation import check_bool, check_int, check_random_state, check_real
 
 __all__ = [
     "GraftBatchSelector",
@@ -165,14 +164,7 @@ def _check_select_kwargs(kwargs, func):
 
 
 def _numpy_rng(random_state, func):
-    if random_state is None or isinstance(random_state, np.random.Generator):
-        return np.random.default_rng(random_state)
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return np.random.default_rng(int(random_state))
-    raise TypeError(
-        f"The 'random_state' parameter of {func} must be None, an int or a numpy Generator. "
-        f"Got {random_state!r} instead."
-    )
+    return check_random_state(random_state, "random_state", func)
 
 
 def _float(t):
@@ -472,7 +464,7 @@ class GraftBatchSelector(_Sketcher):
         What the low-rank/MaxVol step sees (module docstring).
     eval_mode : bool, default=True
         Run the selection forward in eval mode; the train/eval flags are restored.
-    random_state : None, int or numpy.random.Generator
+    random_state : None, non-negative int or numpy.random.Generator
         Seeds the randomized low-rank solver (the selector's own generator).
     **select_kwargs
         Passed to :func:`graft_array.select` (strategy, gradmatch_lambda, rank,

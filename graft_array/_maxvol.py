@@ -2,13 +2,12 @@
 
 import warnings
 
-import numpy as np
-
 from ._backends import kernel, resolve
 from ._common import METHODS
 from ._exceptions import ConvergenceWarning, RankDeficiencyWarning
 from ._namespace import device_of, from_numpy_like, to_numpy_view
 from ._validation import (
+    as_kernel_dtype,
     check_array,
     check_bool,
     check_int,
@@ -30,7 +29,13 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
     V : array of shape (n, r) or (batch, n, r), float32 or float64
         One row per sample (e.g. the top-r left singular vectors of a feature
         matrix). NumPy, PyTorch (CPU or CUDA), CuPy or any array-API array. It is
-        never modified.
+        never modified. Dtype rule: float16 (and torch bfloat16) is upcast to
+        float32; extended precision (numpy.longdouble, float96 / float128) is
+        refused with a ValueError (cast it to float64 yourself: it is never
+        narrowed silently); a NumPy array in non-native byte order is read
+        through a native copy (same rows as the native array); a tensor that
+        requires grad is detached. NumPy masked arrays and sparse or meta
+        tensors are refused.
     k : int
         Number of rows to select, ``1 <= k <= n``. ``k > r`` extends the square
         selection greedily (rect_maxvol, Mikhalev & Oseledets 2018).
@@ -89,6 +94,7 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
     in float64. Memory is O(n r) per batch: no n x n matrix is ever formed.
     """
     xp = check_array(V, "V", _FUNC, ndims=(2, 3), shape_doc="(n, r) or (batch, n, r)")
+    V0, V = V, as_kernel_dtype(V, "V", _FUNC)  # V0: what the caller passed, for the messages
     n, r = V.shape[-2], V.shape[-1]
     k = check_int(k, "k", _FUNC, low=1, high=n)
     method = check_option(method, "method", _FUNC, METHODS)
@@ -109,21 +115,17 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
 
     if name == "numba":
         Vn = to_numpy_view(V)
-        if Vn.dtype == np.float16:
-            Vn = Vn.astype(np.float32)
         V3 = Vn if batched else Vn[None]
         res = run(V3, k, check_finite=True, **opts)  # the NaN / inf check is fused into the kernels' first pass
         if res is None:
-            raise nonfinite_error("V", _FUNC, V)
+            raise nonfinite_error("V", _FUNC, V0)
         pivots, ranks, converged, _ = res
         ranks, converged = ranks.tolist(), converged.tolist()
         out = from_numpy_like(pivots if batched else pivots[0], V)
     else:
         if not bool(xp.all(xp.isfinite(V))):
-            raise nonfinite_error("V", _FUNC, V)
+            raise nonfinite_error("V", _FUNC, V0)
         V3 = V if batched else xp.expand_dims(V, axis=0)
-        if V3.dtype == getattr(xp, "float16", None):
-            V3 = xp.astype(V3, xp.float32)
         dev = device_of(V)
         pivots, ranks, converged, _ = run(V3, k, xp=xp, device=dev, **opts)
         out = xp.asarray(pivots if batched else pivots[0], dtype=xp.int64, device=dev)

@@ -13,6 +13,7 @@ __all__ = [
     "describe",
     "device_of",
     "is_array",
+    "is_torch_array",
     "to_numpy_view",
     "from_numpy_like",
 ]
@@ -21,6 +22,11 @@ __all__ = [
 def is_array(x):
     """True for anything with an array-API namespace (NumPy, torch, CuPy, array-api-strict, ...)."""
     return aac.is_array_api_obj(x)
+
+
+def is_torch_array(x):
+    """True for a torch tensor (without importing torch)."""
+    return aac.is_torch_array(x)
 
 
 def array_namespace(*arrays):

@@ -2,7 +2,6 @@
 
 import contextlib
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -13,7 +12,16 @@ from ._backends import kernel, resolve
 from ._common import METHODS, STRATEGIES
 from ._exceptions import GradientRankWarning
 from ._namespace import array_namespace, describe, device_of, from_numpy_like, is_array, to_numpy_view
-from ._validation import check_array, check_bool, check_int, check_option, check_real, nonfinite_error
+from ._validation import (
+    as_kernel_dtype,
+    check_array,
+    check_bool,
+    check_int,
+    check_option,
+    check_random_state,
+    check_real,
+    nonfinite_error,
+)
 
 __all__ = ["select", "Selection", "LastLayerGrads"]
 
@@ -124,6 +132,11 @@ def select(
        is the unconstrained projection residual, so the weighted fit's
        residual is at least rho(m).
 
+    Nothing depends on the magnitude of the features or of the gradients:
+    scaling the features, or every gradient, by any c > 0 gives the same rows and
+    weights (each batch is scaled internally by an exact power of two, so that no
+    Gram overflows or underflows; for c = 2^j the results are the same bits).
+
     Every batch is selected independently; all batches go through one compiled
     call per step (Numba: parallel over batches; the low-rank step runs chunks of
     batches in threads with BLAS kept to one thread each).
@@ -184,6 +197,16 @@ def select(
     grads : None, array (n, p) / (batch, n, p) / list of (n_b, p), or :class:`LastLayerGrads`
         Per-sample gradients, laid out like ``features``. ``None``: features only,
         ``round(fraction * n)`` rows per batch. Required by "craig" and "gradmatch".
+
+        Dtype rule for ``features``, ``grads`` (arrays and lists) and both parts of
+        :class:`LastLayerGrads`: float32 and float64 are used as they are;
+        float16 (and torch bfloat16) is upcast to float32; extended precision
+        (numpy.longdouble, float96 / float128) is refused with a ValueError
+        naming the argument (cast it to float64 yourself: it is never narrowed
+        silently); a NumPy array in non-native byte order is read through a
+        native copy (same result as the native array); a tensor that requires
+        grad is detached. NumPy masked arrays (use ``mask``), sparse and meta
+        tensors are refused. Inputs are never modified.
     strategy : {"graft", "random", "craig", "gradmatch"}, default="graft"
         GRAFT, or a baseline with the same API (see above).
     fraction : float in (0, 1], default=0.25
@@ -214,14 +237,19 @@ def select(
         is at most half the batch (2 l <= min(n, d)), else exact. Recorded in the result.
     mask : None or bool array (n,) / (batch, n)
         Rows that are samples (True) in a padded ``features`` array; indices refer
-        to the padded layout. Another way to give ragged batches.
+        to the padded layout. Another way to give ragged batches. Masked-out rows
+        are padding: neither their features nor their gradients are read (they
+        may hold NaN).
     offsets : None or int array (batch,)
         Dataset position of each batch's row 0: indices become ``offsets[b] + i``.
+        Non-negative, with ``offsets[b] + n`` (n: the padded length of a stacked
+        array, n_b for a list of batches) at most 2**63 - 1, so that every index
+        fits int64 (checked in the given dtype, before any cast).
         Default: the position in the concatenation of all batches (``b * n + i``
         for a stacked array).
     return_info : bool
         Return a :class:`Selection` instead of the indices alone.
-    random_state : None, int or numpy.random.Generator
+    random_state : None, non-negative int or numpy.random.Generator
         Seeds the randomized solver (and the "random" strategy) only; no global
         RNG is touched. ``None``: fresh entropy (not reproducible).
     backend : {"auto", "numba", "array_api", "cuda"}
@@ -253,6 +281,7 @@ def select(
         return _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, seed, backend, return_info)
 
     xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
+    Fk = as_kernel_dtype(features, "features", _FUNC)  # features stays the caller's array (messages, output type)
     batched = features.ndim == 3
     nb = features.shape[0] if batched else 1
     n = features.shape[-2]
@@ -260,9 +289,9 @@ def select(
     max_size = check_int(max_size, "max_size", _FUNC, low=1, allow_none=True)
     grads_kind, grads = _check_grads(grads, features, xp, nb, n, batched)
     if offsets is not None:
-        offsets = _check_offsets(offsets, nb)
+        offsets = _check_offsets(offsets, nb, [n] * nb)
     name = resolve(features, backend, _FUNC)
-    F = features if batched else xp.expand_dims(features, axis=0)
+    F = Fk if batched else xp.expand_dims(Fk, axis=0)
     starts = np.arange(nb, dtype=np.int64) * n if offsets is None else offsets
     res = _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, features, starts)
 
@@ -353,7 +382,7 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
 
     solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
     run = _select_numba if name == "numba" else _select_generic
-    try:  # the low-rank step's first product tells whether F is finite (no pass of its own)
+    try:  # the features' per-batch max |entry| (the pass that picks their scale) tells whether F is finite
         with threads:
             pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
     except NonFiniteFeatures:
@@ -366,9 +395,11 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
         what = opts["source"]
         if not finite:
             raise nonfinite_error(what, _FUNC, like) from None
+        # features and gradient residuals are scaled per batch (_unit_features): only the embeddings of
+        # LastLayerGrads, which enter the gradients' Gram as <h_i, h_j> + 1, can still overflow it
         raise ValueError(
-            f"{_FUNC}: the Gram matrix of '{what}' overflows {F.dtype} (entries too large for their "
-            f"precision); scale the {what} down or pass float64. Got {describe(like)}."
+            f"{_FUNC}: the Gram matrix of the per-sample gradients overflows {F.dtype}: <h_i, h_j> + 1 is too "
+            f"large for it; scale 'grads.embeddings' down. Got {describe(like)}."
         ) from None
     return _StackResult(pivots, sizes, residuals, weights, lo, hi, r, solver)
 
@@ -391,8 +422,9 @@ def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, see
     xp = array_namespace(like)
     min_size = check_int(min_size, "min_size", _FUNC, low=1, allow_none=True)
     max_size = check_int(max_size, "max_size", _FUNC, low=1, allow_none=True)
-    if offsets is not None:
-        starts = [int(o) for o in _check_offsets(offsets, nb)]
+    if offsets is not None:  # a padded batch's indices reach its padded length
+        lengths = [int(like.shape[-2])] * nb if positions is not None else [int(F.shape[0]) for F in batches]
+        starts = [int(o) for o in _check_offsets(offsets, nb, lengths)]
     name = resolve(like, backend, _FUNC)
     groups = {}
     for b, F in enumerate(batches):
@@ -454,7 +486,8 @@ def _split_ragged(features, grads, mask):
         if isinstance(features, (list, tuple)):
             raise TypeError("select expects 'mask' only with a padded array of features, not with a list of batches.")
         xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
-        F3 = features if features.ndim == 3 else xp.expand_dims(features, axis=0)
+        F3 = as_kernel_dtype(features, "features", _FUNC)
+        F3 = F3 if features.ndim == 3 else xp.expand_dims(F3, axis=0)
         nb, n = F3.shape[0], F3.shape[1]
         m = np.asarray(to_numpy_view(mask) if is_array(mask) else mask)
         want = (nb, n) if features.ndim == 3 else (n,)
@@ -464,7 +497,13 @@ def _split_ragged(features, grads, mask):
                 f"'features'). Got shape {m.shape}, dtype {m.dtype} instead."
             )
         m = m.reshape(nb, n)
-        grads_kind, gp = _check_grads(grads, features, xp, nb, n, features.ndim == 3)
+        grads_kind, gp = _check_grads(grads, features, xp, nb, n, features.ndim == 3, finite=False)
+        if gp:  # padding is padding: only the rows the mask keeps must be finite
+            pad = xp.asarray(~m, device=device_of(F3))[:, :, None]
+            originals = tuple(grads) if grads_kind == "last_layer" else (grads,)
+            for g, nm, orig in zip(gp, _GRAD_NAMES[grads_kind], originals):
+                if not bool(xp.all(xp.isfinite(g) | pad)):
+                    raise nonfinite_error(nm, _FUNC, orig)
         positions = [np.flatnonzero(m[b]) for b in range(nb)]
         take = [xp.asarray(p, device=device_of(F3)) for p in positions]
         batches = [xp.take(F3[b, ...], take[b], axis=0) for b in range(nb)]
@@ -476,6 +515,7 @@ def _split_ragged(features, grads, mask):
     first = None
     for b, F in enumerate(batches):
         xp = check_array(F, f"features[{b}]", _FUNC, ndims=(2,), shape_doc="(n_b, d)", min_rows=0)
+        batches[b] = as_kernel_dtype(F, f"features[{b}]", _FUNC)
         if first is None:
             first = F
         elif F.shape[1] != first.shape[1] or type(F) is not type(first):
@@ -498,17 +538,49 @@ def _split_ragged(features, grads, mask):
                 f"select expects '{nm}' to be a list of {len(batches)} arrays (one per batch of 'features'); "
                 f"got {describe(lst)}."
             )
-        for b, (g, F) in enumerate(zip(lst, batches)):
-            _check_grads_part(g, f"{nm}[{b}]", F, xp, (int(F.shape[0]),))
-        gparts.append(list(lst))
+        gparts.append([_check_grads_part(g, f"{nm}[{b}]", F, xp, (int(F.shape[0]),))
+                       for b, (g, F) in enumerate(zip(lst, batches))])
     return batches, tuple(gparts), kind, None, starts, first
+
+
+#: features whose largest |entry| is within 2^-e .. 2^e (e by dtype) go to the low-rank step as they are:
+#: no Gram, product with the test matrix or Cholesky QR of theirs (up to fourth powers of the entries, in
+#: the features' precision for the randomized solver) overflows or underflows, and every tolerance there
+#: is homogeneous, so the result is the same bits as for the scaled batch. Others are scaled by 2^k.
+_SAFE_FEATURE_EXP = {np.dtype(np.float32): 16, np.dtype(np.float64): 128}
+_FEATURE_EXP_LIMIT = {np.dtype(np.float32): 126, np.dtype(np.float64): 1000}  # 2^k stays a normal number
+
+
+def _unit_features(xp, F, amax, split):
+    """F (B, n, d) with each batch scaled by the power of two bringing its max |entry| into [1/2, 1), exactly.
+
+    ``amax`` (NumPy (B,)): each batch's max |entry| (of the first ``split``
+    columns, the residuals E of [E | H], when ``split`` is given: the gradients
+    e_i (x) [h_i; 1] scale with E). The top-r left singular vectors, and so the
+    selection, do not change. F comes back as it is (no copy) when every batch
+    is already within 2^+-_SAFE_FEATURE_EXP. Raises :class:`NonFiniteFeatures`
+    when some batch is not finite (the pass that found amax tells).
+    """
+    from ._agnostic.criterion import unit_exponents
+    from ._agnostic.lowrank import NonFiniteFeatures
+
+    if not np.all(np.isfinite(amax)):
+        raise NonFiniteFeatures()
+    dt = np.dtype(np.float32 if xp.finfo(F.dtype).bits == 32 else np.float64)
+    k = unit_exponents(amax, _FEATURE_EXP_LIMIT[dt])
+    if np.all((amax == 0) | (np.abs(k) <= _SAFE_FEATURE_EXP[dt])):
+        return F
+    factor = xp.asarray(np.ldexp(np.ones(k.shape, dtype=dt), k), dtype=F.dtype, device=device_of(F))[:, None, None]
+    if split is None:
+        return F * factor
+    return xp.concat([F[..., :split] * factor, F[..., split:]], axis=-1)
 
 
 def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     """NumPy in, NumPy out: low rank in threads over chunks of batches, the rest in parallel Numba kernels."""
     from ._agnostic.lowrank import lowrank
     from ._numba import criterion as ncrit
-    from ._numba.lowrank import batch_gram, gram_ritz
+    from ._numba.lowrank import batch_abs_max, batch_gram, gram_ritz
     from ._numba.maxvol import run_maxvol
     from ._parallel import map_batches
 
@@ -517,6 +589,7 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
         F = F.astype(np.float32)
 
     def chunk(Fc):
+        Fc = _unit_features(np, Fc, batch_abs_max(Fc, opts["split"]), opts["split"])
         rng = np.random.default_rng(seed)
         return lowrank(Fc, r, solver=solver, xp=np, rng=rng, gram=batch_gram, ritz=gram_ritz, check_finite=True,
                        split=opts["split"])[0]
@@ -547,6 +620,7 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     nb, n, _ = F.shape
     if F.dtype == getattr(xp, "float16", None):
         F = xp.astype(F, xp.float32)
+    F = _unit_features(xp, F, criterion.batch_abs_max(xp, F, opts["split"]), opts["split"])
     V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed), check_finite=True,
                       split=opts["split"])
     run = kernel("maxvol", name)
@@ -648,32 +722,43 @@ def _residuals_embeddings(e, h, at, ndims, doc_e, doc_h):
             f"select expects 'grads.embeddings{at}' with one row per row of 'grads.residuals{at}', in the same "
             f"array library; got {describe(h)} and {describe(e)}."
         )
+    e, h = as_kernel_dtype(e, f"grads.residuals{at}", _FUNC), as_kernel_dtype(h, f"grads.embeddings{at}", _FUNC)
     dt = xp.result_type(e.dtype, h.dtype)
     return xp.concat([xp.astype(e, dt), xp.astype(h, dt)], axis=-1)
 
 
-def _check_random_state(random_state):
-    if random_state is None or isinstance(random_state, (numbers.Integral, np.random.Generator)):
-        if isinstance(random_state, bool):
-            raise TypeError(f"The 'random_state' parameter of select must be None, an int or a numpy Generator. Got {random_state!r} instead.")
-        return np.random.default_rng(random_state)
-    raise TypeError(
-        f"The 'random_state' parameter of select must be None, an int or a numpy Generator. Got {random_state!r} instead."
-    )
+def _check_random_state(random_state, func=_FUNC):
+    """A numpy Generator from None, a non-negative int or a Generator (the Generator itself)."""
+    return check_random_state(random_state, "random_state", func)
 
 
-def _check_offsets(offsets, nb):
+_INT64_MAX = 2**63 - 1
+
+
+def _check_offsets(offsets, nb, lengths):
+    """(nb,) int64 dataset positions; every ``offsets[b] + lengths[b]`` must fit int64, checked before the cast."""
     off = np.asarray(offsets)
     if off.shape != (nb,) or not np.issubdtype(off.dtype, np.integer):
         raise ValueError(
             f"The 'offsets' parameter of select must be an int array of shape ({nb},) (one per batch). "
             f"Got shape {off.shape}, dtype {off.dtype} instead."
         )
+    for b, (o, n) in enumerate(zip(off.tolist(), lengths)):  # Python ints: no wrap-around in any dtype
+        if o < 0 or o + n > _INT64_MAX:
+            raise ValueError(
+                f"The 'offsets' parameter of select must hold non-negative dataset positions with offsets[b] + n_b "
+                f"<= 2**63 - 1 (every index an int64). Got offsets[{b}] = {o} (n_b = {n}) instead."
+            )
     return off.astype(np.int64)
 
 
-def _check_grads_part(part, nm, features, xp, want):
-    """One gradient array: right ndim, one row per sample, same library as features, finite."""
+_GRAD_NAMES = {"plain": ("grads",), "last_layer": ("grads.residuals", "grads.embeddings")}
+
+
+def _check_grads_part(part, nm, features, xp, want, *, finite=True):
+    """One gradient array: right ndim, one row per sample, same library as features, finite (with ``finite``).
+
+    Returns it as the kernels take it (:func:`as_kernel_dtype`)."""
     check_array(part, nm, _FUNC, ndims=(len(want) + 1,), shape_doc="(batch, n, p)" if len(want) == 2 else "(n, p)",
                 min_rows=0)
     if tuple(part.shape[:-1]) != want:
@@ -684,11 +769,12 @@ def _check_grads_part(part, nm, features, xp, want):
     pxp = array_namespace(part)
     if pxp is not xp and type(part) is not type(features):
         raise TypeError(f"select expects '{nm}' in the same array library as 'features'; got {describe(part)}.")
-    if not bool(pxp.all(pxp.isfinite(part))):
+    if finite and not bool(pxp.all(pxp.isfinite(part))):
         raise nonfinite_error(nm, _FUNC, part)
+    return as_kernel_dtype(part, nm, _FUNC)
 
 
-def _check_grads(grads, features, xp, nb, n, batched):
+def _check_grads(grads, features, xp, nb, n, batched, *, finite=True):
     if grads is None:
         return None, ()
     if isinstance(grads, LastLayerGrads):
@@ -701,7 +787,6 @@ def _check_grads(grads, features, xp, nb, n, batched):
             f"embeddings); got {describe(grads)}."
         )
     want = (nb, n) if batched else (n,)
-    for part, nm in zip(parts, names):
-        _check_grads_part(part, nm, features, xp, want)
+    parts = [_check_grads_part(part, nm, features, xp, want, finite=finite) for part, nm in zip(parts, names)]
     parts = tuple(p if batched else xp.expand_dims(p, axis=0) for p in parts)
     return kind, parts
