@@ -584,9 +584,7 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     from ._numba.maxvol import run_maxvol
     from ._parallel import map_batches
 
-    nb, n, _ = F.shape
-    if F.dtype == np.float16:
-        F = F.astype(np.float32)
+    nb, n, _ = F.shape  # already float32 / float64 (as_kernel_dtype at the entry)
 
     def chunk(Fc):
         Fc = _unit_features(np, Fc, batch_abs_max(Fc, opts["split"]), opts["split"])
@@ -617,9 +615,7 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
 
     xp = array_namespace(F)
     dev = device_of(F)
-    nb, n, _ = F.shape
-    if F.dtype == getattr(xp, "float16", None):
-        F = xp.astype(F, xp.float32)
+    nb, n, _ = F.shape  # already float32 / float64 (as_kernel_dtype at the entry)
     F = _unit_features(xp, F, criterion.batch_abs_max(xp, F, opts["split"]), opts["split"])
     V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed), check_finite=True,
                       split=opts["split"])
