@@ -24,10 +24,13 @@ Contract (shared by every backend and by :mod:`graft_array.testing`)
   lowered to the number of pivots taken) when Gauss-Jordan with partial
   pivoting on A_S meets a pivot <= 8 k eps64 max|A_S|;
 * scale: the float64 computations (norms, volume, k > r, refine) run on the
-  batch times 2^-e, e the exponent of its max |entry| (exact), and deim /
-  tournament eliminate on the batch times 2^-e when max|V_b| is outside
-  [2^-60, 2^60] (float32) or [2^-500, 2^500] (float64): the rows of V 2^j are
-  those of V whenever V 2^j is exactly representable.
+  batch (for refine: on A) as it is when its largest squared row norm is in
+  [2^-512, 2^512], else on it times 2^-e, e the exponent of its max |entry|
+  (exact), and deim / tournament eliminate on the batch times 2^-e when
+  max|V_b| is outside [2^-60, 2^60] (float32) or [2^-500, 2^500] (float64):
+  the rows of V 2^j are those of V whenever V 2^j is exactly representable.
+  (Inside the first band no square over- or underflows down to 2^-255 times
+  the largest row norm; float32 input is always inside it.)
 """
 
 import math
@@ -68,12 +71,23 @@ def _pow2_scale(m):
 
 
 def _scaled64(ctx, V):
-    """``(V as float64) * 2^-e``, e the exponent of ``max |V|`` (exact)."""
+    """``V`` as float64, times ``2^-e`` (e the exponent of ``max |V|``, exact) if its largest squared row norm is
+    outside ``[2^-512, 2^512]`` (the band of the Numba kernels' ``_sq_in_band``).
+
+    The norm is taken on the scaled copy (no overflow warning) and its
+    exponent shifted back by ``2 e``.
+    """
     xp = ctx.xp
     X = xp.astype(V, xp.float64)
     if X.shape[0] * X.shape[1] == 0:
         return X
-    return X * _pow2_scale(float(xp.max(xp.abs(X))))
+    amax = float(xp.max(xp.abs(X)))
+    if not 0.0 < amax < math.inf:  # zero (nothing to scale), NaN or infinity (as it is)
+        return X
+    e = max(math.frexp(amax)[1], -1022)
+    Xs = X * math.ldexp(1.0, -e)
+    big = float(xp.max(xp.sum(Xs * Xs, axis=1)))  # in [0.25, r]
+    return X if -512.0 <= math.log2(big) + 2 * e <= 512.0 else Xs
 
 
 def _elim_scale(dtype_eps, vmax):

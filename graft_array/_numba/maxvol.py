@@ -192,12 +192,37 @@ def _simd_width_ol(a):
 # ---------------------------------------------------------------------------
 # Exact power-of-two scaling (scale invariance at the ends of the range)
 # ---------------------------------------------------------------------------
-# Squares and dot products of |V| ~ 1e200 overflow, of float32 1e-30 underflow.
-# The kernels that form them scale each batch by 2^-e, e the exponent of its
-# max |entry|, as the values are loaded: exact, so the rows for V 2^j are the
-# rows for V whenever V 2^j is exactly representable. The DEIM eliminations
-# (in V's dtype) scale their work buffer only when max |V_b| leaves a wide
-# band around 1 (one compare per batch on the hot path).
+# Squares and dot products of |V| ~ 1e200 overflow, of 1e-200 underflow.
+#
+# The float64 kernels (row norms, volume, k > r, refine) load V's values as
+# float64 and run on the batch itself (refine: on A = V_b[:, :k]) whenever its
+# largest squared row norm s (float64, the volume / k > r / fill-norm kernels
+# have it from their first pass; refine makes one O(n k) pass) lies in the
+# band [2^-512, 2^512], i.e. the largest row norm M is in [2^-256, 2^256].
+# Outside it they run on a float64 copy times 2^-e, e the exponent of its
+# max |entry| (exact; M is then in [0.5, sqrt(r)), inside the band). Why this
+# band: inside it every square, Gram entry and sum of squares is at most
+# about r 2^512 (finite), and every quantity down to 2^-255 M (row norms,
+# residual norms and their downdates, the rank tolerance
+# max(n, r) eps M >= 2^-308) has a normal square (>= 2^-1022), 200 binary
+# orders of magnitude below the tolerance; refine forms no squares, only
+# ratios to entries of A_S. So no value that decides a pivot is rounded by an
+# over- or underflow, and as the kernels are homogeneous (relative
+# tolerances, orthonormal directions, B = A inv(A_S) scale-free) and power-of-
+# two scaling is exact, the rows of V 2^j are the rows of V whenever V 2^j is
+# exactly representable, across the band's edges too (only the order among
+# fill rows of norm below 2^-255 M, numerically zero rows, could depend on
+# the scale). float32 input never leaves the band (its squares, and sums of
+# n of them, are far inside float64's range): it only gets float64
+# accumulation, never a copy. Data of ordinary magnitude is inside the band:
+# no extra multiply, fence or copy on the hot path.
+#
+# The DEIM eliminations (in V's dtype) scale their work buffer only when
+# max |V_b| leaves a wide band around 1 (:func:`_elim_scale`, one compare per
+# batch on the hot path).
+
+_SQ_LO = 2.0 ** -512  # band of the largest squared row norm of a float64 kernel's input (see above)
+_SQ_HI = 2.0 ** 512
 
 
 @njit(cache=True, nogil=True)
@@ -213,30 +238,55 @@ def _pow2_scale(m):
     return math.ldexp(1.0, -max(e, -1022))
 
 
-@intrinsic
-def _fence(typingctx, x):
-    """``llvm.arithmetic.fence``: ``x`` unchanged, but fast-math reassociation never crosses it."""
-    if not isinstance(x, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        lty = context.get_value_type(x)
-        name = "llvm.arithmetic.fence.f32" if x == types.float32 else "llvm.arithmetic.fence.f64"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lty, [lty]), name)
-        return builder.call(fn, args)
-
-    return x(x), codegen
+@njit(cache=True, nogil=True)
+def _sq_in_band(s):
+    """The largest squared row norm ``s`` allows a float64 kernel to run unscaled (False for NaN)."""
+    return _SQ_LO <= s <= _SQ_HI
 
 
 @njit(cache=True, nogil=True)
-def _ld(X, i, t, sc):
-    """``X[i, t] * sc`` in float64: exact for a power of two ``sc``.
+def _max0(x):
+    """``max(x)`` of a 1-D float64 array, 0 if empty (NaN propagates)."""
+    m = 0.0
+    for i in range(x.shape[0]):
+        v = x[i]
+        if v > m or v != v:
+            m = v
+            if v != v:
+                break
+    return m
 
-    Fenced: inside a fast-math kernel ``(x sc) (y sc)`` could otherwise be
-    reassociated into ``(x y) (sc sc)``, which over- or underflows. (Numba's
-    ``float(x)`` keeps a float32 ``x`` float32; this is float64 for both dtypes.)
+
+@njit(cache=True, nogil=True)
+def _scaled64(X, rows, c):
+    """float64 copy of ``X[rows, :c]`` times ``2^-e``, e the exponent of its max ``|entry|`` (exact).
+
+    Used only outside the band (:func:`_sq_in_band`); rare, so plain loops.
     """
-    return _fence(np.float64(X[i, t]) * sc)
+    m = rows.shape[0]
+    amax = 0.0
+    for i in range(m):
+        for t in range(c):
+            amax = max(amax, abs(np.float64(X[rows[i], t])))
+    sc = _pow2_scale(amax)
+    Xs = np.empty((m, c))
+    for i in range(m):
+        for t in range(c):
+            Xs[i, t] = np.float64(X[rows[i], t]) * sc
+    return Xs
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _max_sq_norm(X, c):
+    """Largest ``||X[i, :c]||^2`` (float64 accumulation), 0 if ``X`` has no rows."""
+    big = 0.0
+    for i in range(X.shape[0]):
+        s = 0.0
+        for t in range(np.uint64(c)):
+            v = np.float64(X[i, t])
+            s += v * v
+        big = max(big, s)
+    return big
 
 
 def _elim_band(a):  # pragma: no cover - replaced by the overload inside compiled code
@@ -913,24 +963,32 @@ def _pivot_row(U, W, s, j0, p, f, c0, c1):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _row_norms(Vb, rows, m, nrm):
-    """Euclidean norms (float64) of the full rows ``Vb[rows[i], :]``, ``i < m``, times a common power of two.
-
-    The rows are scaled by :func:`_pow2_scale` of their max ``|entry|`` (the
-    norms are only compared with each other), so no square overflows or underflows.
-    """
-    r = Vb.shape[1]
-    vmax = 0.0
-    for i in range(m):
-        for t in range(r):
-            vmax = max(vmax, abs(np.float64(Vb[rows[i], t])))
-    sc = _pow2_scale(vmax)
+def _sq_row_norms(X, rows, m, out):
+    """``out[i] = ||X[rows[i], :]||^2`` (float64 accumulation) for ``i < m``; returns the largest (0 if ``m == 0``)."""
+    r = X.shape[1]
+    big = 0.0
     for i in range(m):
         s = 0.0
         for t in range(r):
-            v = _ld(Vb, rows[i], t, sc)
+            v = np.float64(X[rows[i], t])
             s += v * v
-        nrm[i] = math.sqrt(s)
+        out[i] = s
+        big = max(big, s)
+    return big
+
+
+@njit(cache=True, nogil=True)
+def _row_norms(Vb, rows, m, nrm):
+    """Euclidean norms (float64) of the full rows ``Vb[rows[i], :]``, ``i < m``, times a common power of two.
+
+    The rows are used as they are inside the band (:func:`_sq_in_band`), else
+    scaled by :func:`_scaled64` (the norms are only compared with each other).
+    """
+    if not _sq_in_band(_sq_row_norms(Vb, rows, m, nrm)):
+        Xs = _scaled64(Vb, rows[:m], Vb.shape[1])
+        _sq_row_norms(Xs, np.arange(m), m, nrm)
+    for i in range(m):
+        nrm[i] = math.sqrt(nrm[i])
 
 
 @njit(cache=True, nogil=True)
@@ -1935,45 +1993,35 @@ def _tournament_batched(V, kk, T, eps, nthreads):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _dot_rq(X, i, Q, l, sc):
-    """``(sc X[i, :]) . Q[l, :]`` in float64 (X float32 or float64)."""
+def _dot_rq(X, i, Q, l):
+    """``X[i, :] . Q[l, :]`` in float64 (X float32 or float64)."""
     iu = np.uint64(i)
     lu = np.uint64(l)
     s = 0.0
     for t in range(np.uint64(X.shape[1])):
-        s += _ld(X, iu, t, sc) * Q[lu, t]
+        s += np.float64(X[iu, t]) * Q[lu, t]
     return s
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _dot_rv(X, i, u):
-    """``X[i, :] . u`` in float64."""
+def _dot_rr(X, i):
+    """``||X[i, :]||^2`` in float64 (X float32 or float64)."""
     iu = np.uint64(i)
     s = 0.0
     for t in range(np.uint64(X.shape[1])):
-        s += float(X[iu, t]) * u[t]
-    return s
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _dot_rr(X, i, sc):
-    """``||sc X[i, :]||^2`` in float64."""
-    iu = np.uint64(i)
-    s = 0.0
-    for t in range(np.uint64(X.shape[1])):
-        v = _ld(X, iu, t, sc)
+        v = np.float64(X[iu, t])
         s += v * v
     return s
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _exact_residual(X, i, Q, nq, res, sc):
-    """``||x_i - sum_{l<nq} (x_i . q_l) q_l||^2``, ``x_i = sc X[i, :]`` (the geqp3-style explicit recomputation)."""
+def _exact_residual(X, i, Q, nq, res):
+    """``||x_i - sum_{l<nq} (x_i . q_l) q_l||^2`` (the geqp3-style explicit recomputation)."""
     r = X.shape[1]
     for t in range(r):
-        res[t] = _ld(X, i, t, sc)
+        res[t] = np.float64(X[i, t])
     for l in range(nq):
-        c = _dot_rq(X, i, Q, l, sc)
+        c = _dot_rq(X, i, Q, l)
         lu = np.uint64(l)
         for t in range(np.uint64(r)):
             res[t] -= c * Q[lu, t]
@@ -1984,8 +2032,8 @@ def _exact_residual(X, i, Q, nq, res, sc):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _dots4(X, i, Q, l, sc):
-    """``(sc X[i, :]) . Q[l + a, :]`` for ``a < 4`` (float64), sharing the loads of the row."""
+def _dots4(X, i, Q, l):
+    """``X[i, :] . Q[l + a, :]`` for ``a < 4`` (float64), sharing the loads of the row."""
     iu = np.uint64(i)
     l0 = np.uint64(l)
     l1 = l0 + np.uint64(1)
@@ -1996,7 +2044,7 @@ def _dots4(X, i, Q, l, sc):
     s2 = 0.0
     s3 = 0.0
     for t in range(np.uint64(X.shape[1])):
-        x = _ld(X, iu, t, sc)
+        x = np.float64(X[iu, t])
         s0 += x * Q[l0, t]
         s1 += x * Q[l1, t]
         s2 += x * Q[l2, t]
@@ -2005,7 +2053,7 @@ def _dots4(X, i, Q, l, sc):
 
 
 @njit(cache=True, nogil=True)
-def _downdate(X, i, Q, l, c, v, rho0, sqeps, res, sc):
+def _downdate(X, i, Q, l, c, v, rho0, sqeps, res):
     """Eager downdate ``v - c^2`` of row ``i`` by direction ``l``, then geqp3's test.
 
     When the result falls to ``sqrt(eps64) * rho0_i`` it is recomputed
@@ -2013,13 +2061,13 @@ def _downdate(X, i, Q, l, c, v, rho0, sqeps, res, sc):
     """
     v -= c * c
     if v <= sqeps * rho0[i]:
-        v = _exact_residual(X, i, Q, l + 1, res, sc)
+        v = _exact_residual(X, i, Q, l + 1, res)
         rho0[i] = v
     return v
 
 
 @njit(cache=True, nogil=True)
-def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res, sc):
+def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res):
     """Apply to row ``i`` the downdates of directions ``done[i] .. nq-1``, in order, exactly as the eager loop.
 
     The dot products (which do not depend on ``rho``) are computed four at a
@@ -2028,14 +2076,14 @@ def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res, sc):
     v = rho[i]
     l = done[i]
     while l + 4 <= nq:
-        c0, c1, c2, c3 = _dots4(X, i, Q, l, sc)
-        v = _downdate(X, i, Q, l, c0, v, rho0, sqeps, res, sc)
-        v = _downdate(X, i, Q, l + 1, c1, v, rho0, sqeps, res, sc)
-        v = _downdate(X, i, Q, l + 2, c2, v, rho0, sqeps, res, sc)
-        v = _downdate(X, i, Q, l + 3, c3, v, rho0, sqeps, res, sc)
+        c0, c1, c2, c3 = _dots4(X, i, Q, l)
+        v = _downdate(X, i, Q, l, c0, v, rho0, sqeps, res)
+        v = _downdate(X, i, Q, l + 1, c1, v, rho0, sqeps, res)
+        v = _downdate(X, i, Q, l + 2, c2, v, rho0, sqeps, res)
+        v = _downdate(X, i, Q, l + 3, c3, v, rho0, sqeps, res)
         l += 4
     while l < nq:
-        v = _downdate(X, i, Q, l, _dot_rq(X, i, Q, l, sc), v, rho0, sqeps, res, sc)
+        v = _downdate(X, i, Q, l, _dot_rq(X, i, Q, l), v, rho0, sqeps, res)
         l += 1
     rho[i] = v
     done[i] = nq
@@ -2043,11 +2091,11 @@ def _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res, sc):
 
 
 @njit(cache=True, nogil=True)
-def _cgs2(X, p, Q, nq, w, sc):
-    """``w = sc x_p`` orthogonalised twice against ``q_0 .. q_{nq-1}`` (CGS2). Returns ``||w||``."""
+def _cgs2(X, p, Q, nq, w):
+    """``w = x_p`` orthogonalised twice against ``q_0 .. q_{nq-1}`` (CGS2). Returns ``||w||``."""
     r = X.shape[1]
     for t in range(r):
-        w[t] = _ld(X, p, t, sc)
+        w[t] = np.float64(X[p, t])
     for _ in range(2):
         for l in range(nq):
             c = 0.0
@@ -2062,7 +2110,7 @@ def _cgs2(X, p, Q, nq, w, sc):
 
 
 @njit(cache=True, nogil=True)
-def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand, sc):
+def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand):
     """Exact argmax of the current residual norms over rows ``[lo, hi)``, starting from ``(best, bi)``.
 
     A row is brought up to date only if its bound ``key`` (last residual norm
@@ -2086,7 +2134,7 @@ def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, 
         i = cand[a]
         if key[i] >= best:
             if done[i] < nq:
-                v = _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res, sc)
+                v = _bring_up(X, i, Q, nq, rho, rho0, done, sqeps, res)
                 key[i] = v + slack * rho0[i]
             else:
                 v = rho[i]
@@ -2097,7 +2145,7 @@ def _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, 
 
 
 @njit(cache=True, nogil=True)
-def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand, sc):
+def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand):
     """Exact ``(max, argmax)`` of the current residual norms over the unselected rows of ``[lo, hi)``.
 
     Seeds with the row of largest bound in the range, then scans the rows
@@ -2112,28 +2160,28 @@ def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, can
             bi = i
     if bi < 0:
         return -np.inf, -1
-    best = _bring_up(X, bi, Q, nq, rho, rho0, done, sqeps, res, sc)
+    best = _bring_up(X, bi, Q, nq, rho, rho0, done, sqeps, res)
     key[bi] = best + slack * rho0[bi]
-    return _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand, sc)
+    return _lazy_scan(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, best, bi, cand)
 
 
 @njit(cache=True, nogil=True)
-def _volume_init(X, sc):
-    """Squared row norms (float64) of ``sc X``: the initial residuals ``rho``, ``rho0`` and bounds ``key``."""
+def _volume_init(X):
+    """Squared row norms (float64) of ``X`` (the initial residuals ``rho``) and their max."""
     n = X.shape[0]
     rho = np.empty(n)
     for i in range(n):
-        rho[i] = _dot_rr(X, i, sc)
-    return rho, rho.copy(), rho.copy()
+        rho[i] = _dot_rr(X, i)
+    return rho, _max0(rho)
 
 
 @njit(cache=True, nogil=True)
-def _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j, sc):
+def _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j):
     """Step ``j`` with residual argmax ``p``: orthogonalise (CGS2), accept or take a fill row.
 
     Returns the new number of directions ``nq``.
     """
-    wn = _cgs2(X, p, Q, nq, w, sc)
+    wn = _cgs2(X, p, Q, nq, w)
     if not wn > tol:
         p = _fill_argmax(nrm, key)
     piv[j] = p
@@ -2153,12 +2201,23 @@ _SLACK = 4.0 * 2.220446049250313e-16  # times (k + 1)(2 r + 2) rho0: bound on a 
 def _volume_one(X, kk, eps, piv):
     """Greedy volume pivots of one batch ``X`` (n, r), lazy residual norms, serial. Returns the rank.
 
-    Runs on ``X 2^-e`` (:func:`_pow2_scale` of ``max |X|``): no square overflows
-    or underflows, and the pivots of ``X 2^j`` are those of ``X``.
+    Runs on ``X`` inside the band (:func:`_sq_in_band`), else on
+    :func:`_scaled64` of it: the pivots of ``X 2^j`` are those of ``X``.
     """
+    rho, big = _volume_init(X)
+    if _sq_in_band(big):
+        return _volume_one_run(X, rho, kk, eps, piv)
+    Xs = _scaled64(X, np.arange(X.shape[0]), X.shape[1])
+    rho, _ = _volume_init(Xs)
+    return _volume_one_run(Xs, rho, kk, eps, piv)
+
+
+@njit(cache=True, nogil=True)
+def _volume_one_run(X, rho, kk, eps, piv):
+    """:func:`_volume_one` on ``X`` as it is, ``rho`` its squared row norms (overwritten)."""
     n, r = X.shape
-    sc = _pow2_scale(_absmax_flat(X.reshape(n * r)))
-    rho, rho0, key = _volume_init(X, sc)
+    rho0 = rho.copy()
+    key = rho.copy()
     nrm = np.sqrt(rho)
     tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
     slack = _SLACK * (kk + 1) * (2 * r + 2)
@@ -2170,22 +2229,33 @@ def _volume_one(X, kk, eps, piv):
     cand = np.empty(n, np.int64)
     nq = 0
     for j in range(kk):
-        _, p = _volume_chunk(X, 0, n, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand, sc)
-        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j, sc)
+        _, p = _volume_chunk(X, 0, n, Q, nq, rho, rho0, done, key, slack, sqeps, res, cand)
+        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j)
     return nq
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _volume_rowpar(X, kk, eps, piv, nparts):
     """:func:`_volume_one` with the rows split into ``nparts`` ranges scanned in parallel.
 
     Each range yields its exact argmax; the lowest-index maximum of those is
     the step's pivot. The per-row arithmetic does not depend on the split, so
-    the pivots are those of the serial kernel.
+    the pivots are those of the serial kernel (same band rule).
     """
+    rho, big = _volume_init(X)
+    if _sq_in_band(big):
+        return _volume_rowpar_run(X, rho, kk, eps, piv, nparts)
+    Xs = _scaled64(X, np.arange(X.shape[0]), X.shape[1])
+    rho, _ = _volume_init(Xs)
+    return _volume_rowpar_run(Xs, rho, kk, eps, piv, nparts)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _volume_rowpar_run(X, rho, kk, eps, piv, nparts):
+    """:func:`_volume_rowpar` on ``X`` as it is, ``rho`` its squared row norms (overwritten)."""
     n, r = X.shape
-    sc = _pow2_scale(_absmax_flat(X.reshape(n * r)))
-    rho, rho0, key = _volume_init(X, sc)
+    rho0 = rho.copy()
+    key = rho.copy()
     nrm = np.sqrt(rho)
     tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
     slack = _SLACK * (kk + 1) * (2 * r + 2)
@@ -2203,14 +2273,14 @@ def _volume_rowpar(X, kk, eps, piv, nparts):
             lo = q * n // nparts
             hi = (q + 1) * n // nparts
             pbest[q], pidx[q] = _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res[q],
-                                              cand[lo:hi], sc)
+                                              cand[lo:hi])
         p = -1
         best = -np.inf
         for q in range(nparts):  # ranges in row order: strict > keeps the lowest index on ties
             if pidx[q] >= 0 and (p < 0 or pbest[q] > best):
                 best = pbest[q]
                 p = pidx[q]
-        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j, sc)
+        nq = _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j)
     return nq
 
 
@@ -2282,50 +2352,42 @@ def _inverse(A):
     return inv, k
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _row_times(X, i, M, y):
-    """``y = X[i, :] @ M`` in float64 (M square float64)."""
-    r = M.shape[0]
-    for t in range(r):
-        y[t] = 0.0
-    for a in range(np.uint64(r)):
-        xa = float(X[np.uint64(i), a])
-        for t in range(np.uint64(r)):
-            y[t] += xa * M[a, t]
-
-
 @njit(cache=True, nogil=True)
 def _rect_one(X, piv, k, rank, out):
     """Extend the ``r`` pivots ``piv`` to ``k > r`` rows (greedy ``det(V_S^T V_S)``), or fill if ``rank < r``.
 
-    Runs on ``X 2^-e`` (:func:`_pow2_scale` of ``max |X|``): no square
-    overflows or underflows, and the rows of ``X 2^j`` are those of ``X``.
+    Runs on ``X`` inside the band (:func:`_sq_in_band`), else on
+    :func:`_scaled64` of it: the rows of ``X 2^j`` are those of ``X``.
     """
+    n = X.shape[0]
+    sq = np.empty(n)
+    for i in range(n):
+        sq[i] = _dot_rr(X, i)
+    if _sq_in_band(_max0(sq)):
+        _rect_run(X, piv, k, rank, out, sq)
+        return
+    Xs = _scaled64(X, np.arange(n), X.shape[1])
+    for i in range(n):
+        sq[i] = _dot_rr(Xs, i)
+    _rect_run(Xs, piv, k, rank, out, sq)
+
+
+@njit(cache=True, nogil=True)
+def _rect_run(X, piv, k, rank, out, sq):
+    """:func:`_rect_one` on ``X`` as it is, ``sq`` its squared row norms."""
     n, r = X.shape
-    sc = _pow2_scale(_absmax_flat(X.reshape(n * r)))
     sel = np.zeros(n, np.bool_)
     for j in range(r):
         out[j] = piv[j]
         sel[piv[j]] = True
-    nrm = np.empty(n)
-    for i in range(n):
-        nrm[i] = math.sqrt(_dot_rr(X, i, sc))
+    nrm = np.sqrt(sq)
     if rank < r:
         for t in range(r, k):
             p = _fill_pick(nrm, sel, n)
             sel[p] = True
             out[t] = p
         return
-    _rect_full(X, k, out, sel, sc, nrm)
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _dotn(x, y, m):
-    """``x[:m] . y[:m]`` (float64 accumulation), unsigned loop so that it vectorises."""
-    acc = 0.0
-    for t in range(np.uint64(m)):
-        acc += float(x[t]) * float(y[t])
-    return acc
+    _rect_full(X, k, out, sel, nrm)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -2336,12 +2398,12 @@ def _axpyn(a, x, y, m):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _rect_full(X, k, out, sel, sc, nrm):
+def _rect_full(X, k, out, sel, nrm):
     """Greedy ``det(V_S^T V_S)`` extension of the ``r`` full-rank pivots in ``out[:r]`` to ``k`` rows.
 
-    On ``sc X`` (``sc`` a power of two). A step whose scores are all NaN (a
-    Gram matrix singular in float64 despite the rank test) takes the fill row
-    (largest ``nrm``, the row norms of ``sc X``), so the rows stay unique.
+    A step whose scores are all NaN (a Gram matrix singular in float64 despite
+    the rank test) takes the fill row (largest ``nrm``, the row norms of ``X``),
+    so the rows stay unique.
 
     With L L^T = V_S^T V_S and z_i = L^-1 x_i, row i adds the factor
     1 + s_i, s_i = x_i^T (V_S^T V_S)^-1 x_i = ||z_i||^2. After adding row p the
@@ -2352,10 +2414,11 @@ def _rect_full(X, k, out, sel, sc, nrm):
     n, r = X.shape
     L = np.zeros((r, r))
     for j in range(r):  # lower triangle of V_S^T V_S, row axpys
+        x = X[out[j]]
         for a in range(r):
-            xa = _ld(X, out[j], a, sc)
+            xa = np.float64(x[a])
             for c in range(a + 1):
-                L[a, c] += xa * _ld(X, out[j], c, sc)
+                L[a, c] += xa * np.float64(x[c])
     for a in range(r):  # Cholesky by rows
         gaa = L[a, a]
         for c in range(a):
@@ -2370,8 +2433,9 @@ def _rect_full(X, k, out, sel, sc, nrm):
         L[a, a] = math.sqrt(acc) if acc > 0.0 else (math.sqrt(2.220446049250313e-16 * gaa) if gaa > 0.0 else 1.0)
     Zt = np.empty((r, n))  # Z^T = L^-1 X^T by rows: contiguous axpys of length n
     for i in range(n):
+        x = X[i]
         for a in range(r):
-            Zt[a, i] = _ld(X, i, a, sc)
+            Zt[a, i] = np.float64(x[a])
     for a in range(r):
         za = Zt[a]
         for t in range(a):
@@ -2426,22 +2490,27 @@ def _rect_batched(V, piv, rank, k):
 def _refine_one(X, piv, tol, max_iters):
     """Goreinov maxvol swaps on ``A = X[:, :k]`` (k = len(piv)), in place on ``piv``.
 
-    Runs on ``A 2^-e`` (:func:`_pow2_scale` of ``max |A|``; ``B`` does not
-    depend on it). Returns ``(converged, iterations, rank)``: ``rank < k`` (from
+    Runs on ``A`` inside the band (:func:`_sq_in_band` of the largest squared
+    row norm of ``A``), else on :func:`_scaled64` of it (``B`` does not depend
+    on the scale). Returns ``(converged, iterations, rank)``: ``rank < k`` (from
     :func:`_inverse`) when the start ``A[piv]`` is numerically singular, and then
     nothing is done.
     """
+    k = piv.shape[0]
+    if _sq_in_band(_max_sq_norm(X, k)):
+        return _refine_run(X, piv, tol, max_iters)
+    return _refine_run(_scaled64(X, np.arange(X.shape[0]), k), piv, tol, max_iters)
+
+
+@njit(cache=True, nogil=True)
+def _refine_run(X, piv, tol, max_iters):
+    """:func:`_refine_one` on ``A = X[:, :k]`` as it is."""
     n = X.shape[0]
     k = piv.shape[0]
-    amax = 0.0
-    for i in range(n):
-        for c in range(k):
-            amax = max(amax, abs(np.float64(X[i, c])))
-    sc = _pow2_scale(amax)
     AS = np.empty((k, k))
     for a in range(k):
         for c in range(k):
-            AS[a, c] = _ld(X, piv[a], c, sc)
+            AS[a, c] = np.float64(X[piv[a], c])
     Ai, rk = _inverse(AS)
     if rk < k:
         return True, 0, rk
@@ -2451,7 +2520,7 @@ def _refine_one(X, piv, tol, max_iters):
         for t in range(k):
             y[t] = 0.0
         for a in range(k):
-            xa = _ld(X, i, a, sc)
+            xa = np.float64(X[i, a])
             for t in range(k):
                 y[t] += xa * Ai[a, t]
         for t in range(k):
