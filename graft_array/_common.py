@@ -1,5 +1,7 @@
 """Small helpers shared by every backend (no heavy imports here)."""
 
+import numpy as np
+
 METHODS = ("deim", "volume", "tournament")
 
 #: selection strategies of select: GRAFT and the baselines with the same API
@@ -28,3 +30,22 @@ def default_tile_rows(n, k_eff):
     lo = max(256, 4 * k)
     hi = max(lo, (1 << 20) // k)
     return int(min(max(t, lo), hi))
+
+
+def unit_exponents(amax, dtype=np.float64):
+    """The exact power-of-two scales of batches: k (int64, ``amax``'s shape) with ``amax * 2^k`` in [1/2, 1).
+
+    ``amax``: each batch's largest |entry| (>= 0). k is 0 where ``amax`` is 0 or
+    not finite, and clamped so that ``2^k`` is a normal number of ``dtype``
+    (float32: [-126, 127], float64: [-1022, 1023]): multiplying a ``dtype``
+    array by it is then exact. At the clamp ``amax * 2^k`` lands in [1/2, 4)
+    (huge batches) or below 1/2 (batches of subnormals). The one rule for every
+    host-side scale; :func:`graft_array._numba.checks.unit_scale` is its Numba
+    twin (float64).
+    """
+    a = np.asarray(amax, dtype=np.float64)
+    fi = np.finfo(dtype)
+    lo, hi = int(fi.minexp), int(fi.maxexp) - 1
+    ok = np.isfinite(a) & (a > 0)
+    k = -np.frexp(np.where(ok, a, 1.0))[1].astype(np.int64)
+    return np.where(ok, np.clip(k, lo, hi), 0).astype(np.int64)

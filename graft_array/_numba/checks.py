@@ -1,9 +1,25 @@
 """Input checks that would cost a temporary array in NumPy."""
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
 _CHUNK = 1 << 16
+
+
+@njit(cache=True, nogil=True)
+def unit_scale(m):
+    """``2^k`` with ``m 2^k`` in [1/2, 1) for a batch of largest |entry| ``m`` (float64; 1.0 for 0 or not finite).
+
+    k is clamped to [-1022, 1023], so that the scale is a normal float64 and
+    multiplying by it is exact. The Numba twin of :func:`graft_array._common.unit_exponents`.
+    """
+    m = np.float64(m)
+    if not (m > 0.0 and m < np.inf):
+        return 1.0
+    k = -math.frexp(m)[1]
+    return math.ldexp(1.0, min(max(k, -1022), 1023))
 
 
 @njit(cache=True, nogil=True, parallel=True)
