@@ -83,7 +83,10 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
         When V (a batch of it) has numerical rank below min(k, r). Each
         deficient step then takes the unselected row of largest Euclidean norm
         (ties: lowest index), so the output still has k unique rows and stays
-        nested.
+        nested. Also when ``refine=True`` finds the block ``V[S, :k]`` of the
+        greedy rows S numerically singular (a pivot of Gauss-Jordan with
+        partial pivoting <= max(n, r) eps max|V|, the greedy step's rule): the
+        refinement is skipped there and the greedy rows are returned.
     ConvergenceWarning
         When ``refine=True`` stops at ``max_iters``.
 
@@ -119,18 +122,20 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
         res = run(V3, k, check_finite=True, **opts)  # the NaN / inf check is fused into the kernels' first pass
         if res is None:
             raise nonfinite_error("V", _FUNC, V0)
-        pivots, ranks, converged, _ = res
-        ranks, converged = ranks.tolist(), converged.tolist()
+        pivots, ranks, converged, iterations = res
+        ranks, converged, iterations = ranks.tolist(), converged.tolist(), iterations.tolist()
         out = from_numpy_like(pivots if batched else pivots[0], V)
     else:
         if not bool(xp.all(xp.isfinite(V))):
             raise nonfinite_error("V", _FUNC, V0)
         V3 = V if batched else xp.expand_dims(V, axis=0)
         dev = device_of(V)
-        pivots, ranks, converged, _ = run(V3, k, xp=xp, device=dev, **opts)
+        pivots, ranks, converged, iterations = run(V3, k, xp=xp, device=dev, **opts)
         out = xp.asarray(pivots if batched else pivots[0], dtype=xp.int64, device=dev)
 
     _warn_rank(ranks, kk, k, batched)
+    if refine:
+        _warn_skipped(iterations, k, batched)
     if refine and not all(converged):
         bad = sum(1 for c in converged if not c)
         where = f" in {bad} of {len(converged)} batches" if batched else ""
@@ -152,6 +157,20 @@ def _warn_rank(ranks, kk, k, batched):
     warnings.warn(
         f"V has numerical rank {low} < min(k, r) = {kk}{where}; the {k - low} remaining position(s) "
         "were filled with the unselected rows of largest Euclidean norm.",
+        RankDeficiencyWarning,
+        stacklevel=3,
+    )
+
+
+def _warn_skipped(iterations, k, batched):
+    """Warn where the kernels skipped refinement (``iterations == -1``): the greedy block was singular."""
+    skipped = [i for i, it in enumerate(iterations) if it < 0]
+    if not skipped:
+        return
+    where = f" in {len(skipped)} of {len(iterations)} batches (first: batch {skipped[0]})" if batched else ""
+    warnings.warn(
+        f"the {k} x {k} block V[S, :{k}] of the greedy rows S is numerically singular{where}; "
+        "refinement was skipped there and the greedy rows are returned.",
         RankDeficiencyWarning,
         stacklevel=3,
     )

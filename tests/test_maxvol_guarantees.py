@@ -4,8 +4,11 @@
   two ``c`` for which ``c V`` is exactly representable, in every method, for
   k <= r, k > r and with refinement (the squared norms of the float64 kernels
   and the DEIM eliminations must neither overflow nor underflow).
-* Refinement from a singular start warns and keeps the start (it used to divide
-  by zero inside a kernel).
+* Refinement from a singular start warns (truthfully: the greedy block is
+  singular, nothing was filled) and keeps the start (it used to divide by zero
+  inside a kernel); a start the greedy step accepted as full rank is refined.
+* The k > r extension of both backends gives the same rows, and raises
+  nothing, on nearly collinear columns (a Gram matrix singular in float64).
 * A fuzz of small random and degenerate inputs: k unique in-range rows, and no
   exception or warning other than RankDeficiencyWarning / ConvergenceWarning.
 """
@@ -167,9 +170,43 @@ def test_array_api_strict_huge_input():
 def test_refine_singular_start_warns_and_keeps_start(backend, method):
     V = np.array([[0.0, 1.0], [0.0, 2.0]])  # full rank 1 as rows of V, but V[:, :1] = 0
     start = _quiet(V, 1, method=method, backend=backend)
-    with pytest.warns(ga.RankDeficiencyWarning, match="rank 0"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         got = ga.maxvol(V, 1, method=method, refine=True, backend=backend)
     assert_array_equal(got, start)
+    _assert_valid(got, 2, 1)
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1 and caught[0].category is ga.RankDeficiencyWarning, msgs
+    if method == "volume":  # volume accepts row 1 (norm 2); its block V[[1], :1] = 0 is singular
+        assert msgs[0] == ("the 1 x 1 block V[S, :1] of the greedy rows S is numerically singular; "
+                           "refinement was skipped there and the greedy rows are returned."), msgs
+    else:  # deim / tournament: column 0 is zero, the greedy step itself is deficient (a fill row)
+        assert msgs[0].startswith("V has numerical rank 0 < min(k, r) = 1; the 1 remaining position(s) were filled"), msgs
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_refine_start_accepted_by_greedy_is_refined_without_warning(backend, method):
+    """A start the greedy step accepted as full rank (pivot 1e-15 > max(n, r) eps max|V|) is refined, and no
+    warning claims a fill (refine's own singularity test used to be 8 k eps64 max|A_S|, stricter, and lowered
+    the rank, so maxvol warned "numerical rank 1 ... filled")."""
+    V = np.array([[1.0, 0.0], [0.0, 1e-15], [0.5, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        want = ga.maxvol(V, 2, method=method, backend=backend)
+        got = ga.maxvol(V, 2, method=method, refine=True, backend=backend)
+    assert_array_equal(want, [0, 1])
+    assert_array_equal(got, [0, 1])  # already dominant: max|B| = 1
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_refine_skipped_warning_batched_counts(backend):
+    V = np.stack([np.array([[0.0, 1.0], [0.0, 2.0], [0.0, 0.5]]), np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])])
+    with pytest.warns(ga.RankDeficiencyWarning,
+                      match=r"^the 1 x 1 block V\[S, :1\] of the greedy rows S is numerically singular "
+                            r"in 1 of 2 batches \(first: batch 0\); refinement was skipped there"):
+        got = ga.maxvol(V, 1, method="volume", refine=True, backend=backend)
+    assert_array_equal(got, [[1], [2]])
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -177,7 +214,8 @@ def test_refine_singular_batch_is_skipped_others_refined(backend):
     rng = np.random.default_rng(3)
     V = rng.standard_normal((3, 30, 3))
     V[1, :, 1] = 2.0 * V[1, :, 0]  # batch 1: V[:, :2] has rank 1, V itself rank 2
-    with pytest.warns(ga.RankDeficiencyWarning, match=r"in 1 of 3 batches \(first: batch 1\)"):
+    with pytest.warns(ga.RankDeficiencyWarning, match=r"numerically singular in 1 of 3 batches \(first: batch 1\); "
+                                                      r"refinement was skipped"):
         got = ga.maxvol(V, 2, method="volume", refine=True, tol=1.0 + 1e-9, backend=backend)
     _assert_valid(got, 30, 2)
     assert_array_equal(got[1], _quiet(V[1], 2, method="volume", backend=backend))
@@ -188,8 +226,14 @@ def test_refine_singular_batch_is_skipped_others_refined(backend):
 # --------------------------------------------------------------------------------------
 # fuzz: only valid outcomes
 # --------------------------------------------------------------------------------------
+def _nearly_collinear(rng, n, r, rel=1e-9):
+    """Columns that are one column times ``1 + rel * noise``: full rank, but a Gram matrix singular in float64."""
+    a = rng.standard_normal(n)
+    return a[:, None] * (1.0 + rel * rng.standard_normal((n, r)))
+
+
 def _fuzz_matrix(rng, n, r):
-    kind = rng.integers(7)
+    kind = rng.integers(8)
     if kind == 0:
         V = rng.standard_normal((n, r))
     elif kind == 1:
@@ -203,9 +247,11 @@ def _fuzz_matrix(rng, n, r):
         V = rng.integers(-2, 3, (n, r)).astype(np.float64)
     elif kind == 5:  # zero columns / rows sprinkled into normals
         V = rng.standard_normal((n, r)) * (rng.random((n, r)) < 0.6)
-    else:  # one direction only, plus a zero first column
+    elif kind == 6:  # one direction only, plus a zero first column
         V = np.outer(rng.standard_normal(n), rng.standard_normal(r))
         V[:, 0] = 0.0
+    else:  # nearly collinear columns (k > r: the Gram matrix of the pivots is singular in float64)
+        V = _nearly_collinear(rng, n, r, rel=float(rng.choice([1e-6, 1e-9, 1e-12])))
     if rng.random() < 0.3:  # far from 1
         V = V * 10.0 ** float(rng.choice([-300, -150, -35, 35, 150, 300]))
     if rng.random() < 0.3:
@@ -245,3 +291,48 @@ def test_fuzz_refine_numba():
 
 def test_fuzz_refine_array_api():
     _fuzz("array_api", 400)
+
+
+def _twin_cases():
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(4, 13))
+        r = int(rng.integers(2, 4))
+        V = _nearly_collinear(rng, n, r, rel=float(rng.choice([1e-7, 1e-9, 1e-11])))
+        if trial % 3 == 2:
+            V = np.stack([V, _nearly_collinear(rng, n, r)])
+        yield trial, V, int(rng.integers(r + 1, n + 1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rect_twins_agree_on_nearly_collinear_columns(method):
+    """k > r on nearly collinear columns: the generic twin used to invert the float64-singular Gram matrix
+    (LinAlgError, or rows different from the Numba kernel's); now both run the same Cholesky with the same
+    floor and give the same rows. Also for torch tensors on the array_api backend (what a fork child of an
+    OpenMP parent runs)."""
+    torch = None
+    try:
+        import torch
+    except ImportError:
+        pass
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(8)  # the reported case
+    cases = [(-1, np.stack([a, a * (1 + 1e-9 * rng.standard_normal(8))], 1), 6)] + list(_twin_cases())
+    for trial, V, k in cases:
+        want = _quiet(V, k, method=method, backend="numba")
+        n = V.shape[-2]
+        _assert_valid(want, n, k)
+        got = _quiet(V, k, method=method, backend="array_api")
+        assert_array_equal(got, want, err_msg=f"trial {trial}")
+        if torch is not None:
+            got = _quiet(torch.from_numpy(V), k, method=method, backend="array_api")
+            assert_array_equal(got.numpy(), want, err_msg=f"torch, trial {trial}")
+
+
+def test_rect_reported_case_no_linalg_error():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        a = rng.standard_normal(8)
+        V = np.stack([a, a * (1 + 1e-9 * rng.standard_normal(8))], 1)
+        want = _quiet(V, 6, method="volume", backend="numba")
+        assert_array_equal(_quiet(V, 6, method="volume", backend="array_api"), want)

@@ -20,22 +20,27 @@ Contract (shared by every backend and by :mod:`graft_array.testing`)
 * ``tournament``: deim per tile of ``tile_rows`` rows, candidates kept tile by
   tile in ascending row order, repeated until one tile remains, deim on it;
 * k > r: r pivots, then greedy det(V_S^T V_S) (rect_maxvol);
-* ``refine``: Goreinov swaps on B = A inv(A_S), A = V[:, :k]; skipped (rank
-  lowered to the number of pivots taken) when Gauss-Jordan with partial
-  pivoting on A_S meets a pivot <= 8 k eps64 max|A_S|;
+* ``refine``: Goreinov swaps on B = A inv(A_S), A = V[:, :k], A_S inverted by
+  Gauss-Jordan with partial pivoting; skipped (``iterations = -1``, ``rank``
+  untouched) when it meets a pivot <= max(n, r) eps max|V_b| (the greedy
+  step's rule, eps of V's dtype);
+* k > r: the scores x_i^T (V_S^T V_S)^-1 x_i from the Cholesky factor of the
+  Gram matrix, a non-positive diagonal replaced by sqrt(eps64 G_aa) (1 if
+  G_aa = 0); a step with no finite score takes the fill row;
 * scale: the float64 computations (norms, volume, k > r, refine) run on the
-  batch (for refine: on A) as it is when its largest squared row norm is in
-  [2^-512, 2^512], else on it times 2^-e, e the exponent of its max |entry|
-  (exact), and deim / tournament eliminate on the batch times 2^-e when
-  max|V_b| is outside [2^-60, 2^60] (float32) or [2^-500, 2^500] (float64):
-  the rows of V 2^j are those of V whenever V 2^j is exactly representable.
-  (Inside the first band no square over- or underflows down to 2^-255 times
-  the largest row norm; float32 input is always inside it.)
+  batch as it is when max|V_b| = a is 0 or 2^-256 <= a and a sqrt(r) <= 2^256,
+  else on it times 2^k, k from :func:`graft_array._common.unit_exponents`
+  (exact), decided and applied once per batch; deim / tournament eliminate on
+  the batch times 2^k when a is outside [2^-60, 2^60] (float32) or
+  [2^-500, 2^500] (float64): the rows of V 2^j are those of V whenever V 2^j is
+  exactly representable. float32 input never leaves the first band.
 """
 
 import math
 
-from .._common import default_tile_rows
+import numpy as np
+
+from .._common import default_tile_rows, unit_exponents
 
 __all__ = ["run_maxvol"]
 
@@ -63,46 +68,54 @@ class _Ctx:
         return self.xp.logical_and(free, self.arange(free.shape[0]) != p)
 
 
-def _pow2_scale(m):
-    """2^-e with m = f 2^e, 0.5 <= f < 1 (1 if m == 0; the exponent clamped for a subnormal m)."""
-    if not m > 0.0:
-        return 1.0
-    return math.ldexp(1.0, -max(math.frexp(m)[1], -1022))
+_BAND_LO = 2.0 ** -256  # the Numba kernels' _in_band
+_BAND_HI = 2.0 ** 256
 
 
-def _scaled64(ctx, V):
-    """``V`` as float64, times ``2^-e`` (e the exponent of ``max |V|``, exact) if its largest squared row norm is
-    outside ``[2^-512, 2^512]`` (the band of the Numba kernels' ``_sq_in_band``).
-
-    The norm is taken on the scaled copy (no overflow warning) and its
-    exponent shifted back by ``2 e``.
-    """
-    xp = ctx.xp
-    X = xp.astype(V, xp.float64)
-    if X.shape[0] * X.shape[1] == 0:
-        return X
-    amax = float(xp.max(xp.abs(X)))
-    if not 0.0 < amax < math.inf:  # zero (nothing to scale), NaN or infinity (as it is)
-        return X
-    e = max(math.frexp(amax)[1], -1022)
-    Xs = X * math.ldexp(1.0, -e)
-    big = float(xp.max(xp.sum(Xs * Xs, axis=1)))  # in [0.25, r]
-    return X if -512.0 <= math.log2(big) + 2 * e <= 512.0 else Xs
+def _in_band(amax, r):
+    """The float64 computations may run on the batch as it is (the rule of the Numba kernels' ``_in_band``)."""
+    return amax == 0.0 or (_BAND_LO <= amax and amax * math.sqrt(r) <= _BAND_HI)
 
 
-def _elim_scale(dtype_eps, vmax):
-    """Scale of a deim / tournament batch: 1 while ``max|V_b|`` is inside the band, else :func:`_pow2_scale`."""
+def _in_elim_band(dtype_eps, vmax):
+    """A deim / tournament batch of ``max|V_b|`` = ``vmax`` is eliminated as it is (the Numba ``_elim_scale``)."""
     lo, hi = (2.0 ** -60, 2.0 ** 60) if dtype_eps > 1e-10 else (2.0 ** -500, 2.0 ** 500)
-    if lo <= vmax <= hi or vmax == 0.0:
-        return 1.0
-    return _pow2_scale(vmax)
+    return lo <= vmax <= hi or vmax == 0.0
 
 
-def _row_norms(ctx, X64):
-    """Row norms of ``X64`` times a common power of two (they are only compared with each other)."""
-    xp = ctx.xp
-    X = _scaled64(ctx, X64)
-    return xp.sqrt(xp.sum(X * X, axis=1))
+class _Batch:
+    """One (n, r) batch ``Vb`` with its float64 copy, scaled once if needed, and its fill norms, both made lazily.
+
+    ``amax``: max|V_b| (a Python float); ``scale``: 2^k from ``unit_exponents``.
+    """
+
+    def __init__(self, ctx, Vb, amax, scale):
+        self.ctx, self.V, self.amax, self.scale = ctx, Vb, amax, scale
+        self._X = self._sq = self._norms = None
+
+    @property
+    def X(self):
+        """``V_b`` as float64, times ``scale`` outside the band (:func:`_in_band`)."""
+        if self._X is None:
+            xp = self.ctx.xp
+            X = xp.astype(self.V, xp.float64)
+            self._X = X if _in_band(self.amax, X.shape[1]) else X * self.scale
+        return self._X
+
+    @property
+    def sq(self):
+        """Squared row norms of :attr:`X`."""
+        if self._sq is None:
+            X = self.X
+            self._sq = self.ctx.xp.sum(X * X, axis=1)
+        return self._sq
+
+    @property
+    def norms(self):
+        """Row norms of :attr:`X` (the fill norms)."""
+        if self._norms is None:
+            self._norms = self.ctx.xp.sqrt(self.sq)
+        return self._norms
 
 
 def _fill(ctx, norms, free):
@@ -111,7 +124,10 @@ def _fill(ctx, norms, free):
 
 
 def _deim(ctx, V, kk, tol, norms):
-    """DEIM on one (n, r) batch, first kk columns. Returns (pivots list, rank)."""
+    """DEIM on one (n, r) batch, first kk columns. Returns (pivots list, rank).
+
+    ``norms``: the fill norms of V's rows, or a callable giving them (called at the first fill).
+    """
     xp = ctx.xp
     n = V.shape[0]
     R = V[:, :kk]
@@ -137,19 +153,16 @@ def _accept_or_fill(ctx, p, ok, norms, free, piv):
     Returns ``(row taken, updated free mask, ok)``.
     """
     if not ok:
-        p = _fill(ctx, norms, free)
+        p = _fill(ctx, norms() if callable(norms) else norms, free)
     piv.append(p)
     return p, ctx.take_out(free, p), ok
 
 
-def _volume(ctx, V, kk):
-    """Greedy volume on one batch, float64. Returns (pivots list, rank)."""
+def _volume(ctx, X, rho, kk, eps):
+    """Greedy volume on one batch ``X`` (float64, in band), ``rho`` its squared row norms. Returns (pivots, rank)."""
     xp = ctx.xp
-    n, r = V.shape
-    X = _scaled64(ctx, V)
-    eps = float(xp.finfo(V.dtype).eps)
+    n, r = X.shape
     sqrt_eps64 = math.sqrt(float(xp.finfo(xp.float64).eps))
-    rho = xp.sum(X * X, axis=1)
     norms = xp.sqrt(rho)
     tol = max(n, r) * eps * float(xp.max(norms))
     rho0 = rho
@@ -179,68 +192,108 @@ def _volume(ctx, V, kk):
     return piv, rank
 
 
-def _rect(ctx, V, piv, k, norms):
-    """Extend r full-rank pivots to k > r rows, greedy det(V_S^T V_S). float64."""
+def _rect(ctx, X, piv, k, norms):
+    """Extend r full-rank pivots to k > r rows, greedy det(V_S^T V_S); ``X`` float64, in band.
+
+    The algorithm of the Numba ``_rect_full`` step for step: Cholesky (by rows)
+    of the Gram matrix of the pivot rows with the same floor on a non-positive
+    diagonal (singular in float64 despite the rank test: sqrt(eps64 G_aa), 1 if
+    G_aa = 0), scores s_i = ||L^-1 x_i||^2, Sherman-Morrison downdates, and the
+    fill row (largest ``norms``) at a step with no finite score. No inverse is
+    formed, so nothing can raise. The elementwise operations are those of the
+    kernel in the same order (it uses no fused multiply-add there), so the
+    twins give the same rows even on nearly singular Gram matrices.
+    """
     xp = ctx.xp
-    n = V.shape[0]
-    X = _scaled64(ctx, V)
+    n, r = X.shape
     S = xp.take(X, ctx.ints(piv), axis=0)
-    Ginv = xp.linalg.inv(S.T @ S)
-    s = xp.sum((X @ Ginv) * X, axis=1)
+    G = xp.zeros((r, r), dtype=xp.float64, device=ctx.device)
+    for j in range(r):  # the Numba kernel's accumulation order (the rounding decides near-singular scores)
+        G = G + S[j, :][:, None] * S[j, :][None, :]
+    Gh = [[float(G[a, c]) for c in range(a + 1)] for a in range(r)]  # r (r + 1) / 2 scalars, on the host
+    L = [[0.0] * r for _ in range(r)]
+    for a in range(r):  # Cholesky by rows
+        gaa = Gh[a][a]
+        for c in range(a):
+            acc = Gh[a][c]
+            for t in range(c):
+                acc -= L[a][t] * L[c][t]
+            L[a][c] = acc / L[c][c]
+        acc = gaa
+        for t in range(a):
+            acc -= L[a][t] * L[a][t]
+        L[a][a] = math.sqrt(acc) if acc > 0.0 else (math.sqrt(2.220446049250313e-16 * gaa) if gaa > 0.0 else 1.0)
+    Zt = []  # rows of Z^T = L^-1 X^T
+    for a in range(r):
+        za = X[:, a]
+        for t in range(a):
+            za = za - L[a][t] * Zt[t]
+        Zt.append(za * (1.0 / L[a][a]))
+    s = Zt[0] * Zt[0]
+    for a in range(1, r):
+        s = s + Zt[a] * Zt[a]
     free = xp.ones(n, dtype=xp.bool, device=ctx.device)
     for p in piv:
         free = ctx.take_out(free, p)
     piv = list(piv)
+    C, dv = [], []
+    ninf = xp.asarray(-math.inf, dtype=xp.float64, device=ctx.device)
     while len(piv) < k:
-        p, sp = ctx.argmax_free(s, free, -math.inf)
+        cand = xp.where(xp.logical_and(free, xp.logical_not(xp.isnan(s))), s, ninf)
+        p = int(xp.argmax(cand))  # first occurrence: lowest index on ties
+        if not float(cand[p]) > -math.inf:  # no finite (or +inf) score left: the fill row
+            p = _fill(ctx, norms, free)
         free = ctx.take_out(free, p)
         piv.append(p)
-        u = Ginv @ X[p, :]
-        c = X @ u
-        s = s - c * c / (1.0 + sp)
-        Ginv = Ginv - u[:, None] * u[None, :] / (1.0 + sp)
+        d = 1.0 + float(s[p])
+        ct = float(Zt[0][p]) * Zt[0]
+        for a in range(1, r):
+            ct = ct + float(Zt[a][p]) * Zt[a]
+        for tau in range(len(C)):  # earlier rank-one terms
+            ct = ct - (float(C[tau][p]) / dv[tau]) * C[tau]
+        C.append(ct)
+        dv.append(d)
+        s = s - ct * ct * (1.0 / d)
     return piv
 
 
-def _block_rank(ctx, A):
-    """Gauss-Jordan with partial pivoting on the square float64 ``A`` (as the Numba ``_inverse``), pivots only.
+def _inverse(ctx, A, thr):
+    """Gauss-Jordan with partial pivoting on the square float64 ``A`` (the Numba ``_inverse``).
 
-    Returns the number of pivots taken before one is ``<= 8 k eps64 max|A|``
-    (``k`` when none is).
+    Returns ``inv(A)``, or None at the first pivot ``|d| <= thr`` (numerically singular).
     """
     xp = ctx.xp
     k = A.shape[0]
-    thr = 8.0 * k * 2.220446049250313e-16 * float(xp.max(xp.abs(A)))
     idx = ctx.arange(k)
+    M = xp.concat([A, xp.astype(idx[:, None] == idx[None, :], xp.float64)], axis=1)
     for c in range(k):
-        p = c + int(xp.argmax(xp.abs(A[c:, c])))
+        p = c + int(xp.argmax(xp.abs(M[c:, c])))
         if p != c:
             perm = list(range(k))
             perm[c], perm[p] = p, c
-            A = xp.take(A, ctx.ints(perm), axis=0)
-        d = float(A[c, c])
+            M = xp.take(M, ctx.ints(perm), axis=0)
+        d = float(M[c, c])
         if not abs(d) > thr:
-            return c
-        rowc = A[c, :] / d
-        f = xp.where(idx == c, xp.zeros_like(A[:, c]), A[:, c])
-        A = xp.where((idx == c)[:, None], rowc[None, :], A - f[:, None] * rowc[None, :])
-    return k
+            return None
+        rowc = M[c, :] / d
+        f = xp.where(idx == c, xp.zeros_like(M[:, c]), M[:, c])
+        M = xp.where((idx == c)[:, None], rowc[None, :], M - f[:, None] * rowc[None, :])
+    return M[:, k:]
 
 
-def _refine(ctx, V, piv, tol, max_iters):
-    """Goreinov maxvol swaps on A = V[:, :k]. Returns (pivots, converged, iterations, rank).
+def _refine(ctx, X, piv, tol, max_iters, stol):
+    """Goreinov maxvol swaps on A = X[:, :k]. Returns (pivots, converged, iterations).
 
-    ``rank < k`` (:func:`_block_rank`): the start block is numerically singular
-    and the pivots are returned unchanged.
+    ``iterations == -1``: the start block is numerically singular (a Gauss-Jordan
+    pivot ``<= stol``, :func:`_inverse`) and the pivots are returned unchanged.
     """
     xp = ctx.xp
     k = len(piv)
-    A = _scaled64(ctx, V[:, :k])
-    AS = xp.take(A, ctx.ints(piv), axis=0)
-    rk = _block_rank(ctx, AS)
-    if rk < k:
-        return list(piv), True, 0, rk
-    B = xp.linalg.solve(AS.T, A.T).T
+    A = X[:, :k]
+    Ai = _inverse(ctx, xp.take(A, ctx.ints(piv), axis=0), stol)
+    if Ai is None:
+        return list(piv), True, -1
+    B = A @ Ai
     piv = list(piv)
     eye = ctx.arange(k)
     for it in range(max_iters):
@@ -249,29 +302,34 @@ def _refine(ctx, V, piv, tol, max_iters):
         i, j = divmod(ij, k)
         bij = float(B[i, j])
         if abs(bij) <= tol:
-            return piv, True, it, k
+            return piv, True, it
         piv[j] = i
         row = B[i, :] - xp.astype(eye == j, xp.float64)
         B = B - B[:, j][:, None] * row[None, :] / bij
     converged = float(xp.max(xp.abs(B))) <= tol
-    return piv, converged, max_iters, k
+    return piv, converged, max_iters
 
 
-def _tournament(ctx, V, kk, tile_rows, tol, norms):
+def _tournament(ctx, V, kk, tile_rows, tol, batch):
+    """Tournament on one batch; ``batch`` (:class:`_Batch`) gives the fill norms when a tile needs them."""
     xp = ctx.xp
     n = V.shape[0]
     cand = ctx.arange(n)
+
+    def norms_of(rows):
+        return lambda: xp.take(batch.norms, rows, axis=0)
+
     while True:
         m = cand.shape[0]
         if m <= tile_rows:
             sub = xp.take(V, cand, axis=0)
-            p, rank = _deim(ctx, sub, kk, tol, xp.take(norms, cand, axis=0))
+            p, rank = _deim(ctx, sub, kk, tol, norms_of(cand))
             return [int(cand[i]) for i in p], rank
         nxt = []
         for s in range(0, m, tile_rows):
             rows = cand[s:min(s + tile_rows, m)]
             sub = xp.take(V, rows, axis=0)
-            p, _ = _deim(ctx, sub, min(kk, rows.shape[0]), tol, xp.take(norms, rows, axis=0))
+            p, _ = _deim(ctx, sub, min(kk, rows.shape[0]), tol, norms_of(rows))
             nxt.append(xp.sort(xp.take(rows, ctx.ints(p), axis=0)))
         cand = xp.concat(nxt)
 
@@ -281,29 +339,34 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
 
     ``V`` is (B, n, r). Returns ``(pivots, rank, converged, iterations)`` as Python
     lists (one entry per batch); the caller builds the output array.
+    ``iterations`` is -1 where refinement was skipped for a numerically
+    singular start block (``rank`` counts the greedy picks either way).
     """
     ctx = _Ctx(xp, device)
     nb, n, r = V.shape
     kk = min(k, r)
     eps = float(xp.finfo(V.dtype).eps)
     tiles = default_tile_rows(n, kk) if tile_rows is None else tile_rows
+    amaxes = xp.max(xp.abs(xp.reshape(V, (nb, n * r))), axis=1)  # one reduction and one transfer for all batches
+    amaxes = [float(amaxes[b]) for b in range(nb)]
+    scales = [math.ldexp(1.0, int(e)) for e in unit_exponents(np.asarray(amaxes, dtype=np.float64))]
     all_piv, ranks, conv, iters = [], [], [], []
     for b in range(nb):
         Vb = V[b, ...]
-        norms = _row_norms(ctx, xp.astype(Vb, xp.float64))
+        bt = _Batch(ctx, Vb, amaxes[b], scales[b])
         if method == "volume":
-            piv, rank = _volume(ctx, Vb, kk)
+            piv, rank = _volume(ctx, bt.X, bt.sq, kk, eps)
         else:
-            vmax = float(xp.max(xp.abs(Vb)))
-            sc = _elim_scale(eps, vmax)
+            sc = 1.0 if _in_elim_band(eps, bt.amax) else bt.scale
             Ve = Vb if sc == 1.0 else xp.astype(xp.astype(Vb, xp.float64) * sc, V.dtype)  # exact
-            deim_tol = max(n, r) * eps * (vmax * sc)
+            deim_tol = max(n, r) * eps * (bt.amax * sc)
             if method == "deim":
-                piv, rank = _deim(ctx, Ve, kk, deim_tol, norms)
+                piv, rank = _deim(ctx, Ve, kk, deim_tol, lambda: bt.norms)
             else:
-                piv, rank = _tournament(ctx, Ve, kk, tiles, deim_tol, norms)
+                piv, rank = _tournament(ctx, Ve, kk, tiles, deim_tol, bt)
         if k > r:
             if rank < r:
+                norms = bt.norms
                 free = xp.ones(n, dtype=xp.bool, device=device)
                 for p in piv:
                     free = ctx.take_out(free, p)
@@ -312,10 +375,13 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
                     free = ctx.take_out(free, p)
                     piv.append(p)
             else:
-                piv = _rect(ctx, Vb, piv, k, norms)
+                piv = _rect(ctx, bt.X, piv, k, bt.norms)
         ok, it = True, 0
         if refine and rank == k:
-            piv, ok, it, rank = _refine(ctx, Vb, piv, tol, max_iters)
+            stol = max(n, r) * eps * bt.amax
+            if not _in_band(bt.amax, r):
+                stol = stol * bt.scale
+            piv, ok, it = _refine(ctx, bt.X, piv, tol, max_iters, stol)
         all_piv.append(piv)
         ranks.append(rank)
         conv.append(ok)

@@ -77,6 +77,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
 from .._common import default_tile_rows
+from .checks import unit_scale
 
 __all__ = ["run_maxvol"]
 
@@ -195,98 +196,55 @@ def _simd_width_ol(a):
 # Squares and dot products of |V| ~ 1e200 overflow, of 1e-200 underflow.
 #
 # The float64 kernels (row norms, volume, k > r, refine) load V's values as
-# float64 and run on the batch itself (refine: on A = V_b[:, :k]) whenever its
-# largest squared row norm s (float64, the volume / k > r / fill-norm kernels
-# have it from their first pass; refine makes one O(n k) pass) lies in the
-# band [2^-512, 2^512], i.e. the largest row norm M is in [2^-256, 2^256].
-# Outside it they run on a float64 copy times 2^-e, e the exponent of its
-# max |entry| (exact; M is then in [0.5, sqrt(r)), inside the band). Why this
-# band: inside it every square, Gram entry and sum of squares is at most
-# about r 2^512 (finite), and every quantity down to 2^-255 M (row norms,
+# float64 and run on the batch itself whenever its largest |entry| a satisfies
+# a == 0 or 2^-256 <= a and a sqrt(r) <= 2^256 (:func:`_in_band`, decided from
+# max |V_b| alone, one rule for every kernel and for the generic twin), so that
+# its largest row norm M (a <= M <= a sqrt(r)) is in [2^-256, 2^256]. Outside it
+# they run on a float64 copy times unit_scale(a) (exact; max |entry| is then in
+# [1/2, 4), or at least 2^-51 for a batch of subnormals: inside the band).
+# Why this band: inside it every square, Gram entry and sum of squares is at
+# most about r 2^512 (finite), and every quantity down to 2^-255 M (row norms,
 # residual norms and their downdates, the rank tolerance
 # max(n, r) eps M >= 2^-308) has a normal square (>= 2^-1022), 200 binary
 # orders of magnitude below the tolerance; refine forms no squares, only
-# ratios to entries of A_S. So no value that decides a pivot is rounded by an
-# over- or underflow, and as the kernels are homogeneous (relative
-# tolerances, orthonormal directions, B = A inv(A_S) scale-free) and power-of-
-# two scaling is exact, the rows of V 2^j are the rows of V whenever V 2^j is
-# exactly representable, across the band's edges too (only the order among
-# fill rows of norm below 2^-255 M, numerically zero rows, could depend on
-# the scale). float32 input never leaves the band (its squares, and sums of
-# n of them, are far inside float64's range): it only gets float64
-# accumulation, never a copy. Data of ordinary magnitude is inside the band:
-# no extra multiply, fence or copy on the hot path.
+# ratios to entries of A_S, and refuses pivots below max(n, r) eps a. So no
+# value that decides a pivot is rounded by an over- or underflow, and as the
+# kernels are homogeneous (relative tolerances, orthonormal directions,
+# B = A inv(A_S) scale-free) and power-of-two scaling is exact, the rows of
+# V 2^j are the rows of V whenever V 2^j is exactly representable, across the
+# band's edges too (only the order among fill rows of norm below 2^-255 M,
+# numerically zero rows, could depend on the scale). float32 input never
+# leaves the band (its largest finite value is below 2^128, its smallest
+# nonzero one above 2^-150, and an all-zero batch is accepted as it is): it
+# only gets float64 accumulation, never a copy. Data of ordinary magnitude is
+# inside the band: no extra multiply, fence or copy on the hot path.
 #
 # The DEIM eliminations (in V's dtype) scale their work buffer only when
 # max |V_b| leaves a wide band around 1 (:func:`_elim_scale`, one compare per
 # batch on the hot path).
 
-_SQ_LO = 2.0 ** -512  # band of the largest squared row norm of a float64 kernel's input (see above)
-_SQ_HI = 2.0 ** 512
+_BAND_LO = 2.0 ** -256  # band of max |V_b| (and of max |V_b| sqrt(r)) of a float64 kernel's input (see above)
+_BAND_HI = 2.0 ** 256
 
 
 @njit(cache=True, nogil=True)
-def _pow2_scale(m):
-    """``2^-e`` with ``m = f 2^e``, ``0.5 <= f < 1``, so that ``m * scale`` is in ``[0.5, 1)`` exactly (1 if ``m == 0``).
-
-    For a subnormal ``m`` the exponent is clamped (the scale stays finite).
-    """
-    m = np.float64(m)
-    if not m > 0.0:
-        return 1.0
-    _, e = math.frexp(m)
-    return math.ldexp(1.0, -max(e, -1022))
+def _in_band(amax, r):
+    """A float64 kernel may run unscaled on a batch of ``r`` columns and largest ``|entry|`` ``amax`` (False for NaN)."""
+    return amax == 0.0 or (_BAND_LO <= amax and amax * math.sqrt(r) <= _BAND_HI)
 
 
 @njit(cache=True, nogil=True)
-def _sq_in_band(s):
-    """The largest squared row norm ``s`` allows a float64 kernel to run unscaled (False for NaN)."""
-    return _SQ_LO <= s <= _SQ_HI
+def _scaled64(X, rows, c, sc):
+    """float64 copy of ``X[rows, :c]`` times ``sc`` (a power of two from :func:`unit_scale`: exact).
 
-
-@njit(cache=True, nogil=True)
-def _max0(x):
-    """``max(x)`` of a 1-D float64 array, 0 if empty (NaN propagates)."""
-    m = 0.0
-    for i in range(x.shape[0]):
-        v = x[i]
-        if v > m or v != v:
-            m = v
-            if v != v:
-                break
-    return m
-
-
-@njit(cache=True, nogil=True)
-def _scaled64(X, rows, c):
-    """float64 copy of ``X[rows, :c]`` times ``2^-e``, e the exponent of its max ``|entry|`` (exact).
-
-    Used only outside the band (:func:`_sq_in_band`); rare, so plain loops.
+    Used only outside the band (:func:`_in_band`); rare, so plain loops.
     """
     m = rows.shape[0]
-    amax = 0.0
-    for i in range(m):
-        for t in range(c):
-            amax = max(amax, abs(np.float64(X[rows[i], t])))
-    sc = _pow2_scale(amax)
     Xs = np.empty((m, c))
     for i in range(m):
         for t in range(c):
             Xs[i, t] = np.float64(X[rows[i], t]) * sc
     return Xs
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _max_sq_norm(X, c):
-    """Largest ``||X[i, :c]||^2`` (float64 accumulation), 0 if ``X`` has no rows."""
-    big = 0.0
-    for i in range(X.shape[0]):
-        s = 0.0
-        for t in range(np.uint64(c)):
-            v = np.float64(X[i, t])
-            s += v * v
-        big = max(big, s)
-    return big
 
 
 def _elim_band(a):  # pragma: no cover - replaced by the overload inside compiled code
@@ -295,7 +253,7 @@ def _elim_band(a):  # pragma: no cover - replaced by the overload inside compile
 
 @overload(_elim_band)
 def _elim_band_ol(a):
-    """``(lo, hi)``: a DEIM batch whose ``max |V_b|`` is outside runs on ``V_b`` scaled by :func:`_pow2_scale`.
+    """``(lo, hi)``: a DEIM batch whose ``max |V_b|`` is outside runs on ``V_b`` scaled by :func:`unit_scale`.
 
     Inside, the LU growth cannot overflow and the residuals down to
     ``eps * max |V_b|`` (and the tolerance) stay normal numbers.
@@ -312,7 +270,7 @@ def _elim_scale(W, vmax):
     vmax = np.float64(vmax)
     if lo <= vmax <= hi or vmax == 0.0:
         return 1.0
-    return _pow2_scale(vmax)
+    return unit_scale(vmax)
 
 
 @njit(cache=True, nogil=True)
@@ -964,29 +922,42 @@ def _pivot_row(U, W, s, j0, p, f, c0, c1):
 
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _sq_row_norms(X, rows, m, out):
-    """``out[i] = ||X[rows[i], :]||^2`` (float64 accumulation) for ``i < m``; returns the largest (0 if ``m == 0``)."""
+    """``out[i] = ||X[rows[i], :]||^2`` (float64 accumulation) for ``i < m``; returns their max ``|entry|`` (0 if none).
+
+    The one "squared row norms" pass of the float64 kernels (initial residuals
+    of volume, fill norms, k > r); the max decides their band (:func:`_band_scale`).
+    """
     r = X.shape[1]
-    big = 0.0
+    amax = 0.0
     for i in range(m):
+        q = rows[i]
         s = 0.0
         for t in range(r):
-            v = np.float64(X[rows[i], t])
+            v = np.float64(X[q, t])
             s += v * v
+            amax = _fmax(amax, abs(v))
         out[i] = s
-        big = max(big, s)
-    return big
+    return amax
+
+
+@njit(cache=True, nogil=True)
+def _band_scale(X, rows, m, out):
+    """:func:`_sq_row_norms` of ``X[rows[:m]]`` into ``out``; returns 1.0 inside the band (:func:`_in_band`), else
+    the exact scale :func:`unit_scale` of their max ``|entry|`` (then the caller runs on :func:`_scaled64`)."""
+    amax = _sq_row_norms(X, rows, m, out)
+    return 1.0 if _in_band(amax, X.shape[1]) else unit_scale(amax)
 
 
 @njit(cache=True, nogil=True)
 def _row_norms(Vb, rows, m, nrm):
     """Euclidean norms (float64) of the full rows ``Vb[rows[i], :]``, ``i < m``, times a common power of two.
 
-    The rows are used as they are inside the band (:func:`_sq_in_band`), else
+    The rows are used as they are inside the band (:func:`_in_band`), else
     scaled by :func:`_scaled64` (the norms are only compared with each other).
     """
-    if not _sq_in_band(_sq_row_norms(Vb, rows, m, nrm)):
-        Xs = _scaled64(Vb, rows[:m], Vb.shape[1])
-        _sq_row_norms(Xs, np.arange(m), m, nrm)
+    sc = _band_scale(Vb, rows, m, nrm)
+    if sc != 1.0:
+        _sq_row_norms(_scaled64(Vb, rows[:m], Vb.shape[1], sc), np.arange(m), m, nrm)
     for i in range(m):
         nrm[i] = math.sqrt(nrm[i])
 
@@ -2004,17 +1975,6 @@ def _dot_rq(X, i, Q, l):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _dot_rr(X, i):
-    """``||X[i, :]||^2`` in float64 (X float32 or float64)."""
-    iu = np.uint64(i)
-    s = 0.0
-    for t in range(np.uint64(X.shape[1])):
-        v = np.float64(X[iu, t])
-        s += v * v
-    return s
-
-
-@njit(cache=True, nogil=True, fastmath=_FM)
 def _exact_residual(X, i, Q, nq, res):
     """``||x_i - sum_{l<nq} (x_i . q_l) q_l||^2`` (the geqp3-style explicit recomputation)."""
     r = X.shape[1]
@@ -2166,16 +2126,6 @@ def _volume_chunk(X, lo, hi, Q, nq, rho, rho0, done, key, slack, sqeps, res, can
 
 
 @njit(cache=True, nogil=True)
-def _volume_init(X):
-    """Squared row norms (float64) of ``X`` (the initial residuals ``rho``) and their max."""
-    n = X.shape[0]
-    rho = np.empty(n)
-    for i in range(n):
-        rho[i] = _dot_rr(X, i)
-    return rho, _max0(rho)
-
-
-@njit(cache=True, nogil=True)
 def _volume_commit(X, p, Q, nq, w, tol, nrm, key, piv, j):
     """Step ``j`` with residual argmax ``p``: orthogonalise (CGS2), accept or take a fill row.
 
@@ -2201,14 +2151,17 @@ _SLACK = 4.0 * 2.220446049250313e-16  # times (k + 1)(2 r + 2) rho0: bound on a 
 def _volume_one(X, kk, eps, piv):
     """Greedy volume pivots of one batch ``X`` (n, r), lazy residual norms, serial. Returns the rank.
 
-    Runs on ``X`` inside the band (:func:`_sq_in_band`), else on
+    Runs on ``X`` inside the band (:func:`_in_band`), else on
     :func:`_scaled64` of it: the pivots of ``X 2^j`` are those of ``X``.
     """
-    rho, big = _volume_init(X)
-    if _sq_in_band(big):
+    n = X.shape[0]
+    rows = np.arange(n)
+    rho = np.empty(n)
+    sc = _band_scale(X, rows, n, rho)
+    if sc == 1.0:
         return _volume_one_run(X, rho, kk, eps, piv)
-    Xs = _scaled64(X, np.arange(X.shape[0]), X.shape[1])
-    rho, _ = _volume_init(Xs)
+    Xs = _scaled64(X, rows, X.shape[1], sc)
+    _sq_row_norms(Xs, rows, n, rho)
     return _volume_one_run(Xs, rho, kk, eps, piv)
 
 
@@ -2242,11 +2195,14 @@ def _volume_rowpar(X, kk, eps, piv, nparts):
     the step's pivot. The per-row arithmetic does not depend on the split, so
     the pivots are those of the serial kernel (same band rule).
     """
-    rho, big = _volume_init(X)
-    if _sq_in_band(big):
+    n = X.shape[0]
+    rows = np.arange(n)
+    rho = np.empty(n)
+    sc = _band_scale(X, rows, n, rho)
+    if sc == 1.0:
         return _volume_rowpar_run(X, rho, kk, eps, piv, nparts)
-    Xs = _scaled64(X, np.arange(X.shape[0]), X.shape[1])
-    rho, _ = _volume_init(Xs)
+    Xs = _scaled64(X, rows, X.shape[1], sc)
+    _sq_row_norms(Xs, rows, n, rho)
     return _volume_rowpar_run(Xs, rho, kk, eps, piv, nparts)
 
 
@@ -2313,20 +2269,15 @@ def _volume_batched(V, kk, eps):
 
 
 @njit(cache=True, nogil=True)
-def _inverse(A):
+def _inverse(A, thr):
     """Inverse of a small square float64 matrix by Gauss-Jordan with partial pivoting (A is overwritten).
 
-    Returns ``(inv, rank)``. A pivot ``|d| <= 8 k eps64 max|A|`` (always the
-    case for a zero pivot) stops it: ``rank`` is then the number of pivots
-    taken before (``< k``) and ``inv`` is meaningless. ``rank == k`` otherwise.
+    Returns ``(inv, rank)``. A pivot ``|d| <= thr`` (always the case for a
+    zero pivot) stops it: ``rank`` is then the number of pivots taken before
+    (``< k``) and ``inv`` is meaningless. ``rank == k`` otherwise.
     """
     k = A.shape[0]
     inv = np.eye(k)
-    amax = 0.0
-    for a in range(k):
-        for c in range(k):
-            amax = max(amax, abs(A[a, c]))
-    thr = 8.0 * k * 2.220446049250313e-16 * amax
     for c in range(k):
         p = c
         for i in range(c + 1, k):
@@ -2356,19 +2307,18 @@ def _inverse(A):
 def _rect_one(X, piv, k, rank, out):
     """Extend the ``r`` pivots ``piv`` to ``k > r`` rows (greedy ``det(V_S^T V_S)``), or fill if ``rank < r``.
 
-    Runs on ``X`` inside the band (:func:`_sq_in_band`), else on
+    Runs on ``X`` inside the band (:func:`_in_band`), else on
     :func:`_scaled64` of it: the rows of ``X 2^j`` are those of ``X``.
     """
     n = X.shape[0]
+    rows = np.arange(n)
     sq = np.empty(n)
-    for i in range(n):
-        sq[i] = _dot_rr(X, i)
-    if _sq_in_band(_max0(sq)):
+    sc = _band_scale(X, rows, n, sq)
+    if sc == 1.0:
         _rect_run(X, piv, k, rank, out, sq)
         return
-    Xs = _scaled64(X, np.arange(n), X.shape[1])
-    for i in range(n):
-        sq[i] = _dot_rr(Xs, i)
+    Xs = _scaled64(X, rows, X.shape[1], sc)
+    _sq_row_norms(Xs, rows, n, sq)
     _rect_run(Xs, piv, k, rank, out, sq)
 
 
@@ -2390,20 +2340,27 @@ def _rect_run(X, piv, k, rank, out, sq):
     _rect_full(X, k, out, sel, nrm)
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
+@njit(cache=True, nogil=True)
 def _axpyn(a, x, y, m):
-    """``y[:m] += a x[:m]``."""
+    """``y[:m] += a x[:m]``, IEEE (no fused multiply-add, no reassociation)."""
     for t in range(np.uint64(m)):
         y[t] += a * x[t]
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
+@njit(cache=True, nogil=True)
 def _rect_full(X, k, out, sel, nrm):
     """Greedy ``det(V_S^T V_S)`` extension of the ``r`` full-rank pivots in ``out[:r]`` to ``k`` rows.
 
-    A step whose scores are all NaN (a Gram matrix singular in float64 despite
-    the rank test) takes the fill row (largest ``nrm``, the row norms of ``X``),
-    so the rows stay unique.
+    A Gram matrix singular in float64 despite the rank test gets a floor on
+    the non-positive diagonal of its Cholesky factor (``sqrt(eps64 G_aa)``, 1
+    if ``G_aa = 0``); a step with no finite score (not expected after the
+    floor) takes the fill row (largest ``nrm``, the row norms of ``X``), so the
+    rows stay unique.
+
+    No fast-math here: plain IEEE operations in a fixed order, which the
+    generic twin (``graft_array._agnostic.maxvol._rect``) repeats one for one,
+    so both give the same rows even where the Gram matrix is nearly singular
+    (its scores are then dominated by rounding, which must be the same).
 
     With L L^T = V_S^T V_S and z_i = L^-1 x_i, row i adds the factor
     1 + s_i, s_i = x_i^T (V_S^T V_S)^-1 x_i = ||z_i||^2. After adding row p the
@@ -2487,33 +2444,38 @@ def _rect_batched(V, piv, rank, k):
 
 
 @njit(cache=True, nogil=True)
-def _refine_one(X, piv, tol, max_iters):
+def _refine_one(X, piv, tol, max_iters, eps):
     """Goreinov maxvol swaps on ``A = X[:, :k]`` (k = len(piv)), in place on ``piv``.
 
-    Runs on ``A`` inside the band (:func:`_sq_in_band` of the largest squared
-    row norm of ``A``), else on :func:`_scaled64` of it (``B`` does not depend
-    on the scale). Returns ``(converged, iterations, rank)``: ``rank < k`` (from
-    :func:`_inverse`) when the start ``A[piv]`` is numerically singular, and then
-    nothing is done.
+    Runs on ``A`` inside the band (:func:`_in_band` of the batch ``X``), else
+    on :func:`_scaled64` of it (``B`` does not depend on the scale). Returns
+    ``(converged, iterations)``; ``iterations == -1`` when the start block
+    ``A[piv]`` is numerically singular by the greedy step's rule (a pivot of
+    Gauss-Jordan with partial pivoting ``<= max(n, r) eps max|X|``, ``eps`` of
+    V's dtype), and then nothing is done.
     """
+    n, r = X.shape
     k = piv.shape[0]
-    if _sq_in_band(_max_sq_norm(X, k)):
-        return _refine_run(X, piv, tol, max_iters)
-    return _refine_run(_scaled64(X, np.arange(X.shape[0]), k), piv, tol, max_iters)
+    amax = _absmax_flat(X.reshape(n * r))
+    stol = max(n, r) * eps * amax
+    if _in_band(amax, r):
+        return _refine_run(X, piv, tol, max_iters, stol)
+    sc = unit_scale(amax)
+    return _refine_run(_scaled64(X, np.arange(n), k, sc), piv, tol, max_iters, stol * sc)
 
 
 @njit(cache=True, nogil=True)
-def _refine_run(X, piv, tol, max_iters):
-    """:func:`_refine_one` on ``A = X[:, :k]`` as it is."""
+def _refine_run(X, piv, tol, max_iters, stol):
+    """:func:`_refine_one` on ``A = X[:, :k]`` as it is; ``stol`` the singular-start threshold in its units."""
     n = X.shape[0]
     k = piv.shape[0]
     AS = np.empty((k, k))
     for a in range(k):
         for c in range(k):
             AS[a, c] = np.float64(X[piv[a], c])
-    Ai, rk = _inverse(AS)
+    Ai, rk = _inverse(AS, stol)
     if rk < k:
-        return True, 0, rk
+        return True, -1
     B = np.empty((n, k))
     y = np.empty(k)
     for i in range(n):
@@ -2530,7 +2492,7 @@ def _refine_run(X, piv, tol, max_iters):
     row = np.empty(k)
     for it in range(max_iters):
         if bv <= tol:
-            return True, it, k
+            return True, it
         piv[bj] = bi
         bij = B[bi, bj]
         for i in range(n):
@@ -2552,7 +2514,7 @@ def _refine_run(X, piv, tol, max_iters):
                     ni = i
                     nj = t
         bi, bj = ni, nj
-    return bv <= tol, max_iters, k
+    return bv <= tol, max_iters
 
 
 @njit(cache=True, nogil=True)
@@ -2572,21 +2534,20 @@ def _abs_argmax_2d(B):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _refine_batched(V, piv, rank, tol, max_iters):
+def _refine_batched(V, piv, rank, tol, max_iters, eps):
     """Refinement of every batch with full rank (``rank == k``), parallel over batches.
 
-    A batch whose start block is numerically singular is left as it is and
-    its ``rank`` lowered (in place) to the rank :func:`_inverse` found.
+    A batch whose start block is numerically singular is left as it is, with
+    ``iterations = -1`` (``rank`` is not touched: it counts the greedy picks).
     """
     nb, k = piv.shape
     conv = np.ones(nb, np.bool_)
     iters = np.zeros(nb, np.int64)
     for b in prange(nb):
         if rank[b] == k:
-            c, it, rk = _refine_one(V[b], piv[b], tol, max_iters)
+            c, it = _refine_one(V[b], piv[b], tol, max_iters, eps)
             conv[b] = c
             iters[b] = it
-            rank[b] = rk
     return conv, iters
 
 
@@ -2609,7 +2570,8 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         Tournament tile size; ``None`` -> ``default_tile_rows(n, min(k, r))``.
     refine : bool
         Goreinov maxvol swaps after the greedy pass (caller guarantees ``k <= r``);
-        skipped for a batch whose rank is below ``k``.
+        skipped for a batch whose rank is below ``k``, and for one whose greedy
+        block ``V[S, :k]`` is numerically singular (``iterations == -1``).
     tol : float
         Refinement stops when ``max|V V_S^{-1}| <= tol``.
     max_iters : int
@@ -2629,7 +2591,8 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     converged : (B,) bool
         Refinement converged (True when no refinement ran).
     iterations : (B,) int64
-        Refinement swaps performed (0 when no refinement ran).
+        Refinement swaps performed (0 when no refinement ran; -1 where the
+        refinement was skipped because ``V[S, :k]`` is numerically singular).
     """
     V = np.asarray(V)
     if not V.flags.c_contiguous:
@@ -2679,7 +2642,7 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     if k > r:
         piv = _rect_batched(V, piv, rank, k)
     if refine and k <= r:
-        converged, iterations = _refine_batched(V, piv, rank, float(tol), int(max_iters))
+        converged, iterations = _refine_batched(V, piv, rank, float(tol), int(max_iters), eps)
     else:
         converged = np.ones(nb, dtype=np.bool_)
         iterations = np.zeros(nb, dtype=np.int64)
