@@ -11,8 +11,8 @@ shows the pass.
 
 import numpy as np
 
-from .._select import LastLayerGrads, _check_random_state, select
-from .._validation import check_bool, check_int
+from .._select import LastLayerGrads, select
+from .._validation import check_bool, check_int, check_random_state
 
 __all__ = ["select_dataset"]
 
@@ -118,7 +118,7 @@ def select_dataset(
     for part, name in zip(parts, names):
         if _length(part, name) != n:
             raise ValueError(f"{_FUNC} expects '{name}' to have one row per row of 'X' ({n}); got {len(part)}.")
-    rng = _check_random_state(random_state, _FUNC)
+    rng = check_random_state(random_state, "random_state", _FUNC)
     state = rng.bit_generator.state
 
     def replay():

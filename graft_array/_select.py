@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backends import kernel, resolve
-from ._common import METHODS, STRATEGIES
+from ._common import METHODS, STRATEGIES, unit_exponents
 from ._exceptions import GradientRankWarning
 from ._namespace import array_namespace, describe, device_of, from_numpy_like, is_array, to_numpy_view
 from ._validation import (
@@ -132,10 +132,19 @@ def select(
        is the unconstrained projection residual, so the weighted fit's
        residual is at least rho(m).
 
-    Nothing depends on the magnitude of the features or of the gradients:
-    scaling the features, or every gradient, by any c > 0 gives the same rows and
-    weights (each batch is scaled internally by an exact power of two, so that no
-    Gram overflows or underflows; for c = 2^j the results are the same bits).
+    The magnitude of the features or of the gradients does not matter: each
+    batch's gradients, and its features when their largest |entry| is far from
+    1, are scaled internally by an exact power of two, so no Gram overflows and
+    no tolerance depends on the scale. Scaling every gradient by c = 2^j gives
+    the same rows and the same bits of the weights and residuals whenever the
+    scaled gradients are exact (nothing overflows or turns subnormal); so does
+    scaling the features by 2^j, unless some of their entries lie so many
+    binary orders of magnitude below their batch's largest (dozens in float32,
+    hundreds in float64) that products of them are subnormal at one scale and
+    not at the other. Any other
+    c > 0 changes the inputs' rounding: the results agree up to rounding, so a
+    near-tie between candidate rows (or a rho(m) within rounding of ``tol``) can
+    go the other way.
 
     Every batch is selected independently; all batches go through one compiled
     call per step (Numba: parallel over batches; the low-rank step runs chunks of
@@ -275,7 +284,7 @@ def select(
         features, opts["split"] = _gradient_features(grads)
     opts["source"] = "grads" if features is grads or opts["split"] is not None else "features"
     return_info = check_bool(return_info, "return_info", _FUNC)
-    rng = _check_random_state(random_state)
+    rng = check_random_state(random_state, "random_state", _FUNC)
     seed = int(rng.integers(2**63))  # one test matrix for every batch, whatever the chunking
     if isinstance(features, (list, tuple)) or mask is not None:
         return _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, seed, backend, return_info)
@@ -287,7 +296,10 @@ def select(
     n = features.shape[-2]
     min_size = check_int(min_size, "min_size", _FUNC, low=1, allow_none=True)
     max_size = check_int(max_size, "max_size", _FUNC, low=1, allow_none=True)
-    grads_kind, grads = _check_grads(grads, features, xp, nb, n, batched)
+    # features=None with plain gradients: the features' max |entry| pass (_unit_features) checks the same array
+    # for NaN and infinity (and its result scales the criterion too), so no separate pass here
+    on_grads = features is grads and opts["strategy"] == "graft"
+    grads_kind, grads = _check_grads(grads, features, xp, nb, n, batched, finite=not on_grads)
     if offsets is not None:
         offsets = _check_offsets(offsets, nb, [n] * nb)
     name = resolve(features, backend, _FUNC)
@@ -382,7 +394,10 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
 
     solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
     run = _select_numba if name == "numba" else _select_generic
-    try:  # the features' per-batch max |entry| (the pass that picks their scale) tells whether F is finite
+    # NonFiniteFeatures: the pass that finds each batch's max |entry| for its scale (_unit_features) sees a NaN
+    # or infinity in F, or in its E columns only for [E | H] (split); the H columns, and finite features whose
+    # Gram overflows, are caught by lowrank's finiteness check of the Gram's diagonal (or of F Omega).
+    try:
         with threads:
             pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
     except NonFiniteFeatures:
@@ -543,12 +558,12 @@ def _split_ragged(features, grads, mask):
     return batches, tuple(gparts), kind, None, starts, first
 
 
-#: features whose largest |entry| is within 2^-e .. 2^e (e by dtype) go to the low-rank step as they are:
-#: no Gram, product with the test matrix or Cholesky QR of theirs (up to fourth powers of the entries, in
-#: the features' precision for the randomized solver) overflows or underflows, and every tolerance there
-#: is homogeneous, so the result is the same bits as for the scaled batch. Others are scaled by 2^k.
+#: features whose largest |entry| is within 2^-e .. 2^e (e by dtype) go to the low-rank step as they are (no
+#: copy): no Gram, product with the test matrix or Cholesky QR of theirs (up to fourth powers of the entries,
+#: in the features' precision for the randomized solver) overflows, and every tolerance there is homogeneous,
+#: so features scaled by 2^j select as the batch scaled to [1/2, 1) does (the same bits, unless products of
+#: entries far below the batch max reach subnormal numbers in one and not in the other). Others are scaled.
 _SAFE_FEATURE_EXP = {np.dtype(np.float32): 16, np.dtype(np.float64): 128}
-_FEATURE_EXP_LIMIT = {np.dtype(np.float32): 126, np.dtype(np.float64): 1000}  # 2^k stays a normal number
 
 
 def _unit_features(xp, F, amax, split):
@@ -556,18 +571,20 @@ def _unit_features(xp, F, amax, split):
 
     ``amax`` (NumPy (B,)): each batch's max |entry| (of the first ``split``
     columns, the residuals E of [E | H], when ``split`` is given: the gradients
-    e_i (x) [h_i; 1] scale with E). The top-r left singular vectors, and so the
+    e_i (x) [h_i; 1] scale with E). The exponents are
+    :func:`graft_array._common.unit_exponents` for F's dtype (clamped so that
+    2^k is a normal number of it). The top-r left singular vectors, and so the
     selection, do not change. F comes back as it is (no copy) when every batch
-    is already within 2^+-_SAFE_FEATURE_EXP. Raises :class:`NonFiniteFeatures`
-    when some batch is not finite (the pass that found amax tells).
+    is within 2^+-_SAFE_FEATURE_EXP (or zero). Raises :class:`NonFiniteFeatures`
+    when some batch's ``amax`` is not finite (the pass that found it saw a NaN
+    or an infinity among those columns).
     """
-    from ._agnostic.criterion import unit_exponents
     from ._agnostic.lowrank import NonFiniteFeatures
 
     if not np.all(np.isfinite(amax)):
         raise NonFiniteFeatures()
     dt = np.dtype(np.float32 if xp.finfo(F.dtype).bits == 32 else np.float64)
-    k = unit_exponents(amax, _FEATURE_EXP_LIMIT[dt])
+    k = unit_exponents(amax, dt)
     if np.all((amax == 0) | (np.abs(k) <= _SAFE_FEATURE_EXP[dt])):
         return F
     factor = xp.asarray(np.ldexp(np.ones(k.shape, dtype=dt), k), dtype=F.dtype, device=device_of(F))[:, None, None]
@@ -580,28 +597,34 @@ def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     """NumPy in, NumPy out: low rank in threads over chunks of batches, the rest in parallel Numba kernels."""
     from ._agnostic.lowrank import lowrank
     from ._numba import criterion as ncrit
-    from ._numba.lowrank import batch_abs_max, batch_gram, gram_ritz
+    from ._numba.checks import batch_abs_max
+    from ._numba.lowrank import batch_gram, gram_ritz
     from ._numba.maxvol import run_maxvol
     from ._parallel import map_batches
 
     nb, n, _ = F.shape  # already float32 / float64 (as_kernel_dtype at the entry)
+    split = opts["split"]
+    amax = np.empty(nb)  # each batch's max |entry| (of E for [E | H]), filled by the chunks through views
 
-    def chunk(Fc):
-        Fc = _unit_features(np, Fc, batch_abs_max(Fc, opts["split"]), opts["split"])
+    def chunk(Fc, amax_c):
+        amax_c[:] = batch_abs_max(Fc, split)
+        Fc = _unit_features(np, Fc, amax_c, split)
         rng = np.random.default_rng(seed)
         return lowrank(Fc, r, solver=solver, xp=np, rng=rng, gram=batch_gram, ritz=gram_ritz, check_finite=True,
-                       split=opts["split"])[0]
+                       split=split)[0]
 
-    V = np.ascontiguousarray(map_batches(chunk, F))
+    V = np.ascontiguousarray(map_batches(chunk, F, amax))
     pivots, _, _, _ = run_maxvol(V, hi, method=opts["method"], tile_rows=None, refine=False, tol=1.05, max_iters=0)
     if grads_kind is None:
         sizes = np.full(nb, hi, dtype=np.int64)
         return pivots, sizes, np.full((nb, hi), np.nan), np.full((nb, hi), n / hi)
     parts = tuple(np.ascontiguousarray(g) for g in grads)
+    # features=None: the features are the gradients (or [E | H]), so amax is max |G_b| (max |E_b|) already
+    gmax = amax if opts["source"] == "grads" else None
     if grads_kind == "plain":
-        K, bv, gg = ncrit.gram_plain(parts[0], pivots)
+        K, bv, gg = ncrit.gram_plain(parts[0], pivots, gmax)
     else:
-        K, bv, gg = ncrit.gram_last_layer(parts[0], parts[1], pivots)
+        K, bv, gg = ncrit.gram_last_layer(parts[0], parts[1], pivots, gmax)
     residuals, _ = ncrit.rho_curve(K, bv, gg)
     sizes = _sizes(np, residuals, lo, hi, opts["tol"])
     W = ncrit.nnls_batched(K, bv, sizes, n, opts["weight_reg"])
@@ -616,7 +639,8 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     xp = array_namespace(F)
     dev = device_of(F)
     nb, n, _ = F.shape  # already float32 / float64 (as_kernel_dtype at the entry)
-    F = _unit_features(xp, F, criterion.batch_abs_max(xp, F, opts["split"]), opts["split"])
+    amax = criterion.batch_abs_max(xp, F, opts["split"])  # of E for [E | H]
+    F = _unit_features(xp, F, amax, opts["split"])
     V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed), check_finite=True,
                       split=opts["split"])
     run = kernel("maxvol", name)
@@ -627,10 +651,11 @@ def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
         sizes = xp.full((nb,), hi, dtype=xp.int64, device=dev)
         nan = xp.full((nb, hi), float("nan"), dtype=xp.float64, device=dev)
         return pivots, sizes, nan, xp.full((nb, hi), n / hi, dtype=xp.float64, device=dev)
+    gmax = amax if opts["source"] == "grads" else None  # features=None: the same max |G_b| (max |E_b|)
     if grads_kind == "plain":
-        K, bv, gg = criterion.gram_plain(xp, grads[0], pivots)
+        K, bv, gg = criterion.gram_plain(xp, grads[0], pivots, gmax)
     else:
-        K, bv, gg = criterion.gram_last_layer(xp, grads[0], grads[1], pivots)
+        K, bv, gg = criterion.gram_last_layer(xp, grads[0], grads[1], pivots, gmax)
     residuals, _ = criterion.rho_curve(xp, K, bv, gg)
     sizes = _sizes(xp, residuals, lo, hi, opts["tol"])
     rows = []
@@ -721,11 +746,6 @@ def _residuals_embeddings(e, h, at, ndims, doc_e, doc_h):
     e, h = as_kernel_dtype(e, f"grads.residuals{at}", _FUNC), as_kernel_dtype(h, f"grads.embeddings{at}", _FUNC)
     dt = xp.result_type(e.dtype, h.dtype)
     return xp.concat([xp.astype(e, dt), xp.astype(h, dt)], axis=-1)
-
-
-def _check_random_state(random_state, func=_FUNC):
-    """A numpy Generator from None, a non-negative int or a Generator (the Generator itself)."""
-    return check_random_state(random_state, "random_state", func)
 
 
 _INT64_MAX = 2**63 - 1

@@ -139,8 +139,7 @@ def test_scale_invariance_where_nothing_is_copied(backend, solver, shape, dtype,
 
 
 def test_no_copy_when_the_scale_is_safe():
-    from graft_array._agnostic import criterion
-    from graft_array._numba.lowrank import batch_abs_max
+    from graft_array._numba.checks import batch_abs_max
     from graft_array._select import _unit_features
 
     F = np.random.default_rng(1).standard_normal((3, 10, 7))
@@ -148,7 +147,6 @@ def test_no_copy_when_the_scale_is_safe():
         amax = batch_abs_max(X)
         assert_array_equal(amax, np.abs(X).max(axis=(1, 2)))
         assert _unit_features(np, X, amax, None) is X
-        assert criterion._unit_rows(np, X) is X
     big = F * np.array([1.0, 2.0**300, 1.0])[:, None, None]
     out = _unit_features(np, big, batch_abs_max(big), None)
     assert out is not big and np.all(np.abs(out).max(axis=(1, 2)) < 1) and np.all(np.abs(out).max(axis=(1, 2)) >= 0.5)
@@ -157,6 +155,95 @@ def test_no_copy_when_the_scale_is_safe():
     F32 = F.astype(np.float32)
     F32[1, 2, 3] = np.nan
     assert np.isnan(batch_abs_max(F32)[1]) and np.all(np.isfinite(batch_abs_max(F32)[[0, 2]]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_abs_max_twins(dtype):
+    """The Numba pass over the bits and the generic one agree, NaN and infinity included, and on E of [E | H]."""
+    from graft_array._agnostic import criterion
+    from graft_array._numba.checks import batch_abs_max
+
+    X = np.random.default_rng(2).standard_normal((5, 9, 6)).astype(dtype)
+    X[1, 2, 3], X[2, 0, 0], X[3, 8, 5], X[4] = np.nan, -np.inf, -7.5, 0.0
+    for cols in (None, 4, 6):
+        assert_array_equal(batch_abs_max(X, cols), criterion.batch_abs_max(np, X, cols))
+    assert_array_equal(batch_abs_max(X[:, :0]), np.zeros(5))
+
+
+@pytest.mark.parametrize("dtype,e", [(np.float32, 128), (np.float64, 1024)])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("solver", ["exact", "randomized"])
+def test_features_near_the_largest_float(dtype, e, backend, solver):
+    """Features (and gradients) near the dtype's largest number (3e38, 1.7e308) select as at unit size.
+
+    Their scale exponent is clamped so that 2^k is a normal number of the dtype
+    (the unclamped 2^-128 in float32, 2^-1024 in float64, is subnormal).
+    """
+    rng = np.random.default_rng(12)
+    U = rng.standard_normal((2, 64, 150))
+    U = (U / (1.01 * np.abs(U).max(axis=(1, 2), keepdims=True))).astype(dtype)  # max |entry| just below 1
+    G = rng.standard_normal((2, 64, 30)).astype(dtype)
+    G = (G / (1.01 * np.abs(G).max(axis=(1, 2), keepdims=True))).astype(dtype)
+    big, gbig = np.ldexp(U, e), np.ldexp(G, e)
+    assert np.all(np.isfinite(big)) and np.abs(big).max() > (3e38 if dtype == np.float32 else 1.7e308)
+    kw = dict(fraction=0.2, tol=0.5, solver=solver)
+    base = _run(backend, U, G, **kw)
+    _same(base, _run(backend, big, G, **kw), 128)
+    _same(base, _run(backend, U, gbig, **kw), 128)
+    _same(base, _run(backend, big, gbig, **kw), 128)
+
+
+@pytest.mark.parametrize("last_layer", [False, True])
+def test_criterion_twins_scale_every_batch_to_unit(last_layer):
+    """Numba and generic Grams follow one rule: every batch scaled to max |entry| in [1/2, 1), always.
+
+    Gradients scaled by 2^j are the same scaled rows, so (K, b, gg) are the same
+    bits, also for a row 2^-520 below its batch's max (its products are subnormal
+    at unit scale, but were normal in an unscaled batch of max 2^100).
+    """
+    from graft_array._agnostic import criterion
+    from graft_array._numba import criterion as ncrit
+
+    rng = np.random.default_rng(13)
+    G = rng.standard_normal((3, 20, 7)) * np.array([2.0**100, 1.0, 2.0**-40])[:, None, None]
+    G[0, 5] *= 2.0**-520
+    H = rng.standard_normal((3, 20, 4))
+    piv = np.stack([rng.permutation(20)[:8] for _ in range(3)]).astype(np.int64)
+
+    def grams(X):
+        amax = np.abs(X).max(axis=(1, 2))
+        if last_layer:
+            return (ncrit.gram_last_layer(X, H, piv), criterion.gram_last_layer(np, X, H, piv),
+                    ncrit.gram_last_layer(X, H, piv, amax))
+        return ncrit.gram_plain(X, piv), criterion.gram_plain(np, X, piv), ncrit.gram_plain(X, piv, amax)
+
+    ref = grams(G)
+    for a, b in zip(ref[0], ref[2]):  # the caller's maxima give the kernel's own scale
+        assert_array_equal(a, b)
+    for a, b in zip(ref[0], ref[1]):  # the twins: the same numbers, rounded in another order
+        assert_allclose(a, b, rtol=1e-12, atol=0)
+    assert np.abs(ref[0][0]).max() < 20  # unit scale: |K| <= p
+    for j in (-300, -1, 1, 200, 900):
+        for a, b in zip(ref, grams(np.ldexp(G, j))):
+            for x, y in zip(a, b):
+                assert_array_equal(x, y)
+    strided = np.repeat(G, 2, axis=2)[:, :, ::2]  # not contiguous: the kernels' plain abs-max loop
+    if not last_layer:
+        for x, y in zip(ncrit.gram_plain(strided, piv), ref[0]):
+            assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradients_as_features_not_finite_raise(backend):
+    """features=None with plain gradients: the one max |entry| pass (no separate isfinite) still finds NaN and inf."""
+    G = np.random.default_rng(14).standard_normal((2, 30, 12))
+    for bad in (np.nan, np.inf):
+        G2 = G.copy()
+        G2[1, 4, 7] = bad
+        with pytest.raises(ValueError, match="'grads' to contain only finite values"):
+            ga.select(None, G2, backend=backend)
+        with pytest.raises(ValueError, match="'grads' to contain only finite values"):
+            ga.select(None, G2, strategy="craig", backend=backend)
 
 
 def test_per_batch_scales_are_independent():

@@ -18,17 +18,23 @@ Two gradient forms share this code through ``(K, b, gg)``:
   g = M = E^T [H, 1], b_j = e_sj^T M [h_sj; 1], gg = ||M||_F^2. Nothing of size
   C * (h + 1) per sample is ever formed.
 
-All of it is in float64. rho, the weights and every tolerance are invariant to
-scaling every gradient by c > 0 (the tolerances are homogeneous in K and b), and
-:func:`gram_plain` / :func:`gram_last_layer` scale each batch by a power of two
-(exact) where its magnitude could overflow or underflow the Gram, so that this
-holds for any finite gradients.
+All of it is in float64. Every tolerance is homogeneous in K and b, and
+:func:`gram_plain` / :func:`gram_last_layer` multiply each batch's rows (the
+residuals E for the last layer) by the power of two 2^k that brings their
+largest |entry| into [1/2, 1) (:func:`graft_array._common.unit_exponents`,
+clamped to a normal float64), always: nothing overflows, and gradients scaled
+by c = 2^j (exactly representable) give the same scaled rows, hence the same
+bits of rho and the weights, unless the clamp is reached (a batch max beyond
+about 2^+-1022). For other c > 0 they agree up to rounding. The Numba twins
+(:mod:`graft_array._numba.criterion`) follow the same rule.
 """
 
 import numpy as np
 
+from .._common import unit_exponents
+
 __all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_gram", "weight_system", "batch_abs_max",
-           "unit_exponents", "SPAN_TOL", "SUM_PENALTY", "SAFE_EXP"]
+           "SPAN_TOL", "SUM_PENALTY"]
 
 #: relative size of a new Cholesky diagonal below which a pivot adds nothing to the span
 SPAN_TOL = 1e-7
@@ -37,19 +43,17 @@ SPAN_TOL = 1e-7
 #: to the mean squared gradient norm of the selected samples
 SUM_PENALTY = 100.0
 
-#: float64 rows whose largest |entry| is within 2^-SAFE_EXP .. 2^SAFE_EXP are used as they are:
-#: their Grams, b and ||g||^2 neither overflow nor underflow (others are scaled by a power of two)
-SAFE_EXP = 200
-
 
 def _host(x):
-    """A small array as NumPy float64 (device arrays are copied to the host)."""
+    """A small array as NumPy float64 (a device array is copied to the host in one transfer)."""
     if hasattr(x, "detach"):  # torch: a scale needs no autograd history
         x = x.detach()
     try:
         return np.asarray(np.from_dlpack(x), dtype=np.float64)
-    except Exception:  # a device array: element by element (B numbers)
-        return np.asarray([float(v) for v in x], dtype=np.float64)
+    except Exception:  # not on the host (CuPy, a CUDA tensor): one copy to it, then the same view
+        import array_api_compat
+
+        return np.asarray(np.from_dlpack(array_api_compat.to_device(x, "cpu")), dtype=np.float64)
 
 
 def batch_abs_max(xp, X, cols=None):
@@ -65,22 +69,17 @@ def batch_abs_max(xp, X, cols=None):
     return _host(xp.max(xp.reshape(xp.abs(X), (nb, -1)), axis=1))
 
 
-def unit_exponents(amax, limit=1000):
-    """k (B,) int with amax_b 2^k_b in [1/2, 1) (0 where amax_b = 0), at most ``limit``: exact scales."""
-    return np.minimum(-np.frexp(np.asarray(amax, dtype=np.float64))[1], limit).astype(np.int64)
+def _unit_rows(xp, X, amax=None):
+    """X (B, n, p) float64 with each batch multiplied by 2^k_b (:func:`graft_array._common.unit_exponents`), exactly.
 
-
-def _unit_rows(xp, X):
-    """X (B, n, p) float64 with each batch scaled by 2^k_b (:func:`unit_exponents`), exactly.
-
-    Returned as it is (no copy) when every batch's max |entry| is already within
-    2^+-SAFE_EXP: the results are the same bits either way (homogeneity).
+    ``amax`` (NumPy (B,)): each batch's max |entry| when the caller has it,
+    else found by :func:`batch_abs_max`. Always applied (also where 2^k_b is
+    1): the rule of the Numba twins, under which X and X 2^j give the same rows.
     """
-    amax = batch_abs_max(xp, X)
-    k = unit_exponents(amax)
-    if np.all((amax == 0) | (np.abs(k) <= SAFE_EXP)):
-        return X
-    return X * xp.asarray(np.ldexp(1.0, k), dtype=X.dtype, device=_dev(X))[:, None, None]
+    if amax is None:
+        amax = batch_abs_max(xp, X)
+    factor = np.ldexp(1.0, unit_exponents(amax, np.float64))
+    return X * xp.asarray(factor, dtype=X.dtype, device=_dev(X))[:, None, None]
 
 
 def _mT(xp, A):
@@ -96,13 +95,13 @@ def _take_rows(xp, X, piv):
     return xp.reshape(xp.take(xp.reshape(X, (nb * n, p)), flat, axis=0), (nb, kk, p))
 
 
-def gram_plain(xp, G, piv):
+def gram_plain(xp, G, piv, amax=None):
     """(K, b, gg) for plain per-sample gradient rows G (B, n, p), pivots (B, K).
 
-    Batch b's rows are scaled by a power of two (:func:`_unit_rows`): the (K, b, gg)
-    of G_b 2^k_b, whose rho and weights are those of G_b.
+    Those of G_b 2^k_b (:func:`_unit_rows`; ``amax``: each batch's max |entry|
+    if known), whose rho and weights are those of G_b.
     """
-    G = _unit_rows(xp, xp.astype(G, xp.float64))
+    G = _unit_rows(xp, xp.astype(G, xp.float64, copy=False), amax)
     g = xp.sum(G, axis=1)  # (B, p)
     GS = _take_rows(xp, G, piv)
     K = GS @ _mT(xp, GS)
@@ -111,13 +110,13 @@ def gram_plain(xp, G, piv):
     return K, b, gg
 
 
-def gram_last_layer(xp, E, H, piv):
+def gram_last_layer(xp, E, H, piv, amax=None):
     """(K, b, gg) for last-layer gradients e_i (x) [h_i; 1]: E (B, n, C), H (B, n, h).
 
-    The residuals E_b are scaled by a power of two (:func:`_unit_rows`; scaling
-    every gradient by c scales e_i only).
+    The residuals E_b are scaled by 2^k_b (:func:`_unit_rows`; ``amax``: each
+    batch's max |e| if known); scaling every gradient by c scales e_i only.
     """
-    E = _unit_rows(xp, xp.astype(E, xp.float64))
+    E = _unit_rows(xp, xp.astype(E, xp.float64, copy=False), amax)
     H = xp.astype(H, xp.float64)
     ones = xp.ones(H.shape[:-1] + (1,), dtype=xp.float64, device=_dev(H))
     Ht = xp.concat([H, ones], axis=-1)

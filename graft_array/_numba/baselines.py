@@ -10,7 +10,8 @@ import numpy as np
 from numba import njit, prange
 
 from .._agnostic.baselines import DUPLICATE_ULPS
-from .criterion import _EPS, _gram_last_layer_one, _gram_plain_one, _nnls_one, _rho_one, _unit_scale
+from .checks import abs_max, unit_scale
+from .criterion import _EPS, _gram_last_layer_one, _gram_plain_one, _nnls_one, _rho_one
 
 __all__ = [
     "random_subset",
@@ -25,27 +26,33 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-
 @njit(cache=True, nogil=True)
 def _batch_gram_plain(Gb):
-    """(K, b, ||g||^2) of one batch's plain gradient rows Gb (n, p), scaled by :func:`_unit_scale`: the n x n Gram, b = K 1."""
+    """(K, b, ||g||^2) of one batch's plain gradient rows Gb (n, p): the n x n Gram, b = K 1.
+
+    Those of Gb 2^k, the criterion's scale rule (:func:`graft_array._numba.checks.unit_scale` of max |Gb|).
+    """
     n, p = Gb.shape
     K = np.empty((n, n))
     bv = np.empty(n)
-    gg = _gram_plain_one(Gb, np.arange(n), K, bv, np.empty(p), np.empty((n, p)), _unit_scale(Gb))
+    gg = _gram_plain_one(Gb, np.arange(n), K, bv, np.empty(p), np.empty((n, p)), unit_scale(abs_max(Gb)))
     return K, bv, gg
 
 
 @njit(cache=True, nogil=True)
 def _batch_gram_last_layer(Eb, Hb):
-    """(K, b, ||g||^2) of one batch's last-layer gradients e_i (x) [h_i; 1], never formed (E scaled by :func:`_unit_scale`)."""
+    """(K, b, ||g||^2) of one batch's last-layer gradients e_i (x) [h_i; 1], never formed.
+
+    Eb scaled as in :func:`_batch_gram_plain` (the embeddings are not).
+    """
     n, C = Eb.shape
     h = Hb.shape[1]
     K = np.empty((n, n))
     bv = np.empty(n)
     gg = _gram_last_layer_one(Eb, Hb, np.arange(n), K, bv, np.empty((C, h + 1)), np.empty((n, C)),
-                              np.empty((n, h + 1)), np.empty(h + 1), _unit_scale(Eb))
+                              np.empty((n, h + 1)), np.empty(h + 1), unit_scale(abs_max(Eb)))
     return K, bv, gg
+
 
 @njit(cache=True, nogil=True)
 def _mix64(z):

@@ -1,49 +1,33 @@
 """Numba twins of :mod:`graft_array._agnostic.criterion`: the rho curve and NNLS weights, parallel over batches.
 
 Same arithmetic as the generic code (float64, the same span tolerance and the
-same Lawson-Hanson steps), one compiled call for all batches. Each batch's
-gradients are scaled by the power of two of :func:`_unit_scale` as they are read
-(exact), so that nothing overflows or underflows and the results do not depend on
+same Lawson-Hanson steps), one compiled call for all batches. The same scale
+rule as the generic twin: each batch's gradient rows (the residuals E for the
+last layer) are multiplied by 2^k, the power of two of
+:func:`graft_array._numba.checks.unit_scale` that brings their largest |entry|
+into [1/2, 1) (clamped to a normal float64), as they are read (exact, free
+next to the load), so that nothing overflows and the results do not depend on
 the gradients' magnitude.
 """
-
-import math
 
 import numpy as np
 from numba import njit, prange
 
 from .._agnostic.criterion import SPAN_TOL, SUM_PENALTY
+from .checks import abs_max, unit_scale
 
 __all__ = ["gram_plain", "gram_last_layer", "rho_curve", "nnls_batched"]
 
 
 _FM = {"nsz", "arcp", "contract", "reassoc"}  # reassociation lets LLVM vectorise the dot products
 _EPS = 2.220446049250313e-16
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _abs_max(X):
-    """max |X| of a finite 2-D array (0.0 when empty); float64."""
-    m = 0.0
-    for i in range(X.shape[0]):
-        for t in range(X.shape[1]):
-            a = abs(X[i, t])
-            m = a if a > m else m
-    return m
+_NONE = np.empty(0)  # "no per-batch maxima given": each kernel finds its batch's own
 
 
 @njit(cache=True, nogil=True)
-def _unit_scale(X):
-    """The power of two 2^k that brings max |X| (X finite, 2-D) into [1/2, 1); 1.0 for X = 0; k <= 1000.
-
-    Multiplying by it is exact (the twin of :func:`graft_array._agnostic.criterion.unit_exponents`): the Gram,
-    b and ||g||^2 of the scaled rows neither overflow nor underflow, and rows
-    scaled by c = 2^j give the same bits.
-    """
-    m = _abs_max(X)
-    if not m > 0.0:
-        return 1.0
-    return math.ldexp(1.0, min(-math.frexp(m)[1], 1000))
+def _scale(X, amax, bi):
+    """Batch bi's scale 2^k (:func:`unit_scale`) from ``amax[bi]``, or from one pass over X when ``amax`` is empty."""
+    return unit_scale(amax[bi] if amax.shape[0] else abs_max(X))
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -74,13 +58,19 @@ def _gram_plain_one(G, piv, K, bv, g, GS, sc):
     return _dot(g, g)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def gram_plain(G, piv):
+def gram_plain(G, piv, amax=None):
     """(K, b, gg) of plain per-sample gradient rows G (B, n, p) along pivots (B, K); float64.
 
-    Batch b's rows are scaled by :func:`_unit_scale` (exact): K, b and gg are
-    those of G_b 2^k_b, which leaves rho and the weight fit unchanged.
+    K, b and gg are those of G_b 2^k_b (exact; k_b from
+    :func:`graft_array._numba.checks.unit_scale` of max |G_b|), whose rho and
+    weights are those of G_b. ``amax`` (B,): each batch's max |entry| when the
+    caller already has it (one pass over G saved), else found here.
     """
+    return _gram_plain_stack(G, piv, _NONE if amax is None else np.asarray(amax, dtype=np.float64))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gram_plain_stack(G, piv, amax):
     nb, n, p = G.shape
     kk = piv.shape[1]
     K = np.empty((nb, kk, kk))
@@ -89,7 +79,7 @@ def gram_plain(G, piv):
     for bi in prange(nb):
         g = np.empty(p)
         GS = np.empty((kk, p))
-        gg[bi] = _gram_plain_one(G[bi], piv[bi], K[bi], bv[bi], g, GS, _unit_scale(G[bi]))
+        gg[bi] = _gram_plain_one(G[bi], piv[bi], K[bi], bv[bi], g, GS, _scale(G[bi], amax, bi))
     return K, bv, gg
 
 
@@ -128,15 +118,20 @@ def _gram_last_layer_one(E, H, piv, K, bv, M, ES, HS, row, sc):
     return acc
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def gram_last_layer(E, H, piv):
+def gram_last_layer(E, H, piv, amax=None):
     """(K, b, gg) of last-layer gradients e_i (x) [h_i; 1] along pivots (B, K); E (B, n, C), H (B, n, h).
 
     K_jl = <e_j, e_l>(<h_j, h_l> + 1), b_j = e_j^T M [h_j; 1] with M = E^T [H, 1] the
     batch gradient, gg = ||M||_F^2; float64, nothing of size C (h + 1) per sample.
-    Batch b's residuals E_b are scaled by :func:`_unit_scale` (exact; the
-    embeddings are not: scaling every gradient by c scales e_i only).
+    Those of E_b 2^k_b (exact; k_b from the max |entry| of E_b, ``amax`` when
+    given, as in :func:`gram_plain`); the embeddings are not scaled: scaling
+    every gradient by c scales e_i only.
     """
+    return _gram_last_layer_stack(E, H, piv, _NONE if amax is None else np.asarray(amax, dtype=np.float64))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gram_last_layer_stack(E, H, piv, amax):
     nb, n, C = E.shape
     h = H.shape[2]
     kk = piv.shape[1]
@@ -148,7 +143,7 @@ def gram_last_layer(E, H, piv):
         ES = np.empty((kk, C))
         HS = np.empty((kk, h + 1))
         row = np.empty(h + 1)
-        gg[bi] = _gram_last_layer_one(E[bi], H[bi], piv[bi], K[bi], bv[bi], M, ES, HS, row, _unit_scale(E[bi]))
+        gg[bi] = _gram_last_layer_one(E[bi], H[bi], piv[bi], K[bi], bv[bi], M, ES, HS, row, _scale(E[bi], amax, bi))
     return K, bv, gg
 
 

@@ -41,7 +41,7 @@ from numba.extending import intrinsic
 from .maxvol import (_FM, _Vec, _lane_reduce, _prefetch_at, _simd_width, _vbcast, _vec_call, _vfnma, _vload, _vmul, _vsplat,
                      _vstore, _vsuffix, _vzero)
 
-__all__ = ["batch_gram", "gram_ritz", "cholqr_rows", "batch_abs_max"]
+__all__ = ["batch_gram", "gram_ritz", "cholqr_rows"]
 
 _EPS = float(np.finfo(np.float64).eps)
 _PAD = 16  # scratch rows are padded to a multiple of 16 elements (4 float64 vectors, 2 float32 vectors)
@@ -219,42 +219,6 @@ def _gram_stack(F, G):
     step = (n * d + tiles - 1) // tiles
     for b in range(nb):
         _syrk(F[b], G[b], n, d, F[min(b + 1, nb - 1)].reshape(n * d), step)
-
-
-@njit(cache=True, nogil=True)
-def _abs_max_bits(bits, cols, mask, out):
-    """out[b] = max over batch b's first ``cols`` columns of ``bits & mask`` (|x| as an unsigned integer)."""
-    nb, n, _ = bits.shape
-    for b in range(nb):
-        m = mask - mask
-        for i in range(n):
-            for t in range(cols):
-                v = bits[b, i, t] & mask
-                m = v if v > m else m
-        out[b] = m
-
-
-def batch_abs_max(F, cols=None):
-    """max |F_b[:, :cols]| for each batch of F (B, n, d), float32 or float64: NumPy float64 (B,).
-
-    One integer pass (vectorised unsigned maxima of the bits without the sign):
-    NaN or infinity anywhere in a batch makes its maximum NaN or infinity, so
-    the pass also tells whether the batch is finite. The twin of
-    :func:`graft_array._agnostic.criterion.batch_abs_max`.
-    """
-    if F.dtype.kind != "f" or F.dtype.itemsize not in (4, 8) or not F.dtype.isnative:
-        F = F.astype(np.float64)  # the bits below are those of native float32 / float64
-    F = np.ascontiguousarray(F)
-    nb, n, d = F.shape
-    cols = d if cols is None else cols
-    if F.dtype == np.float32:
-        bits, mask = F.view(np.uint32), np.uint32(0x7FFFFFFF)
-    else:
-        bits, mask = F.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF)
-    out = np.zeros(nb, dtype=bits.dtype)
-    if nb and n and cols:
-        _abs_max_bits(bits, cols, mask, out)
-    return out.view(F.dtype).astype(np.float64)
 
 
 def batch_gram(F):
