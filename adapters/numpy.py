@@ -12,7 +12,7 @@ shows the pass.
 import numpy as np
 
 from .._select import LastLayerGrads, select
-from .._validation import check_bool, check_int, check_random_state
+from .._validation import check_bool, check_int, check_random_state, check_real
 
 __all__ = ["select_dataset"]
 
@@ -62,6 +62,7 @@ def select_dataset(
     batch_size=128,
     batches_per_call=64,
     fraction=0.25,
+    labels=None,
     progress=True,
     random_state=None,
     **select_kwargs,
@@ -80,11 +81,21 @@ def select_dataset(
     batches_per_call : int, default=64
         Batches handed to one :func:`graft_array.select` call.
     fraction : float, default=0.25
+        The budget: the pass selects ``round(fraction * n_samples)`` rows in all
+        (with select's default ``budget="call"``: each call gets its share by
+        cumulative rounding, ``round(fraction * end) - round(fraction * start)``
+        of its rows, and spreads it over its batches by their residual
+        curves). ``budget="batch"`` in ``select_kwargs`` gives every batch its
+        own criterion's size instead.
+    labels : None or int array-like (n_samples,)
+        Class labels (or any strata): each call's budget is split per class and
+        selected within each class (select's ``labels``).
     progress : bool, default=True
         Show a tqdm progress bar (on stderr).
     random_state : None, non-negative int or numpy.random.Generator
-        Seeds the randomized low-rank solver (and ``strategy="random"``): the
-        result equals one :func:`graft_array.select` call over all the batches with the same
+        Seeds the randomized low-rank solver (and ``strategy="random"``): with
+        ``budget="batch"`` and no ``labels`` the result equals one
+        :func:`graft_array.select` call over all the batches with the same
         ``random_state`` (a Generator moves on by the same one draw).
     **select_kwargs
         Passed to :func:`graft_array.select` (strategy, gradmatch_lambda, rank,
@@ -98,7 +109,7 @@ def select_dataset(
         Dataset row numbers, batch after batch, each batch in selection order.
     weights : float64 ndarray
         Aligned with ``indices``; within a batch they sum to the batch's size
-        (GradMatch's: its own fit, see :func:`graft_array.select`).
+        (``strategy="crest"``: mean 1 over each call, see :func:`graft_array.select`).
     """
     for bad in ("offsets", "return_info", "mask"):
         if bad in select_kwargs:
@@ -118,6 +129,12 @@ def select_dataset(
     for part, name in zip(parts, names):
         if _length(part, name) != n:
             raise ValueError(f"{_FUNC} expects '{name}' to have one row per row of 'X' ({n}); got {len(part)}.")
+    lab = None
+    if labels is not None:
+        lab = np.asarray(labels)
+        if lab.shape != (n,):
+            raise ValueError(f"{_FUNC} expects 'labels' with one label per row of 'X' ({n},); got shape {lab.shape}.")
+    fraction = check_real(fraction, "fraction", _FUNC, low=0.0, high=1.0, low_inclusive=False)
     rng = check_random_state(random_state, "random_state", _FUNC)
     state = rng.bit_generator.state
 
@@ -151,8 +168,12 @@ def select_dataset(
                 else:
                     g = None
                 offsets = a + np.arange(nb, dtype=np.int64) * ((b - a) // nb)
-                s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True, random_state=replay(),
-                           **select_kwargs)
+                kw = dict(select_kwargs)
+                if kw.get("budget", "call") == "call":  # this call's share of round(fraction * n), exactly
+                    kw["budget"] = int(round(fraction * b)) - int(round(fraction * a))
+                if lab is not None:
+                    kw["labels"] = lab[a:b].reshape(nb, (b - a) // nb)
+                s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True, random_state=replay(), **kw)
                 idx_out.append(np.asarray(s.indices))
                 w_out.append(np.asarray(s.weights))
             bar.update(hi - lo)

@@ -104,7 +104,7 @@ class GraftSampler(BaseEstimator):
 
     Parameters
     ----------
-    strategy : {"graft", "random", "craig", "gradmatch"}, default="graft"
+    strategy : {"graft", "random", "craig", "gradmatch", "crest"}, default="graft"
         Selection rule of :func:`graft_array.select`: GRAFT, or a baseline with
         the same API (uniform random rows, CRAIG's facility location,
         GradMatch's OMP fit of the batch gradient). The baselines take exactly
@@ -142,6 +142,17 @@ class GraftSampler(BaseEstimator):
         ``indices_`` are still rows of the caller's ``X``.
     backend : {"auto", "numba", "array_api", "cuda"}, default="auto"
         Backend of :func:`graft_array.select`.
+    class_balance : {"auto", True, False}, default="auto"
+        Class-balanced selection (select's ``labels``): each class of ``y``
+        gets ``ceil(k n_c / n)`` of the k selected rows (at least one, so a
+        classifier fitted on the subset sees every class), and the selection
+        runs within each class. ``"auto"``: on when ``y`` is a binary or
+        multiclass target, off otherwise (and without ``y``); ``True`` requires
+        such a ``y``.
+    budget : {"call", "batch"} or int, default="call"
+        select's ``budget``: ``"call"`` selects ``round(fraction * n_samples)``
+        rows in all, GRAFT's gradient-aware sizes spreading them over the
+        batches; ``"batch"`` lets every batch's criterion pick its own size.
     random_state : None, non-negative int, numpy RandomState or Generator, default=None
         Seeds the shuffle and the randomized low-rank solver (one
         ``numpy.random.Generator`` made from it: the permutation is drawn first,
@@ -154,10 +165,14 @@ class GraftSampler(BaseEstimator):
         Selected rows of ``X``, batch after batch, each batch in selection order.
     weights_ : float64 ndarray (n_selected,)
         Non-negative weights aligned with ``indices_``; they sum to the batch's
-        number of rows within each batch ("graft", "random", "craig"; GradMatch's
-        are its own fit, see :func:`graft_array.select`).
+        number of rows within each batch (``strategy="crest"``: mean 1 over the
+        selection, see :func:`graft_array.select`).
     sizes_ : int64 ndarray (n_batches,)
-        Rows selected in each batch.
+        Rows selected in each batch (with class balance: in each class chunk,
+        see ``batch_labels_``).
+    batch_labels_ : ndarray (n_chunks,) or None
+        With class balance, the class of each chunk the selection ran on (the
+        order of ``sizes_`` and ``residuals_``); None otherwise.
     batch_rows_ : int64 ndarray (n_batches,)
         Rows in each batch (``batch_size``, the last one possibly fewer).
     residuals_ : float64 ndarray (n_batches, max_size)
@@ -203,7 +218,11 @@ class GraftSampler(BaseEstimator):
         random_state=None,
         strategy="graft",
         gradmatch_lambda=0.5,
+        class_balance="auto",
+        budget="call",
     ):
+        self.class_balance = class_balance
+        self.budget = budget
         self.strategy = strategy
         self.fraction = fraction
         self.rank = rank
@@ -245,6 +264,20 @@ class GraftSampler(BaseEstimator):
             solver=check_option(self.solver, "solver", owner, SOLVERS),
             backend=check_option(self.backend, "backend", owner, _BACKENDS),
         )
+        if not (isinstance(self.class_balance, (bool, np.bool_)) or self.class_balance == "auto"):
+            raise ValueError(
+                f"The 'class_balance' parameter of {owner} must be 'auto', True or False. "
+                f"Got {self.class_balance!r} instead."
+            )
+        budget = self.budget
+        if isinstance(budget, (int, np.integer)) and not isinstance(budget, (bool, np.bool_)):
+            opts["budget"] = check_int(budget, "budget", owner, low=0)
+        elif isinstance(budget, str) and budget in ("call", "batch"):
+            opts["budget"] = budget
+        else:
+            raise ValueError(
+                f"The 'budget' parameter of {owner} must be 'call', 'batch' or an int >= 0. Got {budget!r} instead."
+            )
         min_size = check_int(self.min_size, "min_size", owner, low=1, high=batch_size, allow_none=True)
         max_size = check_int(self.max_size, "max_size", owner, low=1, high=batch_size, allow_none=True)
         for nm, value in (("min_size", min_size), ("max_size", max_size)):
@@ -267,6 +300,23 @@ class GraftSampler(BaseEstimator):
                     f"predict_proba or predict. Got {proxy!r} instead."
                 )
         return batch_size, opts, min_size, max_size, shuffle
+
+    def _class_labels(self, y):
+        """(codes (n,) int64, classes) of a classification ``y`` when class balance applies, else None."""
+        owner = type(self).__name__
+        if self.class_balance is False or self.class_balance is np.False_:
+            return None
+        target = None if y is None else type_of_target(y, input_name="y")
+        if target not in _CLASSIFICATION:
+            if self.class_balance == "auto":
+                return None
+            raise ValueError(
+                f"{owner} with class_balance=True needs a binary or multiclass 'y'. Got "
+                f"{'no y' if y is None else repr(target)} instead."
+            )
+        y1 = y.ravel() if y.ndim == 2 else y
+        classes, codes = np.unique(y1, return_inverse=True)
+        return codes.astype(np.int64), classes
 
     def _check_y(self, y, n):
         owner = type(self).__name__
@@ -403,12 +453,14 @@ class GraftSampler(BaseEstimator):
         X_in = X
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_all_finite=True, reset=True)
         n = X.shape[0]
+        yc = None if y is None else self._check_y(y, n)
         if sample_gradients is not None:
             grads, source, self.proxy_ = self._check_gradients(sample_gradients, n), "sample_gradients", None
-        elif y is not None:
-            (grads, self.proxy_), source = self._proxy_gradients(X_in, X, self._check_y(y, n)), "proxy"
+        elif yc is not None:
+            (grads, self.proxy_), source = self._proxy_gradients(X_in, X, yc), "proxy"
         else:
             grads, source, self.proxy_ = None, "none", None
+        labels = self._class_labels(yc)
 
         perm = rng.permutation(n).astype(np.int64) if shuffle else None
         cuts = list(range(0, n, batch_size))
@@ -430,10 +482,12 @@ class GraftSampler(BaseEstimator):
             g,
             min_size=None if min_size is None else min(min_size, nmax),
             max_size=None if max_size is None else min(max_size, nmax),
+            labels=None if labels is None else batches(labels[0]),
             return_info=True,
             random_state=rng,
             **opts,
         )
+        self.batch_labels_ = None if labels is None else labels[1][np.asarray(sel.batch_labels)]
         idx = np.asarray(sel.indices, dtype=np.int64)
         self.indices_ = perm[idx] if perm is not None else idx
         self.weights_ = np.asarray(sel.weights, dtype=np.float64)

@@ -2,10 +2,12 @@
 
 import numpy as np
 
+from .strategies import NAMES  # the registry imports nothing heavy
+
 METHODS = ("deim", "volume", "tournament")
 
-#: selection strategies of select: GRAFT and the baselines with the same API
-STRATEGIES = ("graft", "random", "craig", "gradmatch")
+#: selection strategies of select: GRAFT and the baselines with the same API (the registry's names)
+STRATEGIES = NAMES
 
 
 def default_tile_rows(n, k_eff):

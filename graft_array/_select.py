@@ -8,10 +8,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backends import kernel, resolve
-from ._common import METHODS, STRATEGIES, unit_exponents
+from ._backends import resolve
+from ._common import METHODS, STRATEGIES
 from ._exceptions import GradientRankWarning
-from ._namespace import array_namespace, describe, device_of, from_numpy_like, is_array, to_numpy_view
+from ._namespace import (
+    array_namespace,
+    describe,
+    device_of,
+    from_numpy_like,
+    is_array,
+    to_numpy_view,
+)
 from ._validation import (
     as_kernel_dtype,
     check_array,
@@ -22,6 +29,8 @@ from ._validation import (
     check_real,
     nonfinite_error,
 )
+from .strategies import REGISTRY
+from .strategies import load as load_strategy
 
 __all__ = ["select", "Selection", "LastLayerGrads"]
 
@@ -54,8 +63,8 @@ class Selection:
     weights : float64 array (n_selected,)
         Non-negative weights aligned with ``indices``; within a batch they sum to
         the batch's number of rows, so ``sum_j w_j loss_j / n_b`` estimates the
-        batch's mean loss (see :func:`select`). ``strategy="gradmatch"``: the
-        fit's own weights, whose sum is near n_b only where the fit is good.
+        batch's mean loss (see :func:`select`). ``strategy="crest"``: mean 1
+        over the call.
     sizes : int64 array (batch,)
         Number of rows chosen in each batch.
     residuals : float64 array (batch, max_size)
@@ -70,6 +79,10 @@ class Selection:
     rank : int
         Number of singular directions used (r); with ragged batches, r of the
         largest ones; 0 for the baselines.
+    batch_labels : None or int64 array (n_batches,)
+        With ``labels``: the selection ran on class chunks (see :func:`select`),
+        and ``sizes`` / ``residuals`` describe those chunks, in this order; this
+        is each chunk's label. None otherwise.
     """
 
     indices: Any
@@ -79,6 +92,7 @@ class Selection:
     backend: str
     solver: str
     rank: int
+    batch_labels: Any = None
 
 
 def select(
@@ -98,6 +112,8 @@ def select(
     solver="auto",
     mask=None,
     offsets=None,
+    labels=None,
+    budget="call",
     return_info=False,
     random_state=None,
     backend="auto",
@@ -116,7 +132,9 @@ def select(
        the span of the first m pivots' gradients (all m from one incremental
        Cholesky factorisation); the size is the smallest m in [min_size, max_size]
        with rho(m) <= ``tol``, else max_size. Without grads: ``round(fraction * n)``
-       rows.
+       rows. With ``budget="call"`` (the default) these are only the starting
+       sizes: the call as a whole then selects ``round(fraction * N)`` rows (N:
+       all its rows), see ``budget``.
     4. Weights w >= 0 (one per chosen row) that sum to n, from the least-squares
        fit sum_j w_j g_sj ~ g: they minimise
        ||sum_j w_j g_sj - g||^2 + weight_reg * s * ||w - n/m||^2 with the sum held
@@ -150,6 +168,20 @@ def select(
     call per step (Numba: parallel over batches; the low-rank step runs chunks of
     batches in threads with BLAS kept to one thread each).
 
+    Class-balanced selection (``labels``): the call's budget k is split per
+    class, ``ceil(k n_c / N)`` rows for a class of n_c of the call's N rows (at
+    least 1, so every class present in the call is represented), as CRAIG,
+    CREST and CORDS' GradMatch do. Each class's rows (across all the call's
+    batches, in batch and row order) are cut into near-equal chunks of at most
+    the largest batch's length, and every step (MaxVol, the criterion, the
+    weights, or the baseline) runs on those chunks, each chunk with the share
+    ``ceil(k n_c / N) / n_c`` of its rows; GRAFT's sizes then spread the
+    class's quota over its chunks (``budget``). ``Selection.sizes`` and
+    ``residuals`` then describe the chunks (``Selection.batch_labels`` holds
+    each chunk's label), indices stay the rows' own, chunk after chunk. The
+    labels may be anything integer: classes, or strata (difficulty bins, data
+    sources) whose shares should be kept.
+
     Baselines (``strategy``), with the same inputs and outputs, for comparisons:
     each takes exactly ``round(fraction * n)`` rows per batch (at least 1, at
     most n), ignores the features' values (only their batch layout counts) and
@@ -175,19 +207,37 @@ def select(
       selected row is j (ties to the earliest selected): positive integers
       summing to n (0 only for a row that duplicates an earlier selected one).
       Needs ``grads``; memory n x n per batch being selected.
-    * ``"gradmatch"`` (Killamsetty et al., ICML 2021, the OMP variant), per
-      batch: orthogonal matching pursuit of the batch gradient g = sum_i g_i.
-      Each step adds the unselected row with the largest <g_j, r>,
-      r = g - sum_{j in S} w_j g_j (ties to the lowest index), then refits
-      w >= 0 on S minimising ||sum_j w_j g_j - g||^2 + gradmatch_lambda * s *
-      ||w||^2 (s: the batch's mean squared per-sample gradient norm; Gram-space
-      NNLS). When no unselected row correlates positively with r before the
-      budget is reached, the rest of the budget takes the largest remaining
-      correlations with weight 0 (a batch whose gradient is 0 gets all weights
-      0). The weights are GradMatch's own fit of g, not rescaled: the loss
-      sum_j w_j loss_j / n estimates the gradient of the batch's mean loss, and
-      their sum is near n only where the fit is good. Needs ``grads``; memory
-      n x n per batch being selected.
+    * ``"gradmatch"`` (Killamsetty et al., ICML 2021, the OMP variant as CORDS
+      runs it: ``OrthogonalMP_REG_Parallel`` with ``positive=True``), per batch
+      (per class chunk with ``labels``): orthogonal matching pursuit of the
+      batch gradient g = sum_i g_i, at most m steps. Each step takes the row
+      with the largest signed correlation <g_j, r>, r = g - sum_{j in S} w_j g_j
+      (over all rows; ties to the lowest index). The first row gets its plain
+      projection <g_j, g> / ||g_j||^2, as in CORDS; later steps refit
+      min ||sum_{j in S} w_j g_j - g||^2 + gradmatch_lambda * s * ||w||^2 with
+      s the batch's mean squared per-sample gradient norm (CORDS' ridge is an
+      absolute lambda; ours is relative so that the weights do not depend on
+      the gradients' scale), and while a weight is negative the row of the most
+      negative one leaves S and the fit is redone. Like CORDS, the pursuit
+      stops early when the best row is already in S or the row just added had
+      to leave; it also stops once ||r|| <= 1e-4 ||g|| (CORDS' default tol;
+      at once when g = 0). The rows of S come first, in the order they were
+      added; a shortfall is filled with the batch's other rows of smallest key
+      in the "random" strategy's stream (same random_state and batch position),
+      each at the mean of the fitted weights (1 if none). All m weights are then
+      scaled to sum to n, so sum_j w_j loss_j / n is CORDS' training loss
+      dot(loss, w / sum(w)) (n / m each if the fit is all zero). Deterministic
+      for a given ``random_state``. Needs ``grads``; memory n x n per batch
+      being selected.
+    * ``"crest"`` (Yang, Kang, Mirzasoleiman, ICML 2023), CREST's selection
+      step: CRAIG's facility location (the same kernel) on the last-layer
+      logit gradients alone, the residuals e_i = p_i - y_i of
+      :class:`LastLayerGrads` (or the rows of plain ``grads``), usually with
+      ``labels`` (CREST selects per class); its cluster-size weights are
+      rescaled to mean 1 over the call's selection. ``residuals`` hold rho(m)
+      of those rows. Its pools, its re-mixed batches and the trigger that
+      decides when to select again live in
+      :class:`graft_array.adapters.crest.CrestSampler`.
 
     With ``features=None`` the low-rank step runs on the per-sample gradients
     themselves: V spans the dominant directions of the batch's gradients (for
@@ -216,10 +266,13 @@ def select(
         native copy (same result as the native array); a tensor that requires
         grad is detached. NumPy masked arrays (use ``mask``), sparse and meta
         tensors are refused. Inputs are never modified.
-    strategy : {"graft", "random", "craig", "gradmatch"}, default="graft"
+    strategy : {"graft", "random", "craig", "gradmatch", "crest"}, default="graft"
         GRAFT, or a baseline with the same API (see above).
     fraction : float in (0, 1], default=0.25
-        Target share of each batch; the centre of the size band.
+        The budget: the share of the call's rows selected (GRAFT with
+        ``budget="call"``: exactly ``round(fraction * N)`` rows over the call;
+        the baselines and GRAFT without ``grads``: ``round(fraction * n_b)``
+        rows of each batch). Also the centre of each batch's size band.
     rank : int or None
         r, the number of singular directions; default ``round(fraction * n)``, the
         budget (capped by min(n, d)). Sizes above r extend the pivots by the
@@ -249,6 +302,24 @@ def select(
         to the padded layout. Another way to give ragged batches. Masked-out rows
         are padding: neither their features nor their gradients are read (they
         may hold NaN).
+    labels : None or int array laid out like the rows ((n,), (batch, n), or a list of (n_b,) arrays)
+        Class labels (or any integer strata) of the rows: class-balanced
+        selection (see above). With ``mask``, the padding's labels are not
+        read. ``None``: no classes.
+    budget : {"call", "batch"} or int >= 0, default="call"
+        How GRAFT's gradient-aware sizes meet ``fraction``. ``"call"``: the
+        call selects ``round(fraction * N)`` rows in all (each class its quota
+        with ``labels``): the batches start at their criterion's sizes, then
+        rows go to, or come from, the batches where they change
+        ``||g_b|| rho_b(m)`` most, each within its ``band``; this minimises
+        (greedily) the sum of the batches' absolute residuals, which bounds
+        the error of the call's whole gradient. Batches whose criterion is met
+        early so hand their rows to those that need them (the paper's dynamic
+        size, without overspending). An int: that many rows for the call
+        instead of ``round(fraction * N)`` (adapters use it to give each call of
+        a pass its exact share). ``"batch"``: every batch keeps its own
+        criterion's size (each between the band's ends; the total is not
+        controlled). Only GRAFT with ``grads`` uses it.
     offsets : None or int array (batch,)
         Dataset position of each batch's row 0: indices become ``offsets[b] + i``.
         Non-negative, with ``offsets[b] + n`` (n: the padded length of a stacked
@@ -277,6 +348,7 @@ def select(
         rank=check_int(rank, "rank", _FUNC, low=1, allow_none=True),
         strategy=check_option(strategy, "strategy", _FUNC, STRATEGIES),
         gradmatch_lambda=check_real(gradmatch_lambda, "gradmatch_lambda", _FUNC, low=0.0),
+        budget=_check_budget(budget),
     )
     _check_strategy(opts["strategy"], grads, min_size, max_size)
     opts["split"] = None  # features=None with LastLayerGrads: the number of residual columns of [E | H]
@@ -286,8 +358,19 @@ def select(
     return_info = check_bool(return_info, "return_info", _FUNC)
     rng = check_random_state(random_state, "random_state", _FUNC)
     seed = int(rng.integers(2**63))  # one test matrix for every batch, whatever the chunking
+    if labels is not None:
+        return _select_labelled(features, grads, mask, labels, offsets, min_size, max_size, opts, seed, backend,
+                                return_info)
     if isinstance(features, (list, tuple)) or mask is not None:
-        return _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, seed, backend, return_info)
+        batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
+        nb = len(batches)
+        if offsets is not None:  # a padded batch's indices reach its padded length
+            lengths = [int(like.shape[-2])] * nb if positions is not None else [int(F.shape[0]) for F in batches]
+            starts = [int(o) for o in _check_offsets(offsets, nb, lengths)]
+        maps = [s + (np.arange(int(F.shape[0]), dtype=np.int64) if positions is None else positions[b])
+                for b, (s, F) in enumerate(zip(starts, batches))]
+        return _select_lists(batches, gparts, grads_kind, maps, starts, like, min_size, max_size, opts, seed,
+                             backend, return_info)
 
     xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
     Fk = as_kernel_dtype(features, "features", _FUNC)  # features stays the caller's array (messages, output type)
@@ -305,7 +388,8 @@ def select(
     name = resolve(features, backend, _FUNC)
     F = Fk if batched else xp.expand_dims(Fk, axis=0)
     starts = np.arange(nb, dtype=np.int64) * n if offsets is None else offsets
-    res = _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, features, starts)
+    res = _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, features, starts, opts["fraction"])
+    res = res.finish(_budget_sizes([res], [np.zeros(nb, dtype=np.int64)], {0: _call_budget(opts, nb * n)}, opts)[0])
 
     cxp = array_namespace(res.pivots)
     dev = device_of(res.pivots)
@@ -315,7 +399,7 @@ def select(
         base = cxp.asarray(offsets, dtype=cxp.int64, device=dev)
     keep = cxp.arange(res.hi, dtype=cxp.int64, device=dev)[None, :] < res.sizes[:, None]
     idx = (res.pivots + base[:, None])[keep]  # flat, batch after batch, no loop over batches
-    wts = res.weights[keep]
+    wts = _call_weights(cxp, res.weights[keep], opts, nb * n)
     sizes, residuals = res.sizes, res.residuals
     if name == "numba":
         idx, wts, sizes, residuals = (from_numpy_like(np.asarray(a), features) for a in (idx, wts, sizes, residuals))
@@ -328,13 +412,128 @@ def select(
 
 class _StackResult(NamedTuple):
     pivots: Any  # (B, hi) int64, batch-local rows in pivot order
-    sizes: Any  # (B,) int64
+    sizes: Any  # (B,) int64: the criterion's sizes until finish() gives the final ones
     residuals: Any  # (B, hi) float64
-    weights: Any  # (B, hi) float64, zero beyond sizes[b]
+    weights: Any  # (B, hi) float64, zero beyond sizes[b]; None until finish()
     lo: int
     hi: int
     rank: int
     solver: str
+    gnorm: Any  # None, or (sqrt(gg) (B,), k (B,)) NumPy: batch b's gradient norm is sqrt(gg_b) 2^-k_b
+    fit: Any  # sizes (B,) NumPy int64 -> weights (B, hi) in the compute namespace
+
+    def finish(self, sizes):
+        """The result with the final sizes (NumPy (B,) int64, within [lo, hi]) and their weights."""
+        xp = array_namespace(self.pivots)
+        return self._replace(sizes=xp.asarray(sizes, dtype=xp.int64, device=device_of(self.pivots)),
+                             weights=self.fit(sizes))
+
+
+BUDGETS = ("call", "batch")
+
+
+def _check_budget(budget):
+    if isinstance(budget, (int, np.integer)) and not isinstance(budget, (bool, np.bool_)):
+        return check_int(budget, "budget", _FUNC, low=0)
+    if isinstance(budget, str) and budget in BUDGETS:
+        return budget
+    raise (TypeError if not isinstance(budget, str) else ValueError)(
+        f"The 'budget' parameter of select must be 'call', 'batch' or an int >= 0 (the rows this call selects). "
+        f"Got {budget!r} instead."
+    )
+
+
+def _call_budget(opts, rows):
+    """The rows one call selects: ``budget`` when it is a number (at most ``rows``), else round(fraction * rows).
+
+    At least 1 when there are rows.
+    """
+    if not rows:
+        return 0
+    if isinstance(opts["budget"], int):
+        return max(1, min(rows, opts["budget"]))
+    return max(1, int(round(opts["fraction"] * rows)))
+
+
+def _call_weights(xp, wts, opts, rows):
+    """``strategy="crest"``: the cluster sizes (summing to the call's rows) rescaled to mean 1 over the call."""
+    if opts["strategy"] != "crest" or wts.shape[0] == 0:
+        return wts
+    return wts * (wts.shape[0] / rows)
+
+
+def _budget_sizes(results, groups, budgets, opts):
+    """Final sizes (a NumPy int64 (B_s,) per stack): each group's budget spread by the residual curves.
+
+    ``results``: the stacks' :class:`_StackResult` (criterion sizes in ``sizes``);
+    ``groups``: for each stack, the budget group of each batch (NumPy int (B_s,));
+    ``budgets``: group -> rows. Only GRAFT with gradients and ``budget="call"``
+    moves sizes (otherwise the criterion's sizes stay). Within a group the
+    batches start at their criterion sizes; while the group's total is below
+    its budget, the next row goes to the batch whose absolute residual
+    ||g_b|| rho_b(m) it lowers most, and while above, the row removed is the
+    one that lowers it least (each batch within its [lo, hi]). The decreases
+    ||g_b|| (rho_b(m - 1) - rho_b(m)) are first made non-increasing along m
+    (running minimum), so that taking the globally largest ones gives every
+    batch a prefix of its pivot order; ties go to the lower batch, then the
+    lower m. Minimising sum_b ||g_b|| rho_b(m_b) bounds the error of the whole
+    call's gradient sum_b g_b by the subsets' fits.
+    """
+    sizes = [np.asarray(_host_array(r.sizes), dtype=np.int64) for r in results]
+    if opts["strategy"] != "graft" or opts["budget"] == "batch" or any(r.gnorm is None for r in results):
+        return sizes
+    cands = []  # (gain, group, batch key, m, grow?) rows over every stack
+    offset = 0
+    for s, (r, grp) in enumerate(zip(results, groups)):
+        rho = _host_array(r.residuals)[:, : r.hi]
+        nb = rho.shape[0]
+        prev = np.concatenate([np.ones((nb, 1)), rho[:, :-1]], axis=1)
+        drop = np.nan_to_num(prev - rho, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+        sqrt_gg, k = r.gnorm
+        cands.append((drop, sqrt_gg, k, grp, offset, r.lo, r.hi, sizes[s]))
+        offset += nb
+    out = [sz.copy() for sz in sizes]
+    for g, total in budgets.items():
+        kmin = min((int(k[grp == g].min()) for _, _, k, grp, *_ in cands if np.any(grp == g)), default=0)
+        gains, keys, ms, grow_ok, shrink_ok, where = [], [], [], [], [], []
+        have = 0
+        for s, (drop, sqrt_gg, k, grp, off, lo, hi, crit) in enumerate(cands):
+            sel = np.flatnonzero(grp == g)
+            if not sel.size:
+                continue
+            have += int(crit[sel].sum())
+            norm = np.ldexp(np.nan_to_num(sqrt_gg[sel], nan=0.0), kmin - k[sel])  # exact powers of two
+            gain = np.minimum.accumulate(norm[:, None] * drop[sel], axis=1)  # (b, m-1) for m = 1..hi
+            m = np.arange(1, hi + 1)[None, :]
+            gains.append(gain.ravel())
+            keys.append(np.repeat(off + sel, hi))
+            ms.append(np.broadcast_to(m, gain.shape).ravel())
+            grow_ok.append((m > crit[sel, None]).ravel())
+            shrink_ok.append(((m > lo) & (m <= crit[sel, None])).ravel())
+            where.append(np.stack([np.full(sel.size * hi, s), np.repeat(sel, hi)], axis=1))
+        if not gains:
+            continue
+        gain, key, m, where = np.concatenate(gains), np.concatenate(keys), np.concatenate(ms), np.concatenate(where)
+        if have < total:
+            ok = np.flatnonzero(np.concatenate(grow_ok))
+            pick = ok[np.lexsort((m[ok], key[ok], -gain[ok]))][: total - have]
+            step = 1
+        elif have > total:
+            ok = np.flatnonzero(np.concatenate(shrink_ok))
+            pick = ok[np.lexsort((-m[ok], key[ok], gain[ok]))][: have - total]
+            step = -1
+        else:
+            continue
+        for s, b in where[pick]:
+            out[s][b] += step
+    return out
+
+
+def _host_array(a):
+    """A small result array as NumPy (from the host or a device)."""
+    from ._agnostic.criterion import _host
+
+    return a if isinstance(a, np.ndarray) else _host(a)
 
 
 def _feature_width(d, opts):
@@ -343,9 +542,9 @@ def _feature_width(d, opts):
     return d if split is None else split * (d - split + 1)
 
 
-def _band(n, d, opts, min_size, max_size):
-    """(lo, hi, r) for batches of n rows and d features."""
-    centre = opts["fraction"] * n
+def _band(n, d, opts, min_size, max_size, fraction):
+    """(lo, hi, r) for batches of n rows and d features whose share is ``fraction``."""
+    centre = fraction * n
     if opts.get("has_grads") and opts["band"] > 0:
         lo = min(n, max(1, int(math.floor((1.0 - opts["band"]) * centre))))
         hi = min(n, max(1, int(math.ceil((1.0 + opts["band"]) * centre))))
@@ -366,16 +565,17 @@ def _band(n, d, opts, min_size, max_size):
     return lo, hi, r
 
 
-def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like, starts):
+def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like, starts, fraction):
     """Selection of every batch of the stack F (B, n, d) on backend ``name``; results in the compute namespace.
 
-    ``starts`` (B,) int64: each batch's dataset position (seeds the "random" strategy).
+    ``starts`` (B,) int64: each batch's dataset position (seeds the "random" strategy); ``fraction``: the
+    batches' share. The sizes are the criterion's until :meth:`_StackResult.finish`.
     """
     xp = array_namespace(F)
     nb, n, d = F.shape
-    graft = opts["strategy"] == "graft"
+    graft = REGISTRY[opts["strategy"]].adaptive_size  # GRAFT: the low rank, MaxVol and the size criterion
     d = _feature_width(d, opts)
-    lo, hi, r = _band(n, d, dict(opts, has_grads=graft and grads_kind is not None), min_size, max_size)
+    lo, hi, r = _band(n, d, dict(opts, has_grads=graft and grads_kind is not None), min_size, max_size, fraction)
     if name == "numba":
         from ._parallel import threads_for
 
@@ -384,22 +584,21 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
         threads = threads_for(nb * n)  # a small call runs on this thread: no wake-up of the others
     else:
         threads = contextlib.nullcontext()
+    strategy = load_strategy(opts["strategy"])
     if not graft:  # the baselines: round(fraction * n) rows, no low-rank step, no solver
-        from ._baselines import run_baseline
-
         with threads:
-            pivots, sizes, residuals, weights = run_baseline(F, grads, grads_kind, hi, opts, seed, name, starts)
-        return _StackResult(pivots, sizes, residuals, weights, hi, hi, 0, "none")
+            pivots, sizes, residuals, weights = strategy.run(F, grads, grads_kind, hi, opts, seed, starts, name)
+        return _StackResult(pivots, sizes, residuals, None, hi, hi, 0, "none", None, lambda _sizes: weights)
     from ._agnostic.lowrank import NonFiniteFeatures, choose_solver
 
     solver = choose_solver(n, d, r) if opts["solver"] == "auto" else opts["solver"]
-    run = _select_numba if name == "numba" else _select_generic
     # NonFiniteFeatures: the pass that finds each batch's max |entry| for its scale (_unit_features) sees a NaN
     # or infinity in F, or in its E columns only for [E | H] (split); the H columns, and finite features whose
     # Gram overflows, are caught by lowrank's finiteness check of the Gram's diagonal (or of F Omega).
     try:
         with threads:
-            pivots, sizes, residuals, weights = run(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name)
+            pivots, sizes, residuals, gnorm, fit = strategy.run(F, grads, grads_kind, r, hi, lo, opts, solver, seed,
+                                                                name)
     except NonFiniteFeatures:
         if name == "numba":
             from ._numba.checks import all_finite
@@ -416,7 +615,7 @@ def _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, like,
             f"{_FUNC}: the Gram matrix of the per-sample gradients overflows {F.dtype}: <h_i, h_j> + 1 is too "
             f"large for it; scale 'grads.embeddings' down. Got {describe(like)}."
         ) from None
-    return _StackResult(pivots, sizes, residuals, weights, lo, hi, r, solver)
+    return _StackResult(pivots, sizes, residuals, None, lo, hi, r, solver, gnorm, fit)
 
 
 def _warn_gradient_rank(grads_kind, grads, hi):
@@ -430,55 +629,59 @@ def _warn_gradient_rank(grads_kind, grads, hi):
         )
 
 
-def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, seed, backend, return_info):
-    """Ragged batches (a list of arrays, or a padded stack with a mask): equal sizes are selected together."""
-    batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
+def _select_lists(batches, gparts, grads_kind, maps, starts, like, min_size, max_size, opts, seed, backend,
+                  return_info, *, fractions=None, groups=None, budgets=None, batch_labels=None):
+    """Batches given one by one (a list, a padded stack with a mask, or class chunks); equal shapes go together.
+
+    ``maps[b]`` (NumPy int64 (n_b,)): the index each row of batch b stands for;
+    ``starts[b]``: its dataset position (seeds "random"). ``fractions`` (per
+    batch; default ``opts["fraction"]``) set each batch's share, ``groups`` /
+    ``budgets`` the budget groups (default: one, round(fraction * rows)).
+    """
     nb = len(batches)
     xp = array_namespace(like)
     min_size = check_int(min_size, "min_size", _FUNC, low=1, allow_none=True)
     max_size = check_int(max_size, "max_size", _FUNC, low=1, allow_none=True)
-    if offsets is not None:  # a padded batch's indices reach its padded length
-        lengths = [int(like.shape[-2])] * nb if positions is not None else [int(F.shape[0]) for F in batches]
-        starts = [int(o) for o in _check_offsets(offsets, nb, lengths)]
+    rows_all = sum(int(F.shape[0]) for F in batches)
+    fractions = [opts["fraction"]] * nb if fractions is None else fractions
+    groups = np.zeros(nb, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    budgets = {0: _call_budget(opts, rows_all)} if budgets is None else budgets
     name = resolve(like, backend, _FUNC)
-    groups = {}
+    stacks = {}
     for b, F in enumerate(batches):
-        groups.setdefault(int(F.shape[0]), []).append(b)
-    idx_parts, bid_parts, w_parts, rows = [], [], [], {}
-    best, best_n = None, 0  # the largest batches' result names the solver and rank
-    for n, members in groups.items():
-        if n == 0:
-            continue
+        if int(F.shape[0]):
+            stacks.setdefault((int(F.shape[0]), fractions[b]), []).append(b)
+    if not stacks:
+        raise ValueError("select expects at least one batch with one row or more; every batch is empty.")
+    results, members_of = [], []
+    for (n, frac), members in stacks.items():
         F = xp.stack([batches[b] for b in members])
         parts = tuple(xp.stack([g[b] for b in members]) for g in gparts)
-        res = _run_stack(F, parts, grads_kind, min_size, max_size, opts, seed, name, like,
-                         np.asarray([starts[b] for b in members], dtype=np.int64))
-        if n > best_n:
-            best, best_n = res, n
-        cxp = array_namespace(res.pivots)
-        dev = device_of(res.pivots)
+        results.append(_run_stack(F, parts, grads_kind, min_size, max_size, opts, seed, name, like,
+                                  np.asarray([starts[b] for b in members], dtype=np.int64), frac))
+        members_of.append(members)
+    final = _budget_sizes(results, [groups[m] for m in members_of], budgets, opts)
+    results = [r.finish(s) for r, s in zip(results, final)]
+    best = max(zip(stacks, results), key=lambda kv: kv[0][0])[1]  # the largest batches name the solver and rank
+    cxp = array_namespace(best.pivots)
+    dev = device_of(best.pivots)
+    idx_parts, bid_parts, w_parts, rows = [], [], [], {}
+    for res, members in zip(results, members_of):
         piv = res.pivots
-        if positions is not None:  # compacted row -> row of the padded batch
-            pos = cxp.asarray(np.stack([positions[b] for b in members]), device=dev)
-            flat = piv + cxp.arange(len(members), dtype=cxp.int64, device=dev)[:, None] * n
-            piv = cxp.reshape(cxp.take(cxp.reshape(pos, (-1,)), cxp.reshape(flat, (-1,)), axis=0), piv.shape)
-        base = cxp.asarray([starts[b] for b in members], dtype=cxp.int64, device=dev)
+        table = cxp.asarray(np.stack([maps[b] for b in members]), device=dev)  # (B_s, n) global indices
+        n = int(table.shape[1])
+        flat = piv + cxp.arange(len(members), dtype=cxp.int64, device=dev)[:, None] * n
+        gidx = cxp.reshape(cxp.take(cxp.reshape(table, (-1,)), cxp.reshape(flat, (-1,)), axis=0), piv.shape)
         keep = cxp.arange(res.hi, dtype=cxp.int64, device=dev)[None, :] < res.sizes[:, None]
         bids = cxp.asarray(members, dtype=cxp.int64, device=dev)[:, None] + cxp.zeros_like(piv)
-        idx_parts.append((piv + base[:, None])[keep])
+        idx_parts.append(gidx[keep])
         bid_parts.append(bids[keep])
         w_parts.append(res.weights[keep])
         for j, b in enumerate(members):
             rows[b] = (res.sizes[j], res.residuals[j, ...])
-    if best is None:
-        raise ValueError("select expects at least one batch with one row or more; every batch is empty.")
-    res = best
-    cxp = array_namespace(res.pivots)
-    dev = device_of(res.pivots)
-    bids = cxp.concat(bid_parts)
-    order = cxp.argsort(bids, stable=True)  # batch order, each batch in pivot order
+    order = cxp.argsort(cxp.concat(bid_parts), stable=True)  # batch order, each batch in pivot order
     idx = cxp.take(cxp.concat(idx_parts), order, axis=0)
-    wts = cxp.take(cxp.concat(w_parts), order, axis=0)
+    wts = _call_weights(cxp, cxp.take(cxp.concat(w_parts), order, axis=0), opts, rows_all)
     width = max(int(v[1].shape[0]) for v in rows.values())
     nan = cxp.full((width,), float("nan"), dtype=cxp.float64, device=dev)
     zero = cxp.zeros((), dtype=cxp.int64, device=dev)
@@ -489,10 +692,112 @@ def _select_ragged(features, grads, mask, offsets, min_size, max_size, opts, see
     if name == "numba":
         idx, wts, sizes, residuals = (from_numpy_like(np.asarray(a), like) for a in (idx, wts, sizes, residuals))
     if opts["strategy"] == "graft":
-        _warn_gradient_rank(grads_kind, tuple(g[0] for g in gparts), res.hi)
+        _warn_gradient_rank(grads_kind, tuple(g[0] for g in gparts), best.hi)
     if not return_info:
         return idx
-    return Selection(idx, wts, sizes, residuals, name, res.solver, res.rank)
+    if batch_labels is not None:
+        batch_labels = from_numpy_like(np.asarray(batch_labels, dtype=np.int64), like)
+    return Selection(idx, wts, sizes, residuals, name, best.solver, best.rank, batch_labels)
+
+
+def _select_labelled(features, grads, mask, labels, offsets, min_size, max_size, opts, seed, backend, return_info):
+    """Class-balanced selection: each class's rows of the call, cut into chunks, with its share of the budget."""
+    if isinstance(features, (list, tuple)) or mask is not None:
+        batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
+        nb = len(batches)
+        if offsets is not None:
+            lengths = [int(like.shape[-2])] * nb if positions is not None else [int(F.shape[0]) for F in batches]
+            starts = [int(o) for o in _check_offsets(offsets, nb, lengths)]
+        local = [np.arange(int(F.shape[0]), dtype=np.int64) if positions is None else positions[b]
+                 for b, F in enumerate(batches)]
+    else:
+        xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
+        Fk = as_kernel_dtype(features, "features", _FUNC)
+        batched = features.ndim == 3
+        nb = features.shape[0] if batched else 1
+        n = features.shape[-2]
+        on_grads = features is grads and opts["strategy"] == "graft"
+        grads_kind, gp = _check_grads(grads, features, xp, nb, n, batched, finite=not on_grads)
+        F3 = Fk if batched else xp.expand_dims(Fk, axis=0)
+        batches = [F3[b, ...] for b in range(nb)]
+        gparts = tuple([g[b, ...] for b in range(nb)] for g in gp)
+        starts = list(np.arange(nb, dtype=np.int64) * n) if offsets is None else [
+            int(o) for o in _check_offsets(offsets, nb, [n] * nb)]
+        local = [np.arange(n, dtype=np.int64)] * nb
+        like = features
+    lab = _check_labels(labels, features, mask, batches, local)
+    xp = array_namespace(like)
+    dev = device_of(batches[0])
+    gidx = np.concatenate([int(s) + loc for s, loc in zip(starts, local)])
+    lab = np.concatenate(lab)
+    N = int(lab.shape[0])
+    if N == 0:
+        raise ValueError("select expects at least one batch with one row or more; every batch is empty.")
+    Fall = xp.concat(list(batches), axis=0)
+    Gall = tuple(xp.concat(list(g), axis=0) for g in gparts)
+    total = _call_budget(opts, N)
+    width = max(int(F.shape[0]) for F in batches)
+    chunks, cmaps, cstarts, fracs, groups, budgets, clabels = [], [], [], [], [], {}, []
+    cgrads = tuple([] for _ in Gall)
+    for c in np.unique(lab):
+        rows_c = np.flatnonzero(lab == c)
+        n_c = int(rows_c.size)
+        k_c = min(n_c, max(1, -(-total * n_c // N)))  # ceil(k n_c / N), at least 1
+        budgets[int(c)] = k_c
+        for part in np.array_split(rows_c, -(-n_c // width)):  # near-equal chunks of at most `width` rows
+            take = xp.asarray(part, device=dev)
+            chunks.append(xp.take(Fall, take, axis=0))
+            for lst, G in zip(cgrads, Gall):
+                lst.append(xp.take(G, take, axis=0))
+            cmaps.append(gidx[part])
+            cstarts.append(int(gidx[part[0]]))
+            fracs.append(k_c / n_c)
+            groups.append(int(c))
+            clabels.append(int(c))
+    return _select_lists(chunks, cgrads, grads_kind, cmaps, cstarts, like, min_size, max_size,
+                         opts, seed, backend, return_info, fractions=fracs, groups=groups,
+                         budgets=budgets, batch_labels=clabels)
+
+
+def _check_labels(labels, features, mask, batches, local):
+    """Each batch's labels (NumPy int64, one per row of ``batches``) from ``labels`` laid out like the rows."""
+    nb = len(batches)
+    if isinstance(labels, (list, tuple)) and not isinstance(features, (list, tuple)):
+        labels = np.asarray(labels)
+    if isinstance(features, (list, tuple)):
+        if not isinstance(labels, (list, tuple)) or len(labels) != nb:
+            raise TypeError(
+                f"The 'labels' parameter of select must be a list of {nb} int arrays (one per batch of "
+                f"'features') when 'features' is a list. Got {describe(labels)} instead."
+            )
+        raw = [np.asarray(to_numpy_view(v) if is_array(v) else v) for v in labels]
+        want = [(int(F.shape[0]),) for F in batches]
+    else:
+        arr = np.asarray(to_numpy_view(labels) if is_array(labels) else labels)
+        lead = tuple(features.shape[:-1]) if features is not None else None
+        shape = lead if lead is not None else arr.shape
+        if arr.shape != shape:
+            raise ValueError(
+                f"The 'labels' parameter of select must hold one int label per row of 'features' (shape "
+                f"{shape}). Got shape {arr.shape} instead."
+            )
+        arr = arr.reshape(nb, -1)
+        raw = [arr[b] for b in range(nb)]
+        want = None
+    out = []
+    for b, v in enumerate(raw):
+        if v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer):
+            raise ValueError(
+                f"The 'labels' parameter of select must hold integers (class labels or strata). Got dtype "
+                f"{v.dtype} instead."
+            )
+        if want is not None and v.shape != want[b]:
+            raise ValueError(
+                f"The 'labels' parameter of select must have one label per row of features[{b}] (shape "
+                f"{want[b]}). Got labels[{b}] of shape {v.shape} instead."
+            )
+        out.append(v[local[b]].astype(np.int64) if want is None else v.astype(np.int64))
+    return out
 
 
 def _split_ragged(features, grads, mask):
@@ -558,134 +863,9 @@ def _split_ragged(features, grads, mask):
     return batches, tuple(gparts), kind, None, starts, first
 
 
-#: features whose largest |entry| is within 2^-e .. 2^e (e by dtype) go to the low-rank step as they are (no
-#: copy): no Gram, product with the test matrix or Cholesky QR of theirs (up to fourth powers of the entries,
-#: in the features' precision for the randomized solver) overflows, and every tolerance there is homogeneous,
-#: so features scaled by 2^j select as the batch scaled to [1/2, 1) does (the same bits, unless products of
-#: entries far below the batch max reach subnormal numbers in one and not in the other). Others are scaled.
-_SAFE_FEATURE_EXP = {np.dtype(np.float32): 16, np.dtype(np.float64): 128}
-
-
-def _unit_features(xp, F, amax, split):
-    """F (B, n, d) with each batch scaled by the power of two bringing its max |entry| into [1/2, 1), exactly.
-
-    ``amax`` (NumPy (B,)): each batch's max |entry| (of the first ``split``
-    columns, the residuals E of [E | H], when ``split`` is given: the gradients
-    e_i (x) [h_i; 1] scale with E). The exponents are
-    :func:`graft_array._common.unit_exponents` for F's dtype (clamped so that
-    2^k is a normal number of it). The top-r left singular vectors, and so the
-    selection, do not change. F comes back as it is (no copy) when every batch
-    is within 2^+-_SAFE_FEATURE_EXP (or zero). Raises :class:`NonFiniteFeatures`
-    when some batch's ``amax`` is not finite (the pass that found it saw a NaN
-    or an infinity among those columns).
-    """
-    from ._agnostic.lowrank import NonFiniteFeatures
-
-    if not np.all(np.isfinite(amax)):
-        raise NonFiniteFeatures()
-    dt = np.dtype(np.float32 if xp.finfo(F.dtype).bits == 32 else np.float64)
-    k = unit_exponents(amax, dt)
-    if np.all((amax == 0) | (np.abs(k) <= _SAFE_FEATURE_EXP[dt])):
-        return F
-    factor = xp.asarray(np.ldexp(np.ones(k.shape, dtype=dt), k), dtype=F.dtype, device=device_of(F))[:, None, None]
-    if split is None:
-        return F * factor
-    return xp.concat([F[..., :split] * factor, F[..., split:]], axis=-1)
-
-
-def _select_numba(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
-    """NumPy in, NumPy out: low rank in threads over chunks of batches, the rest in parallel Numba kernels."""
-    from ._agnostic.lowrank import lowrank
-    from ._numba import criterion as ncrit
-    from ._numba.checks import batch_abs_max
-    from ._numba.lowrank import batch_gram, gram_ritz
-    from ._numba.maxvol import run_maxvol
-    from ._parallel import map_batches
-
-    nb, n, _ = F.shape  # already float32 / float64 (as_kernel_dtype at the entry)
-    split = opts["split"]
-    amax = np.empty(nb)  # each batch's max |entry| (of E for [E | H]), filled by the chunks through views
-
-    def chunk(Fc, amax_c):
-        amax_c[:] = batch_abs_max(Fc, split)
-        Fc = _unit_features(np, Fc, amax_c, split)
-        rng = np.random.default_rng(seed)
-        return lowrank(Fc, r, solver=solver, xp=np, rng=rng, gram=batch_gram, ritz=gram_ritz, check_finite=True,
-                       split=split)[0]
-
-    V = np.ascontiguousarray(map_batches(chunk, F, amax))
-    pivots, _, _, _ = run_maxvol(V, hi, method=opts["method"], tile_rows=None, refine=False, tol=1.05, max_iters=0)
-    if grads_kind is None:
-        sizes = np.full(nb, hi, dtype=np.int64)
-        return pivots, sizes, np.full((nb, hi), np.nan), np.full((nb, hi), n / hi)
-    parts = tuple(np.ascontiguousarray(g) for g in grads)
-    # features=None: the features are the gradients (or [E | H]), so amax is max |G_b| (max |E_b|) already
-    gmax = amax if opts["source"] == "grads" else None
-    if grads_kind == "plain":
-        K, bv, gg = ncrit.gram_plain(parts[0], pivots, gmax)
-    else:
-        K, bv, gg = ncrit.gram_last_layer(parts[0], parts[1], pivots, gmax)
-    residuals, _ = ncrit.rho_curve(K, bv, gg)
-    sizes = _sizes(np, residuals, lo, hi, opts["tol"])
-    W = ncrit.nnls_batched(K, bv, sizes, n, opts["weight_reg"])
-    return pivots, sizes, residuals, _scale_weights(np, W, sizes, n)
-
-
-def _select_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
-    """Any array-API namespace, on the arrays' own device."""
-    from ._agnostic import criterion
-    from ._agnostic.lowrank import lowrank
-
-    xp = array_namespace(F)
-    dev = device_of(F)
-    nb, n, _ = F.shape  # already float32 / float64 (as_kernel_dtype at the entry)
-    amax = criterion.batch_abs_max(xp, F, opts["split"])  # of E for [E | H]
-    F = _unit_features(xp, F, amax, opts["split"])
-    V, _, _ = lowrank(F, r, solver=solver, xp=xp, rng=np.random.default_rng(seed), check_finite=True,
-                      split=opts["split"])
-    run = kernel("maxvol", name)
-    plist, _, _, _ = run(V, hi, xp=xp, device=dev, method=opts["method"], tile_rows=None, refine=False, tol=1.05,
-                         max_iters=0)
-    pivots = xp.asarray(plist, dtype=xp.int64, device=dev)
-    if grads_kind is None:
-        sizes = xp.full((nb,), hi, dtype=xp.int64, device=dev)
-        nan = xp.full((nb, hi), float("nan"), dtype=xp.float64, device=dev)
-        return pivots, sizes, nan, xp.full((nb, hi), n / hi, dtype=xp.float64, device=dev)
-    gmax = amax if opts["source"] == "grads" else None  # features=None: the same max |G_b| (max |E_b|)
-    if grads_kind == "plain":
-        K, bv, gg = criterion.gram_plain(xp, grads[0], pivots, gmax)
-    else:
-        K, bv, gg = criterion.gram_last_layer(xp, grads[0], grads[1], pivots, gmax)
-    residuals, _ = criterion.rho_curve(xp, K, bv, gg)
-    sizes = _sizes(xp, residuals, lo, hi, opts["tol"])
-    rows = []
-    for b in range(nb):  # Lawson-Hanson is sequential per batch; the generic twin loops
-        m = int(sizes[b])
-        w = criterion.nnls_gram(xp, *criterion.weight_system(xp, K[b, :m, :m], bv[b, :m], n, opts["weight_reg"]))
-        rows.append(xp.concat([w, xp.zeros((hi - m,), dtype=xp.float64, device=dev)]))
-    return pivots, sizes, residuals, _scale_weights(xp, xp.stack(rows), sizes, n)
-
-
-def _sizes(xp, residuals, lo, hi, tol):
-    """Smallest m in [lo, hi] with rho(m) <= tol, else hi; (B,) int64."""
-    ok = xp.astype(residuals[:, lo - 1:hi] <= tol, xp.int32)
-    first = xp.astype(xp.argmax(ok, axis=1), xp.int64)
-    hit = xp.max(ok, axis=1) > 0
-    return xp.where(hit, first + lo, xp.full_like(first, hi))
-
-
-def _scale_weights(xp, W, sizes, n):
-    """Rescale each batch's weights (B, hi) to sum to n; uniform n / m where the fit is all zero."""
-    total = xp.sum(W, axis=1)
-    m = xp.astype(sizes, xp.float64)
-    uniform = xp.astype(xp.arange(W.shape[1], device=device_of(W))[None, :] < sizes[:, None], xp.float64)
-    safe = xp.where(total > 0, total, xp.ones_like(total))
-    return xp.where((total > 0)[:, None], W * (n / safe)[:, None], uniform * (n / m)[:, None])
-
-
 def _check_strategy(strategy, grads, min_size, max_size):
     """The arguments that only GRAFT takes, and the gradients the baselines need."""
-    if strategy == "graft":
+    if REGISTRY[strategy].adaptive_size:
         return
     for nm, value in (("min_size", min_size), ("max_size", max_size)):
         if value is not None:
@@ -693,7 +873,7 @@ def _check_strategy(strategy, grads, min_size, max_size):
                 f"The '{nm}' parameter of select applies to strategy='graft' only; strategy={strategy!r} takes "
                 f"round(fraction * n) rows per batch. Got {nm}={value!r} instead."
             )
-    if grads is None and strategy in ("craig", "gradmatch"):
+    if grads is None and REGISTRY[strategy].needs_grads:
         raise ValueError(
             f"select with strategy={strategy!r} needs per-sample gradients: pass 'grads' (an array, a list of "
             "arrays or LastLayerGrads(residuals, embeddings)). Got grads=None instead."

@@ -327,6 +327,38 @@ def reference_select(features, G=None, *, fraction=0.25, rank=None, method="deim
     return piv[:m], w, m, rho
 
 
+def reference_budget_sizes(rho, norms, lo, hi, crit, total):
+    """select's ``budget="call"`` sizes, one row at a time: ``(B,)`` int64.
+
+    ``rho``: each batch's residual curve rho_b(1..hi_b) (a list of 1-D arrays);
+    ``norms``: ||g_b||, each batch's gradient norm; ``lo``, ``hi``: the band of
+    each batch; ``crit``: the criterion's sizes; ``total``: the budget. The
+    decrease of ||g_b|| rho_b at m is ||g_b|| (rho_b(m - 1) - rho_b(m)) (rho_b(0) = 1,
+    NaN counted as 0, negatives as 0), made non-increasing along m by a running
+    minimum. While the sum is below ``total`` the batch whose next row has the
+    largest decrease grows, while above the batch whose last row has the
+    smallest shrinks (ties: the lowest batch), each within [lo_b, hi_b].
+    """
+    gains = []
+    for r, nb in zip(rho, norms):
+        r = np.asarray(r, dtype=np.float64)
+        d = np.concatenate([[1.0], r[:-1]]) - r
+        d = np.where(np.isfinite(d) & (d > 0), d, 0.0) * float(nb)
+        gains.append(np.minimum.accumulate(d))
+    m = np.array(crit, dtype=np.int64)
+    while m.sum() < total:
+        cand = [(-gains[b][m[b]], b) for b in range(len(m)) if m[b] < hi[b]]
+        if not cand:
+            break
+        m[min(cand)[1]] += 1
+    while m.sum() > total:
+        cand = [(gains[b][m[b] - 1], b) for b in range(len(m)) if m[b] > lo[b]]
+        if not cand:
+            break
+        m[min(cand)[1]] -= 1
+    return m
+
+
 # --------------------------------------------------------------------------------------
 # the baseline strategies of select (one batch each)
 # --------------------------------------------------------------------------------------
@@ -387,36 +419,139 @@ def reference_craig(G, m):
     return np.array(chosen, dtype=np.int64), w
 
 
-def reference_gradmatch(G, m, *, lam=0.5):
-    """GradMatch (Killamsetty et al. 2021, OMP) on one batch of materialised gradient rows G (n, p).
+def reference_gradmatch(G, m, *, lam=0.5, seed=0, start=0):
+    """GradMatch as CORDS runs it (``OrthogonalMP_REG_Parallel``, positive=True) on one batch of gradient rows G (n, p).
 
-    Target g = sum_i g_i. Each step takes the unselected row with the largest
-    correlation <g_j, r>, r = g - G_S^T w (ties to the lowest index); while that
-    correlation is positive, w is refitted by ``scipy.optimize.nnls`` on the
-    augmented system [G_S^T; sqrt(lam s) I] w ~ [g; 0] (s = mean squared row
-    norm of the batch); afterwards the remaining rows come in order of
-    correlation with weight 0. Returns ``(indices, weights)``.
+    Target g = sum_i g_i, ridge = lam * s (s: the batch's mean squared row
+    norm), S empty and w empty to begin with. At most m steps, each:
+
+    1. r = g - G_S^T w; stop if ||r|| <= GRADMATCH_TOL ||g||;
+    2. j = the row with the largest <g_j, r> over all rows (signed; ties to the
+       lowest index); stop if j is in S;
+    3. at the first step, S = [j], w = [<g_j, g> / ||g_j||^2];
+       later, stop if the augmented column [g_j; sqrt(ridge) e_j] lies within
+       SPAN_TOL of the span of the columns of S (squared distance <=
+       SPAN_TOL^2 (||g_j||^2 + ridge)); else S += [j] and repeat: w = the
+       least-squares solution of [G_S^T; sqrt(ridge) I] w = [g; 0]; if some
+       w < 0, the row of the most negative one (the earliest in S on ties)
+       leaves S; until w >= 0. Stop after this step if j left S.
+
+    Then the rows outside S of smallest :func:`reference_random` key of
+    ``(seed, start)``, in key order, fill the budget, at the mean of w (1 if S
+    is empty); the weights are scaled to sum to n (n / m each if they sum to
+    0). Returns ``(indices, weights)``: S in order, then the fill.
     """
-    from scipy.optimize import nnls
+    from graft_array.strategies.gradmatch import GRADMATCH_TOL
+    from graft_array._agnostic.criterion import SPAN_TOL
 
     G = np.asarray(G, dtype=np.float64)
     n = G.shape[0]
     g = G.sum(axis=0)
-    s = float((G**2).sum()) / n
-    chosen, w, r, filling = [], np.zeros(0), g.copy(), False
-    for _ in range(m):
-        c = np.array([G[j] @ r for j in range(n)])
-        free = np.ones(n, dtype=bool)
-        free[chosen] = False
-        j = _argmax_lowest(c, free)
-        chosen.append(j)
-        if filling or not c[j] > 0:
-            filling = True
-            w = np.append(w, 0.0)
+    ridge = lam * float((G**2).sum()) / n
+    S, w = [], np.zeros(0)
+
+    def ridge_fit(rows):
+        A = np.vstack([G[rows].T, np.sqrt(ridge) * np.eye(len(rows))])
+        return A, np.linalg.lstsq(A, np.concatenate([g, np.zeros(len(rows))]), rcond=None)[0]
+
+    for t in range(m):
+        r = g - G[S].T @ w
+        if not r @ r > GRADMATCH_TOL**2 * (g @ g):
+            break
+        c = G @ r
+        j = _argmax_lowest(c, np.ones(n, dtype=bool))
+        if j in S:
+            break
+        if t == 0:
+            S, w = [j], np.array([c[j] / (G[j] @ G[j])])
             continue
-        q = len(chosen)
-        A = np.vstack([G[chosen].T, np.sqrt(lam * s) * np.eye(q)])
-        y = np.concatenate([g, np.zeros(q)])
-        w, _ = nnls(A, y)
-        r = g - G[chosen].T @ w
-    return np.array(chosen, dtype=np.int64), w
+        A, _ = ridge_fit(S + [j])
+        x = np.linalg.lstsq(A[:, :-1], A[:, -1], rcond=None)[0]
+        if not np.sum((A[:, -1] - A[:, :-1] @ x) ** 2) > SPAN_TOL**2 * (G[j] @ G[j] + ridge):
+            break
+        S = S + [j]
+        while S:
+            w = ridge_fit(S)[1]
+            if w.min() >= 0:
+                break
+            del S[int(np.argmin(w))]
+        if not S:
+            w = np.zeros(0)
+        if j not in S:
+            break
+    q = len(S)
+    fill = [int(i) for i in reference_random(n, n, seed, start)[0] if i not in S][: m - q]
+    weights = np.concatenate([w, np.full(m - q, w.mean() if q else 1.0)])
+    total = weights.sum()
+    weights = weights * (n / total) if total > 0 else np.full(m, n / m)
+    return np.array(S + fill, dtype=np.int64), weights
+
+
+# --------------------------------------------------------------------------------------
+# CREST (graft_array.adapters.crest): the selection step and the trigger
+# --------------------------------------------------------------------------------------
+def reference_crest_select(E, labels, k):
+    """One CREST mini-batch coreset (Yang, Kang & Mirzasoleiman, ICML 2023) of the rows E (n, C), plain greedy.
+
+    Per class c (in ascending label order) with n_c rows: k_c = min(n_c,
+    ceil(k n_c / n)) rows chosen by facility location on the class's rows alone:
+    D_ij = ||e_i - e_j|| (Euclidean), s_ij = max(D) - D_ij (max over the class's
+    D), F(S) = sum_i max_{j in S} s_ij maximised by the plain greedy (every
+    gain re-evaluated at every step, ties to the lowest row). Weight of j: the
+    number of the class's rows whose most similar selected row is j (ties to the
+    earliest selected); all weights are then scaled to mean 1 over the whole
+    selection. Returns ``(indices, weights)``: rows of E (class after class, each
+    class in greedy order) and float64 weights.
+    """
+    E = np.asarray(E, dtype=np.float64)
+    labels = np.asarray(labels)
+    n = E.shape[0]
+    chosen_all, w_all = [], []
+    for c in sorted(set(labels.tolist())):
+        rows = [i for i in range(n) if labels[i] == c]
+        n_c = len(rows)
+        k_c = min(n_c, -(-k * n_c // n))
+        D = np.zeros((n_c, n_c))
+        for a in range(n_c):
+            for b in range(n_c):
+                D[a, b] = np.sqrt(np.sum((E[rows[a]] - E[rows[b]]) ** 2))
+        S = D.max() - D
+        cur = np.zeros(n_c)
+        chosen = []
+        for _ in range(k_c):
+            best, best_j = -1.0, -1
+            for j in range(n_c):
+                if j in chosen:
+                    continue
+                gain = sum(max(0.0, S[i, j] - cur[i]) for i in range(n_c))
+                if gain > best:
+                    best, best_j = gain, j
+            chosen.append(best_j)
+            cur = np.maximum(cur, S[:, best_j])
+        w = np.zeros(k_c)
+        for i in range(n_c):
+            w[_argmax_lowest(S[i, chosen], np.ones(k_c, dtype=bool))] += 1.0
+        chosen_all += [rows[j] for j in chosen]
+        w_all += w.tolist()
+    w = np.array(w_all, dtype=np.float64)
+    if w.size:
+        w = w * (w.size / w.sum())
+    return np.array(chosen_all, dtype=np.int64), w
+
+
+def reference_quadratic_trigger(L0, g, h, delta, L_true, tau):
+    """CREST's check of its quadratic model of the loss, with Python floats.
+
+    L_approx = L0 + sum_i delta_i g_i + 1/2 sum_i h_i delta_i^2 (delta: the
+    parameters' displacement since the model was built, h: the Hessian
+    diagonal); the check fires when |L_true - L_approx| > tau * L_true. Returns
+    ``(fired, L_approx)``.
+    """
+    g, h, delta = (np.asarray(v, dtype=np.float64).ravel() for v in (g, h, delta))
+    approx = float(L0)
+    for i in range(delta.size):
+        approx += float(delta[i]) * float(g[i]) + 0.5 * float(h[i]) * float(delta[i]) ** 2
+    return abs(float(L_true) - approx) > float(tau) * float(L_true), approx
+
+
+__all__ += ["reference_crest_select", "reference_quadratic_trigger"]

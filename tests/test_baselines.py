@@ -37,7 +37,7 @@ def _split(s, nb):
 
 
 def test_strategies_tuple():
-    assert STRATEGIES == ("graft", "random", "craig", "gradmatch")
+    assert STRATEGIES == ("graft", "random", "craig", "gradmatch", "crest")
 
 
 # --------------------------------------------------------------------------------------
@@ -63,21 +63,23 @@ def test_craig_matches_reference(rng, backend, fraction, last_layer):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 1.0])
 @pytest.mark.parametrize("lam", [0.0, 0.5, 3.0])
 @pytest.mark.parametrize("last_layer", [False, True])
 def test_gradmatch_matches_reference(rng, backend, fraction, lam, last_layer):
-    _, E, H = _stack(rng, n=40, C=4, h=7)  # gradients of dimension 32 > the largest budget (20)
+    """Every path of the pursuit on this data: the full budget, old rows dropped (lam 0), the small-residual stop
+    (lam 0, fraction 1: 32 rows span the 32-dimensional gradients), the repeated row (lam 0.5, 3) and the fill."""
+    _, E, H = _stack(rng, n=40, C=4, h=7)  # gradients of dimension 32
     G = np.stack([gt.last_layer_gradients(E[b], H[b]) for b in range(3)])
     grads = LastLayerGrads(readonly(E), readonly(H)) if last_layer else readonly(G)
     s = ga.select(np.zeros((3, 40, 2)), grads, strategy="gradmatch", fraction=fraction, gradmatch_lambda=lam,
-                  backend=backend, return_info=True)
+                  random_state=5, backend=backend, return_info=True)
     m = _budget(fraction, 40)
     for b, (idx, w) in enumerate(_split(s, 3)):
-        ref_idx, ref_w = gt.reference_gradmatch(G[b], m, lam=lam)
+        ref_idx, ref_w = gt.reference_gradmatch(G[b], m, lam=lam, seed=_seed(5), start=40 * b)
         assert_array_equal(idx - 40 * b, ref_idx)
         assert_allclose(w, ref_w, rtol=1e-7, atol=1e-9)
-        assert np.all(w >= 0)
+        assert np.all(w >= 0) and w.sum() == pytest.approx(40, rel=1e-12)
         assert_allclose(s.residuals[b], gt.reference_rho(G[b], ref_idx), rtol=1e-8, atol=1e-6)
 
 
@@ -139,7 +141,7 @@ def test_craig_ties_go_to_the_lowest_index(rng, backend):
 
 
 def test_lazy_greedy_equals_plain_greedy(rng):
-    from graft_array._numba.baselines import craig_plain
+    from graft_array.strategies.facility import facility_location_plain_nb as craig_plain
 
     G = rng.integers(-2, 3, size=(5, 60, 4)).astype(np.float64)  # small integers: many exact ties
     G[:, 30:] = G[:, :30]
@@ -164,34 +166,117 @@ def test_lazy_greedy_equals_reference_property(n, p, k, seed, fraction):
 
 
 # --------------------------------------------------------------------------------------
-# GradMatch: the fill rule
+# GradMatch: where the pursuit stops, the fill, the weights
 # --------------------------------------------------------------------------------------
+def _gradmatch(G, fraction, lam, backend, random_state=0):
+    return ga.select(np.zeros((G.shape[0], 1)), readonly(G), strategy="gradmatch", fraction=fraction,
+                     gradmatch_lambda=lam, random_state=random_state, backend=backend, return_info=True)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_gradmatch_fills_with_zero_weights(backend):
-    G = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # g = (2, 0): rows 2, 3 never correlate
-    s = ga.select(np.zeros((4, 1)), G, strategy="gradmatch", fraction=1.0, gradmatch_lambda=0.5, backend=backend,
-                  return_info=True)
-    assert_array_equal(s.indices, [0, 1, 2, 3])
-    assert_allclose(s.weights, [2 / 2.5, 2 / 2.5, 0.0, 0.0], rtol=1e-12)
-    ref_idx, ref_w = gt.reference_gradmatch(G, 4, lam=0.5)
-    assert_array_equal(s.indices, ref_idx)
-    assert_allclose(s.weights, ref_w, rtol=1e-9)
+def test_gradmatch_stops_and_fills_by_hand(backend):
+    """Small problems worked out by hand; s = 13/3 for the second G (mean squared row norm)."""
+    seed = _seed(0)
+
+    def fill(n, taken):  # the batch's other rows by random key
+        return [i for i in gt.reference_random(n, n, seed, 0)[0] if i not in taken]
+
+    # the residual stop: g = (2, 0) = 2 g_0 after one step (rows 0 and 1 tie: the lower one); the rest by key at the
+    # first weight, 2: all weights equal, n / m = 1
+    G = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    s = _gradmatch(G, 1.0, 0.5, backend)
+    assert_array_equal(s.indices, [0] + fill(4, [0]))
+    assert_allclose(s.weights, [1.0, 1.0, 1.0, 1.0], rtol=1e-15)
+    # the repeated row: g = (-1, 0); step 1 takes row 2 at <g_2, g> / ||g_2||^2 = 1/4 (no ridge: CORDS' first step),
+    # step 2 row 1, ridge 13/6: w = [[61/6, -6], [-6, 43/6]]^-1 (2, -1) = (50, 11) / (6 det) > 0; then the largest
+    # correlation is row 2's again: stop. Row 0 (a zero gradient) is the fill, at the mean (50 + 11) / 2
+    G = np.array([[0.0, 0.0], [1.0, 2.0], [-2.0, -2.0]])
+    s = _gradmatch(G, 1.0, 0.5, backend)
+    assert_array_equal(s.indices, [2, 1, 0])
+    assert_allclose(s.weights, np.array([50.0, 11.0, 30.5]) * 3 / 91.5, rtol=1e-13)
+    # the newest row dropped: ridge 13/3 makes row 1's weight (12 - 37/3) / det < 0, so it leaves and the
+    # pursuit stops; row 2 alone, re-solved (6/37), and the fill at its weight: all equal
+    s = _gradmatch(G, 1.0, 1.0, backend)
+    assert_array_equal(s.indices, [2] + fill(3, [2]))
+    assert_allclose(s.weights, [1.0, 1.0, 1.0], rtol=1e-15)
+    for lam in (0.5, 1.0):
+        ref_idx, ref_w = gt.reference_gradmatch(G, 3, lam=lam, seed=seed, start=0)
+        s = _gradmatch(G, 1.0, lam, backend)
+        assert_array_equal(s.indices, ref_idx)
+        assert_allclose(s.weights, ref_w, rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradmatch_cancelling_rows_are_the_random_subset(backend):
+    """g = 0 exactly: nothing to match, the whole budget is the "random" strategy's subset of the batch, n / m each."""
     A = np.arange(12.0).reshape(4, 3) - 5.0
-    zero = ga.select(np.zeros((8, 1)), np.vstack([A, -A]), strategy="gradmatch", fraction=0.5, backend=backend,
-                     return_info=True)  # g = 0 exactly: nothing correlates, the budget is filled in row order
-    assert_array_equal(zero.indices, [0, 1, 2, 3])
-    assert_array_equal(zero.weights, [0.0, 0.0, 0.0, 0.0])
+    G = np.vstack([A, -A, A[:2], -A[:2]])
+    for random_state in (0, 1, 2):
+        s = _gradmatch(G, 0.5, 0.5, backend, random_state)
+        assert_array_equal(s.indices, gt.reference_random(12, 6, _seed(random_state), 0)[0])
+        assert_array_equal(s.weights, np.full(6, 2.0))
+        r = ga.select(np.zeros((12, 1)), strategy="random", fraction=0.5, random_state=random_state, backend=backend)
+        assert_array_equal(s.indices, r)
+    other = _gradmatch(G, 0.5, 0.5, backend, 1)  # the fill follows random_state
+    assert not np.array_equal(other.indices, _gradmatch(G, 0.5, 0.5, backend, 0).indices)
 
 
-def test_gradmatch_weights_fit_the_batch_gradient(rng):
-    """Correlated gradients (a few directions): the fit is good and the weights sum close to n."""
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradmatch_finds_a_low_rank_gradient(rng, backend):
+    """Rank-4 gradients (3 directions and an offset): four pursuit steps span g (rho(4) ~ 0), any ridge."""
     n = 64
     G = rng.standard_normal((n, 3)) @ rng.standard_normal((3, 20)) + 0.5
-    s = ga.select(np.zeros((n, 1)), G, strategy="gradmatch", fraction=0.25, gradmatch_lambda=1e-3, return_info=True)
-    g = G.sum(axis=0)
-    fit = G[s.indices].T @ s.weights
-    assert np.linalg.norm(fit - g) < 1e-2 * np.linalg.norm(g)
-    assert float(np.sum(s.weights)) == pytest.approx(n, rel=0.05)
+    for lam in (0.0, 1e-3, 0.5):
+        s = _gradmatch(G, 0.25, lam, backend)
+        assert s.residuals[0, 3] < 1e-6 < s.residuals[0, 2]
+        assert float(np.sum(s.weights)) == pytest.approx(n, rel=1e-12)
+        ref_idx, ref_w = gt.reference_gradmatch(G, 16, lam=lam, seed=_seed(0), start=0)
+        assert_array_equal(s.indices, ref_idx)
+        assert_allclose(s.weights, ref_w, rtol=1e-7)
+
+
+def test_gradmatch_cholesky_drop(rng):
+    """The Numba twin's removal of row/column a from a Cholesky factor = the factor of the reduced matrix."""
+    from graft_array.strategies.gradmatch import _chol_drop_nb as _chol_drop
+
+    X = rng.standard_normal((7, 9))
+    A = X @ X.T + 0.1 * np.eye(7)
+    for q in (1, 2, 7):
+        for a in range(q):
+            L = np.linalg.cholesky(A[:q, :q])
+            _chol_drop(L, q, a, np.empty(q))
+            keep = [i for i in range(q) if i != a]
+            assert_allclose(np.tril(L[:q - 1, :q - 1]), np.linalg.cholesky(A[np.ix_(keep, keep)]), rtol=1e-12,
+                            atol=1e-13)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nb=st.integers(1, 3), n=st.integers(1, 30), p=st.integers(1, 6), fraction=st.floats(0.01, 1.0),
+       lam=st.sampled_from([0.0, 1e-3, 0.1, 0.5, 2.0]), seed=st.integers(0, 2**16), scale=st.integers(-30, 30),
+       last_layer=st.booleans(), backend=st.sampled_from(CPU_BACKENDS))
+def test_gradmatch_properties(nb, n, p, fraction, lam, seed, scale, last_layer, backend):
+    """m unique rows of each batch, weights >= 0 summing to n, the reference's rows and weights, the same bits for the
+    same random_state and for gradients scaled by 2^scale (the ridge is homogeneous)."""
+    rng = np.random.default_rng(seed)
+    E, H = rng.standard_normal((nb, n, p)), rng.standard_normal((nb, n, 2))
+    G = np.stack([gt.last_layer_gradients(E[b], H[b]) for b in range(nb)]) if last_layer else E
+
+    def run(c):
+        grads = LastLayerGrads(E * c, H) if last_layer else G * c
+        return ga.select(np.zeros((nb, n, 1)), grads, strategy="gradmatch", fraction=fraction, gradmatch_lambda=lam,
+                         random_state=seed, backend=backend, return_info=True)
+
+    s = run(1.0)
+    m = _budget(fraction, n)
+    for b, (idx, w) in enumerate(_split(s, nb)):
+        assert len(set(idx.tolist())) == m and np.all((idx >= b * n) & (idx < (b + 1) * n))
+        assert np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() == pytest.approx(n, rel=1e-12)
+        ref_idx, ref_w = gt.reference_gradmatch(G[b], m, lam=lam, seed=_seed(seed), start=b * n)
+        assert_array_equal(idx - b * n, ref_idx)
+        assert_allclose(w, ref_w, rtol=1e-6, atol=1e-9 * n)
+    for other in (run(1.0), run(2.0**scale)):
+        assert_array_equal(other.indices, s.indices)
+        assert_array_equal(other.weights, s.weights)
 
 
 # --------------------------------------------------------------------------------------
@@ -230,6 +315,8 @@ def test_baseline_properties(strategy, nb, n, C, fraction, lam, seed, backend):
             assert np.all(w >= 1) and np.all(w == np.round(w)) and w.sum() == n
         elif strategy == "random":
             assert_allclose(w, n / m)
+        else:
+            assert w.sum() == pytest.approx(n, rel=1e-12)
         rho = np.asarray(s.residuals[b])
         assert np.all((rho >= 0) & (rho <= 1 + 1e-12)) and np.all(np.diff(rho) <= 1e-12)
 
@@ -245,8 +332,14 @@ def test_deterministic_and_seeded(rng, strategy):
     assert_array_equal(a.weights, b.weights)
     if strategy == "random":
         assert not np.array_equal(a.indices, c.indices)
-    else:  # the gradient baselines use no randomness
+    elif strategy == "craig":  # no randomness
         assert_array_equal(a.indices, c.indices)
+    else:  # the pursuit uses none, its fill the random_state
+        for sel, state in ((a, 5), (c, 6)):
+            for b, (idx, _) in enumerate(_split(sel, 3)):
+                G = gt.last_layer_gradients(E[b], H[b])
+                ref_idx, _ = gt.reference_gradmatch(G, 12, lam=0.5, seed=_seed(state), start=48 * b)
+                assert_array_equal(idx - 48 * b, ref_idx)
 
 
 # --------------------------------------------------------------------------------------
@@ -364,7 +457,7 @@ _X = np.ones((4, 3))
     "args,kwargs,exc,match",
     [
         ((_X,), {"strategy": "glister"}, ValueError,
-         r"The 'strategy' parameter of select must be one of 'graft', 'random', 'craig', 'gradmatch'\. "
+         r"The 'strategy' parameter of select must be one of 'graft', 'random', 'craig', 'gradmatch', 'crest'\. "
          r"Got 'glister' instead\."),
         ((_X,), {"strategy": None}, ValueError, r"'strategy' parameter of select must be one of"),
         ((_X,), {"strategy": "craig"}, ValueError, r"strategy='craig' needs per-sample gradients: pass 'grads'"),
@@ -400,7 +493,7 @@ def test_sklearn_sampler_strategies(rng):
     X, y = load_digits(return_X_y=True)
     X, y = X[:500], y[:500]
     for strategy in BASELINES:
-        s = GraftSampler(strategy=strategy, fraction=0.2, batch_size=100, random_state=0).fit(X, y)
+        s = GraftSampler(strategy=strategy, fraction=0.2, batch_size=100, random_state=0, class_balance=False).fit(X, y)
         assert_array_equal(s.sizes_, [20] * 5)
         assert len(np.unique(s.indices_)) == 100 and s.solver_ == "none" and s.rank_ == 0
         assert s.gradient_source_ == "proxy"
@@ -446,3 +539,22 @@ def test_torch_epoch_sampler_with_craig():
     sel = GraftBatchSelector(model, strategy="gradmatch", fraction=0.25)
     i, w = sel(x[:40], y[:40])
     assert i.shape == (10,) and torch.all(w >= 0) and sel.last_selection.solver == "none"
+
+
+def test_registry_drives_select_and_the_adapters():
+    """One registry: every strategy loads a module with run(), select accepts exactly its names."""
+    from graft_array import strategies
+
+    assert STRATEGIES == strategies.NAMES == tuple(strategies.REGISTRY)
+    X = np.random.default_rng(0).standard_normal((2, 30, 4))
+    G = np.random.default_rng(1).standard_normal((2, 30, 40))
+    for name, spec in strategies.REGISTRY.items():
+        assert callable(strategies.load(name).run)
+        s = ga.select(X, G, strategy=name, fraction=0.2, random_state=0, return_info=True)
+        assert int(np.sum(s.sizes)) == 12
+        if spec.needs_grads:
+            with pytest.raises(ValueError, match=f"strategy='{name}' needs per-sample gradients"):
+                ga.select(X, strategy=name)
+        if not spec.adaptive_size:
+            with pytest.raises(ValueError, match=r"'min_size' parameter of select applies to strategy='graft' only"):
+                ga.select(X, G, strategy=name, min_size=2)

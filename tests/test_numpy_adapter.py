@@ -31,8 +31,8 @@ def test_dataset_pass_equals_one_ragged_select(rng, batches_per_call):
     X, E, H = _data(rng)
     grads = ga.LastLayerGrads(readonly(E), readonly(H))
     idx, w = select_dataset(readonly(X), grads, batch_size=128, batches_per_call=batches_per_call, tol=0.5,
-                            random_state=4, progress=False)
-    ref = _reference(X, ga.LastLayerGrads(E, H), 128, tol=0.5, random_state=4)
+                            random_state=4, progress=False, budget="batch")
+    ref = _reference(X, ga.LastLayerGrads(E, H), 128, tol=0.5, random_state=4, budget="batch")
     assert_array_equal(idx, ref.indices)
     assert_allclose(w, ref.weights)
     assert len(np.unique(idx)) == len(idx) and idx.min() >= 0 and idx.max() < len(X)
@@ -47,9 +47,9 @@ def test_randomized_solver_pass_equals_one_select_call(rng, seed):
     state = (lambda: np.random.default_rng(11)) if seed == "generator" else (lambda: seed)
     gen = state()
     idx, w = select_dataset(X, grads, batch_size=128, batches_per_call=2, fraction=0.1, solver="randomized",
-                            random_state=gen, progress=False)
+                            random_state=gen, progress=False, budget="batch")
     ref_gen = state()
-    ref = _reference(X, grads, 128, fraction=0.1, solver="randomized", random_state=ref_gen)
+    ref = _reference(X, grads, 128, fraction=0.1, solver="randomized", random_state=ref_gen, budget="batch")
     assert ref.solver == "randomized"
     assert_array_equal(idx, ref.indices)
     assert_allclose(w, ref.weights)
@@ -115,3 +115,26 @@ def test_errors(kwargs, exc, match):
         warnings.simplefilter("ignore", ga.GradientRankWarning)
         with pytest.raises(exc, match=match):
             select_dataset(X, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("batches_per_call", [1, 3, 64])
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_pass_selects_the_budget_whatever_the_chunking(rng, batches_per_call, fraction):
+    """fraction is the budget: round(fraction * n) rows over the pass, however the pass is cut into calls."""
+    X, E, H = _data(rng)
+    idx, w = select_dataset(X, ga.LastLayerGrads(E, H), batch_size=100, batches_per_call=batches_per_call,
+                            fraction=fraction, tol=0.3, random_state=0, progress=False)
+    assert len(idx) == round(fraction * len(X))
+    assert len(np.unique(idx)) == len(idx) and idx.min() >= 0 and idx.max() < len(X)
+    assert (w >= 0).all()
+
+
+def test_pass_with_labels_keeps_every_class(rng):
+    X, E, H = _data(rng)
+    y = rng.integers(0, 5, len(X))
+    y[:3] = 7  # a class of three samples somewhere in the first batch
+    idx, _ = select_dataset(X, ga.LastLayerGrads(E, H), batch_size=100, batches_per_call=4, fraction=0.1,
+                            labels=y, random_state=0, progress=False)
+    assert set(np.unique(y[idx])) == set(np.unique(y))
+    with pytest.raises(ValueError, match=r"'labels' with one label per row of 'X'"):
+        select_dataset(X, None, labels=y[:-1], progress=False)

@@ -1,3 +1,4 @@
+import functools
 import warnings
 
 import numpy as np
@@ -9,6 +10,9 @@ from graft_array import LastLayerGrads
 from graft_array import testing as gt
 
 from conftest import CPU_BACKENDS, readonly
+
+#: the per-batch sizes of the size criterion (each batch's own budget), which these tests check
+select_batch = functools.partial(ga.select, budget="batch")
 
 
 def _batch(rng, n=64, d=100, C=4, h=6):
@@ -24,7 +28,7 @@ def _batch(rng, n=64, d=100, C=4, h=6):
 def test_select_matches_reference(rng, backend, method, tol):
     F, E, H = _batch(rng)
     G = gt.last_layer_gradients(E, H)
-    s = ga.select(readonly(F), LastLayerGrads(readonly(E), readonly(H)), tol=tol, method=method,
+    s = select_batch(readonly(F), LastLayerGrads(readonly(E), readonly(H)), tol=tol, method=method,
                   solver="exact", backend=backend, return_info=True)
     idx, w, m, rho = gt.reference_select(F, G, tol=tol, method=method)
     assert int(s.sizes[0]) == m
@@ -49,7 +53,7 @@ def test_chosen_size_is_minimal_and_weights_valid(rng):
     F = rng.standard_normal((6, 80, 50))
     E = rng.standard_normal((6, 80, 5))
     H = rng.standard_normal((6, 80, 8))
-    s = ga.select(F, LastLayerGrads(E, H), fraction=0.3, tol=0.75, return_info=True)
+    s = select_batch(F, LastLayerGrads(E, H), fraction=0.3, tol=0.75, return_info=True)
     lo = int(np.floor(0.5 * 0.3 * 80))
     hi = int(np.ceil(1.5 * 0.3 * 80))
     start = 0
@@ -72,13 +76,13 @@ def test_chosen_size_is_minimal_and_weights_valid(rng):
 def test_batched_equals_per_batch_and_offsets(rng):
     F = rng.standard_normal((5, 60, 40)).astype(np.float32)
     G = rng.standard_normal((5, 60, 30))
-    s = ga.select(F, G, fraction=0.2, tol=0.9, return_info=True, random_state=0)
+    s = select_batch(F, G, fraction=0.2, tol=0.9, return_info=True, random_state=0)
     assert s.solver == "randomized"  # one test matrix for all batches: batching does not matter
     off = np.array([1000, 0, 7, 300, 120])
-    so = ga.select(F, G, fraction=0.2, tol=0.9, offsets=off, return_info=True, random_state=0)
+    so = select_batch(F, G, fraction=0.2, tol=0.9, offsets=off, return_info=True, random_state=0)
     start = 0
     for b in range(5):
-        one = ga.select(F[b], G[b], fraction=0.2, tol=0.9, return_info=True, random_state=0)
+        one = select_batch(F[b], G[b], fraction=0.2, tol=0.9, return_info=True, random_state=0)
         m = int(s.sizes[b])
         assert m == int(one.sizes[0])
         assert_array_equal(s.indices[start:start + m], one.indices + b * 60)
@@ -211,19 +215,19 @@ def test_list_of_equal_batches_equals_stack(rng, backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_ragged_last_batch(rng, backend):
     F, E, H = _ragged(rng, [40, 40, 25])
-    s = ga.select(F, LastLayerGrads(E, H), tol=0.6, random_state=3, backend=backend, return_info=True)
+    s = select_batch(F, LastLayerGrads(E, H), tol=0.6, random_state=3, backend=backend, return_info=True)
     assert s.residuals.shape == (3, 15)  # ceil(1.5 * 0.25 * 40) = 15 sizes for the full batches
     assert np.isnan(s.residuals[2, 10:]).all() and not np.isnan(s.residuals[2, :10]).any()
     start = 0
     for b, base in enumerate([0, 40, 80]):
-        one = ga.select(F[b], LastLayerGrads(E[b], H[b]), tol=0.6, random_state=3, backend=backend, return_info=True)
+        one = select_batch(F[b], LastLayerGrads(E[b], H[b]), tol=0.6, random_state=3, backend=backend, return_info=True)
         m = int(s.sizes[b])
         assert m == int(one.sizes[0])
         assert_array_equal(s.indices[start:start + m], one.indices + base)
         assert_allclose(s.weights[start:start + m], one.weights)
         start += m
     assert start == len(s.indices)
-    off = ga.select(F, LastLayerGrads(E, H), tol=0.6, random_state=3, backend=backend, offsets=[500, 0, 100])
+    off = select_batch(F, LastLayerGrads(E, H), tol=0.6, random_state=3, backend=backend, offsets=[500, 0, 100])
     shift = np.repeat([500, -40, 20], np.asarray(s.sizes))
     assert_array_equal(off, s.indices + shift)
 
@@ -254,9 +258,9 @@ def test_ragged_plain_gradients_warn_and_match(rng):
     F = [rng.standard_normal((40, 12)), rng.standard_normal((30, 12))]
     G = [rng.standard_normal((40, 5)), rng.standard_normal((30, 5))]
     with pytest.warns(ga.GradientRankWarning, match=r"5 column\(s\)"):
-        s = ga.select(F, G, random_state=0, return_info=True)
+        s = select_batch(F, G, random_state=0, return_info=True)
     with pytest.warns(ga.GradientRankWarning):
-        one = ga.select(F[1], G[1], random_state=0)
+        one = select_batch(F[1], G[1], random_state=0)
     assert_array_equal(s.indices[int(s.sizes[0]):], one + 40)
 
 
@@ -344,7 +348,7 @@ def test_rank_deficient_gradients_weights(rng):
 def test_weights_match_reference_for_any_pull(rng, backend, weight_reg):
     F, E, H = _batch(rng)
     G = gt.last_layer_gradients(E, H)
-    s = ga.select(F, LastLayerGrads(E, H), tol=0.8, weight_reg=weight_reg, solver="exact", backend=backend,
+    s = select_batch(F, LastLayerGrads(E, H), tol=0.8, weight_reg=weight_reg, solver="exact", backend=backend,
                   return_info=True)
     idx, w, m, _ = gt.reference_select(F, G, tol=0.8, weight_reg=weight_reg)
     assert_array_equal(np.asarray(s.indices), idx)
@@ -497,9 +501,9 @@ def test_gradient_features_equal_materialised_and_reference(rng, backend, solver
     H = rng.standard_normal((B, n, h))
     G = np.stack([gt.last_layer_gradients(E[b], H[b]) for b in range(B)])  # (B, n, C (h + 1))
     kw = dict(fraction=fraction, tol=0.5, solver=solver, backend=backend, random_state=0, return_info=True)
-    a = ga.select(None, LastLayerGrads(readonly(E), readonly(H)), **kw)  # the factorised Gram
-    b = ga.select(G, LastLayerGrads(E, H), **kw)  # the same gradients, materialised, as features
-    c = ga.select(None, G, **kw)  # plain gradients stand in for the features
+    a = select_batch(None, LastLayerGrads(readonly(E), readonly(H)), **kw)  # the factorised Gram
+    b = select_batch(G, LastLayerGrads(E, H), **kw)  # the same gradients, materialised, as features
+    c = select_batch(None, G, **kw)  # plain gradients stand in for the features
     assert a.solver == solver and a.rank == round(fraction * n)
     for other in (b, c):
         assert_array_equal(a.indices, other.indices)
@@ -529,16 +533,16 @@ def test_gradient_features_ragged_and_other_namespaces(rng):
     xs = pytest.importorskip("array_api_strict")
     E = [rng.standard_normal((50, 4)), rng.standard_normal((23, 4))]
     H = [rng.standard_normal((50, 7)), rng.standard_normal((23, 7))]
-    s = ga.select(None, LastLayerGrads(E, H), fraction=0.3, tol=0.6, return_info=True, random_state=0)
-    one = ga.select(None, LastLayerGrads(E[0], H[0]), fraction=0.3, tol=0.6, random_state=0)
-    two = ga.select(None, LastLayerGrads(E[1], H[1]), fraction=0.3, tol=0.6, random_state=0)
+    s = select_batch(None, LastLayerGrads(E, H), fraction=0.3, tol=0.6, return_info=True, random_state=0)
+    one = select_batch(None, LastLayerGrads(E[0], H[0]), fraction=0.3, tol=0.6, random_state=0)
+    two = select_batch(None, LastLayerGrads(E[1], H[1]), fraction=0.3, tol=0.6, random_state=0)
     assert_array_equal(s.indices, np.concatenate([one, two + 50]))
-    ref = ga.select(None, LastLayerGrads(E[0], H[0]), fraction=0.3, solver="exact", return_info=True)
-    t = ga.select(None, LastLayerGrads(torch.tensor(E[0]), torch.tensor(H[0], requires_grad=True)), fraction=0.3,
+    ref = select_batch(None, LastLayerGrads(E[0], H[0]), fraction=0.3, solver="exact", return_info=True)
+    t = select_batch(None, LastLayerGrads(torch.tensor(E[0]), torch.tensor(H[0], requires_grad=True)), fraction=0.3,
                   solver="exact", return_info=True)
     assert isinstance(t.indices, torch.Tensor)
     assert_array_equal(t.indices.numpy(), ref.indices)
-    a = ga.select(None, LastLayerGrads(xs.asarray(E[0]), xs.asarray(H[0])), fraction=0.3, solver="exact",
+    a = select_batch(None, LastLayerGrads(xs.asarray(E[0]), xs.asarray(H[0])), fraction=0.3, solver="exact",
                   return_info=True)
     assert a.backend == "array_api"
     assert_array_equal(np.asarray(a.indices), ref.indices)

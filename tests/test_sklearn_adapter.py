@@ -26,18 +26,7 @@ _CHECKED = [
 ]
 
 
-def _expected_failed_checks(estimator):
-    if isinstance(estimator, GraftSubsetEstimator) and isinstance(estimator.estimator, LogisticRegression):
-        return {
-            "check_fit2d_1feature": (
-                "10 samples with up to 3 classes: the subset of about a quarter of them can hold a single class, "
-                "which LogisticRegression rejects (a subset sampler cannot promise every class)"
-            ),
-        }
-    return {}
-
-
-@parametrize_with_checks(_CHECKED, expected_failed_checks=_expected_failed_checks)
+@parametrize_with_checks(_CHECKED)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -80,13 +69,13 @@ def _check_selection(s, n, batch_size):
 
 def test_fit_sets_attributes_and_fit_resample_returns_selected_rows(rng):
     X, y = _classification(rng)
-    s = GraftSampler(batch_size=64, random_state=0)
+    s = GraftSampler(class_balance=False, batch_size=64, random_state=0)
     assert s.fit(X, y) is s
     _check_selection(s, len(X), 64)
     assert s.n_features_in_ == X.shape[1] and not hasattr(s, "feature_names_in_")
     assert s.backend_ == "numba" and s.solver_ in ("exact", "randomized") and s.rank_ >= 1
     assert s.gradient_source_ == "proxy" and s.residuals_.shape[0] == len(s.sizes_)
-    X_res, y_res = GraftSampler(batch_size=64, random_state=0).fit_resample(X, y)
+    X_res, y_res = GraftSampler(class_balance=False, batch_size=64, random_state=0).fit_resample(X, y)
     assert_array_equal(X_res, X[s.indices_])
     assert_array_equal(y_res, y[s.indices_])
 
@@ -106,7 +95,7 @@ def test_features_only_mode(rng):
 
 def test_classification_proxy_is_the_logistic_last_layer_gradient(rng):
     X, y = _classification(rng, n=330, classes=4)
-    s = GraftSampler(batch_size=100, tol=0.3, solver="randomized", random_state=3).fit(X, y)
+    s = GraftSampler(class_balance=False, batch_size=100, tol=0.3, solver="randomized", random_state=3).fit(X, y)
     assert isinstance(s.proxy_[-1], LogisticRegression) and isinstance(s.proxy_[0], StandardScaler)
     E = s.proxy_.predict_proba(X) - (y[:, None] == s.proxy_.classes_[None, :])
     Z = s.proxy_[:-1].transform(X)
@@ -122,13 +111,13 @@ def test_classification_proxy_is_the_logistic_last_layer_gradient(rng):
 
 def test_binary_proxy_uses_one_logit_and_regression_uses_ridge(rng):
     X, y = _classification(rng, n=200, classes=2)
-    s = GraftSampler(batch_size=64, random_state=0).fit(X, y)
+    s = GraftSampler(class_balance=False, batch_size=64, random_state=0).fit(X, y)
     e = s.proxy_.predict_proba(X)[:, 1] - (y == s.proxy_.classes_[1])
     g = ga.LastLayerGrads(_batches(e[:, None], 64), _batches(s.proxy_[:-1].transform(X), 64))
     assert_array_equal(s.indices_, ga.select(_batches(X, 64), g, random_state=0))
 
     Xr, yr = make_regression(n_samples=200, n_features=8, n_targets=2, random_state=0)
-    s = GraftSampler(batch_size=64, random_state=0).fit(Xr, yr)
+    s = GraftSampler(class_balance=False, batch_size=64, random_state=0).fit(Xr, yr)
     assert isinstance(s.proxy_[-1], Ridge)
     g = ga.LastLayerGrads(_batches(s.proxy_.predict(Xr) - yr, 64), _batches(s.proxy_[:-1].transform(Xr), 64))
     assert_array_equal(s.indices_, ga.select(_batches(Xr, 64), g, random_state=0))
@@ -138,19 +127,19 @@ def test_binary_proxy_uses_one_logit_and_regression_uses_ridge(rng):
 def test_given_proxy_estimator_fitted_or_not(rng):
     X, y = _classification(rng, n=256)
     fitted = LogisticRegression(max_iter=1000).fit(X, y)
-    s = GraftSampler(batch_size=64, proxy=fitted, random_state=0).fit(X, y)
+    s = GraftSampler(class_balance=False, batch_size=64, proxy=fitted, random_state=0).fit(X, y)
     assert s.proxy_ is fitted
     E = fitted.predict_proba(X) - (y[:, None] == fitted.classes_[None, :])
     ref = ga.select(_batches(X, 64), ga.LastLayerGrads(_batches(E, 64), _batches(X, 64)), random_state=0)
     assert_array_equal(s.indices_, ref)
     unfitted = LogisticRegression(max_iter=1000)
-    s2 = GraftSampler(batch_size=64, proxy=unfitted, random_state=0).fit(X, y)
+    s2 = GraftSampler(class_balance=False, batch_size=64, proxy=unfitted, random_state=0).fit(X, y)
     assert not hasattr(unfitted, "coef_") and s2.proxy_ is not unfitted
     assert_array_equal(s2.indices_, s.indices_)
     # a regressor proxy: residuals prediction - y
     Xr, yr = make_regression(n_samples=128, n_features=6, random_state=1)
     reg = Ridge().fit(Xr, yr)
-    s3 = GraftSampler(batch_size=64, proxy=reg, random_state=0).fit(Xr, yr)
+    s3 = GraftSampler(class_balance=False, batch_size=64, proxy=reg, random_state=0).fit(Xr, yr)
     g = ga.LastLayerGrads(_batches((reg.predict(Xr) - yr)[:, None], 64), _batches(Xr, 64))
     assert_array_equal(s3.indices_, ga.select(_batches(Xr, 64), g, random_state=0))
 
@@ -158,15 +147,15 @@ def test_given_proxy_estimator_fitted_or_not(rng):
 def test_single_class_target_has_zero_proxy_gradient(rng):
     X = rng.standard_normal((128, 6))
     s = GraftSampler(batch_size=128, fraction=0.25, band=0.5).fit(X, np.ones(128, dtype=int))
-    assert s.sizes_[0] == 16  # floor((1 - band) * fraction * n): rho = 0 meets tol at once
-    assert_allclose(s.weights_, 8.0)
+    assert s.sizes_[0] == 32  # rho = 0 meets tol at once, and the call's budget round(fraction * n) is spent
+    assert_allclose(s.weights_, 4.0)  # no gradient to fit: uniform n / m
 
 
 def test_explicit_plain_and_last_layer_gradients_equal_select(rng):
     n, batch = 300, 128
     X, y = rng.standard_normal((n, 10)), rng.integers(0, 3, n)
     G = rng.standard_normal((n, 64))
-    s = GraftSampler(batch_size=batch, tol=0.4, solver="randomized", random_state=7).fit(X, y, sample_gradients=G)
+    s = GraftSampler(class_balance=False, batch_size=batch, tol=0.4, solver="randomized", random_state=7).fit(X, y, sample_gradients=G)
     assert s.gradient_source_ == "sample_gradients" and s.proxy_ is None
     ref = ga.select(_batches(X, batch), _batches(G, batch), tol=0.4, solver="randomized", random_state=7,
                     return_info=True)
@@ -175,20 +164,20 @@ def test_explicit_plain_and_last_layer_gradients_equal_select(rng):
     _check_selection(s, n, batch)
 
     E, H = rng.standard_normal((n, 5)), rng.standard_normal((n, 7))
-    s = GraftSampler(batch_size=batch, random_state=1).fit(X, sample_gradients=ga.LastLayerGrads(E, H))
+    s = GraftSampler(class_balance=False, batch_size=batch, random_state=1).fit(X, sample_gradients=ga.LastLayerGrads(E, H))
     ref = ga.select(_batches(X, batch), ga.LastLayerGrads(_batches(E, batch), _batches(H, batch)), random_state=1,
                     return_info=True)
     assert_array_equal(s.indices_, ref.indices)
     assert_allclose(s.weights_, ref.weights)
     _check_selection(s, n, batch)
     with pytest.warns(ga.GradientRankWarning):  # few gradient columns: the core's warning passes through
-        GraftSampler(batch_size=batch).fit(X, sample_gradients=G[:, :3])
+        GraftSampler(class_balance=False, batch_size=batch).fit(X, sample_gradients=G[:, :3])
 
 
 def test_shuffle_batches_a_seeded_permutation_and_returns_rows_of_x(rng):
     X, y = _classification(rng, n=300)
     E, H = rng.standard_normal((300, 3)), rng.standard_normal((300, 5))
-    s = GraftSampler(batch_size=64, shuffle=True, solver="randomized", random_state=11)
+    s = GraftSampler(class_balance=False, batch_size=64, shuffle=True, solver="randomized", random_state=11)
     s.fit(X, sample_gradients=ga.LastLayerGrads(E, H))
     r = np.random.default_rng(11)
     perm = r.permutation(300)
@@ -234,18 +223,18 @@ def test_inputs_are_never_modified(rng):
 def test_pandas_and_list_inputs(rng):
     pd = pytest.importorskip("pandas")
     X, y = _classification(rng, n=200, d=5)
-    base = GraftSampler(batch_size=64, random_state=0).fit(X, y)
+    base = GraftSampler(class_balance=False, batch_size=64, random_state=0).fit(X, y)
     df = pd.DataFrame(X, columns=[f"f{j}" for j in range(5)], index=np.arange(200)[::-1])
     ser = pd.Series(y, index=df.index)
-    s = GraftSampler(batch_size=64, random_state=0)
+    s = GraftSampler(class_balance=False, batch_size=64, random_state=0)
     X_res, y_res = s.fit_resample(df, ser)
     assert_array_equal(s.indices_, base.indices_)
     assert_array_equal(s.feature_names_in_, df.columns)
     assert isinstance(X_res, pd.DataFrame) and isinstance(y_res, pd.Series)
     assert_array_equal(X_res.to_numpy(), X[s.indices_]) and assert_array_equal(y_res.to_numpy(), y[s.indices_])
-    lst = GraftSampler(batch_size=64, random_state=0).fit(X.tolist(), y.tolist())
+    lst = GraftSampler(class_balance=False, batch_size=64, random_state=0).fit(X.tolist(), y.tolist())
     assert_array_equal(lst.indices_, base.indices_)
-    f32 = GraftSampler(batch_size=64, random_state=0).fit(X.astype(np.float32), y)
+    f32 = GraftSampler(class_balance=False, batch_size=64, random_state=0).fit(X.astype(np.float32), y)
     _check_selection(f32, 200, 64)
 
 
@@ -394,3 +383,65 @@ def test_regression_subset_scores_well():
     m = GraftSubsetEstimator(Ridge(alpha=1e-3), GraftSampler(fraction=0.2, random_state=0)).fit(X[:450], y[:450])
     assert m.sampler_.gradient_source_ == "proxy"
     assert m.score(X[450:], y[450:]) > 0.95
+
+
+# -- class balance and the budget -------------------------------------------------------------------
+
+
+def test_class_balance_auto_keeps_every_class_with_its_share(rng):
+    X = rng.standard_normal((600, 8))
+    y = np.where(rng.random(600) < 0.02, 9, rng.integers(0, 3, 600))  # class 9: about a dozen rows
+    s = GraftSampler(fraction=0.05, batch_size=64, random_state=0).fit(X, y)
+    k = round(0.05 * 600)
+    counts = {c: int((y[s.indices_] == c).sum()) for c in np.unique(y)}
+    for c, got in counts.items():
+        n_c = int((y == c).sum())
+        assert got == min(n_c, max(1, -(-k * n_c // 600))), (c, got)
+    assert set(np.asarray(s.batch_labels_).tolist()) == set(np.unique(y).tolist())
+    assert len(s.sizes_) == len(s.batch_labels_)
+    on = GraftSampler(fraction=0.05, batch_size=64, random_state=0, class_balance=True).fit(X, y)
+    assert_array_equal(on.indices_, s.indices_)
+    plain = GraftSampler(fraction=0.05, batch_size=64, random_state=0).fit(X)  # no y: no classes
+    assert plain.batch_labels_ is None
+    assert len(set(y[plain.indices_])) < len(counts)  # without classes the rare one is missed here
+
+
+def test_class_balance_string_labels_and_regression(rng):
+    X = rng.standard_normal((200, 5))
+    y = np.array(["cat", "dog", "emu", "fox"])[rng.integers(0, 4, 200)]
+    s = GraftSampler(fraction=0.02, batch_size=50, random_state=0).fit(X, y)
+    assert set(y[s.indices_]) == set(y)
+    assert set(s.batch_labels_) == set(y)
+    r = GraftSampler(fraction=0.1, batch_size=50, random_state=0).fit(X, rng.standard_normal(200))
+    assert r.batch_labels_ is None  # a continuous target has no classes
+    with pytest.raises(ValueError, match=r"class_balance=True needs a binary or multiclass 'y'. Got 'continuous'"):
+        GraftSampler(class_balance=True).fit(X, rng.standard_normal(200))
+    with pytest.raises(ValueError, match=r"class_balance=True needs a binary or multiclass 'y'. Got no y"):
+        GraftSampler(class_balance=True).fit(X)
+    with pytest.raises(ValueError, match=r"The 'class_balance' parameter of GraftSampler must be 'auto', True or "
+                                         r"False. Got 'yes' instead."):
+        GraftSampler(class_balance="yes").fit(X, y)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_budget_call_selects_round_fraction_n(rng, fraction):
+    X = rng.standard_normal((500, 6))
+    y = rng.integers(0, 3, 500)
+    s = GraftSampler(fraction=fraction, batch_size=64, class_balance=False, tol=0.2, random_state=0).fit(X, y)
+    assert len(s.indices_) == round(fraction * 500)
+    b = GraftSampler(fraction=fraction, batch_size=64, class_balance=False, tol=0.2, random_state=0,
+                     budget="batch").fit(X, y)
+    lo, hi = int(np.floor(0.5 * fraction * 64)), int(np.ceil(1.5 * fraction * 64))
+    assert all(min(lo, n) <= m <= hi for m, n in zip(b.sizes_, b.batch_rows_))
+    with pytest.raises(ValueError, match=r"The 'budget' parameter of GraftSampler must be 'call', 'batch' or an "
+                                         r"int >= 0. Got 'epoch' instead."):
+        GraftSampler(budget="epoch").fit(X, y)
+
+
+def test_subset_classifier_sees_every_class_on_tiny_data(rng):
+    """The former expected failure of check_fit2d_1feature: 10 rows, 3 classes, a quarter kept."""
+    X = rng.standard_normal((10, 1))
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    est = GraftSubsetEstimator(LogisticRegression(), GraftSampler(batch_size=32, random_state=0)).fit(X, y)
+    assert_array_equal(est.classes_, [0, 1, 2])
+    assert set(y[est.sampler_.indices_]) == {0, 1, 2}

@@ -1,0 +1,80 @@
+"""The batch-sized gradient Gram the baselines work on, Numba (``*_nb``) and any array-API namespace.
+
+Built by the GRAFT criterion's own Gram routines with every row of the batch as a
+pivot (the same scale rule, :func:`graft_array._numba.checks.unit_scale`); the n x n
+matrix of one batch lives inside that batch's work only.
+"""
+
+import numpy as np
+from numba import njit
+
+from .._agnostic import criterion
+from .._agnostic.criterion import _dev, _mT, _take_rows
+from .._numba.checks import abs_max, unit_scale
+from .._numba.criterion import _gram_last_layer_one, _gram_plain_one, _rho_one
+
+__all__ = ["batch_gram_plain_nb", "batch_gram_last_layer_nb", "rho_along_nb", "full_gram", "gather", "onehot"]
+
+
+@njit(cache=True, nogil=True)
+def batch_gram_plain_nb(Gb):
+    """(K, b, ||g||^2) of one batch's plain gradient rows Gb (n, p): the n x n Gram, b = K 1.
+
+    Those of Gb 2^k, the criterion's scale rule (:func:`graft_array._numba.checks.unit_scale` of max |Gb|).
+    """
+    n, p = Gb.shape
+    K = np.empty((n, n))
+    bv = np.empty(n)
+    gg = _gram_plain_one(Gb, np.arange(n), K, bv, np.empty(p), np.empty((n, p)), unit_scale(abs_max(Gb)))
+    return K, bv, gg
+
+
+@njit(cache=True, nogil=True)
+def batch_gram_last_layer_nb(Eb, Hb):
+    """(K, b, ||g||^2) of one batch's last-layer gradients e_i (x) [h_i; 1], never formed.
+
+    Eb scaled as in :func:`batch_gram_plain_nb` (the embeddings are not).
+    """
+    n, C = Eb.shape
+    h = Hb.shape[1]
+    K = np.empty((n, n))
+    bv = np.empty(n)
+    gg = _gram_last_layer_one(Eb, Hb, np.arange(n), K, bv, np.empty((C, h + 1)), np.empty((n, C)),
+                              np.empty((n, h + 1)), np.empty(h + 1), unit_scale(abs_max(Eb)))
+    return K, bv, gg
+
+
+@njit(cache=True, nogil=True)
+def rho_along_nb(K, bv, gg, order, rho):
+    """rho(m) along ``order`` from the batch's full Gram K (n, n) and b (n,)."""
+    m = order.shape[0]
+    KS = np.empty((m, m))
+    bS = np.empty(m)
+    for a in range(m):
+        bS[a] = bv[order[a]]
+        for c in range(m):
+            KS[a, c] = K[order[a], order[c]]
+    skipped = np.empty(m, dtype=np.bool_)
+    _rho_one(KS, bS, gg, rho, skipped)
+
+
+def full_gram(xp, grads, grads_kind):
+    """(K (B, n, n), b (B, n), gg (B,)) of every row of each batch: the criterion's Gram with all rows as pivots."""
+    first = grads[0]
+    nb, n = first.shape[0], first.shape[1]
+    piv = xp.broadcast_to(xp.arange(n, dtype=xp.int64, device=_dev(first))[None, :], (nb, n))
+    if grads_kind == "plain":
+        return criterion.gram_plain(xp, grads[0], piv)
+    return criterion.gram_last_layer(xp, grads[0], grads[1], piv)
+
+
+def gather(xp, K, b, order):
+    """K[order][:, order] (B, m, m) and b[order] (B, m), batch by batch."""
+    rows = _take_rows(xp, K, order)  # (B, m, n)
+    KS = _mT(xp, _take_rows(xp, _mT(xp, rows), order))
+    bS = _take_rows(xp, b[:, :, None], order)[:, :, 0]
+    return KS, bS
+
+
+def onehot(xp, j, n):
+    return xp.arange(n, dtype=xp.int64, device=_dev(j))[None, :] == j[:, None]
