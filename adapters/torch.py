@@ -12,7 +12,11 @@ per-sample gradients in factorised form (:class:`graft_array.LastLayerGrads`):
   that every ``refresh_every`` epochs runs one selection pass over the dataset
   (in order, no shuffle, many batches per :func:`select` call, dataset offsets,
   so the indices are dataset indices) and then yields only the selected
-  indices, reshuffled each epoch by its own generator.
+  indices, reshuffled each epoch by its own generator. Options make the pass
+  cheaper (``pool_fraction``: forward and select from a random, class-stratified
+  candidate pool only; ``forward_batch_size``; ``channels_last``) or change what
+  it picks at small fractions (``class_balance``, ``exclude_learned`` with
+  :meth:`GraftEpochSampler.record_losses`, ``strata``, ``warm_start_epochs``).
 * :class:`DistributedGraftEpochSampler`: the same under ``torch.distributed``;
   each rank selects on its shard, the selections are all-gathered, every rank
   sees the same subset and iterates its own part, like ``DistributedSampler``.
@@ -51,6 +55,8 @@ random number generator: every random choice comes from the object's own
 ``torch.Generator`` / ``numpy.random.Generator``.
 """
 
+import contextlib
+import inspect
 import math
 
 import numpy as np
@@ -209,8 +215,13 @@ def _model_device(model):
 # --------------------------------------------------------------------------- capture and residuals
 
 
-def _capture(model, mod, name, x, eval_mode, func):
-    """One no-grad forward with a hook on ``mod``: (embeddings (n, h), logits (n, C)); training flags restored."""
+def _capture(model, mod, name, x, eval_mode, func, *, inference=False):
+    """One no-grad forward with a hook on ``mod``: (embeddings (n, h), logits (n, C)); training flags restored.
+
+    ``inference``: run it under ``torch.inference_mode`` (no version counters, no view tracking) instead of
+    ``torch.no_grad``; the outputs are then inference tensors, fine for reading (the selection pass) but not
+    for autograd.
+    """
     seen = []
 
     def hook(module, args, output):
@@ -221,7 +232,7 @@ def _capture(model, mod, name, x, eval_mode, func):
     try:
         if eval_mode:
             model.eval()
-        with torch.no_grad():
+        with torch.inference_mode() if inference else torch.no_grad():
             model(x)
     finally:
         handle.remove()
@@ -406,10 +417,12 @@ class _Sketcher:
         self.select_kwargs = _check_select_kwargs(select_kwargs, func)
         self._func = func
 
-    def sketch(self, x, y):
+    def sketch(self, x, y, *, logits=False, inference=False):
         """(features (n, d) or None, grads or None) of one batch; y's length is checked against the batch.
 
-        Features are None for ``features="gradients"`` (select then works on the gradients).
+        Features are None for ``features="gradients"`` (select then works on the gradients). With
+        ``logits=True`` the logits (n, C) come third. ``inference``: the forward under
+        ``torch.inference_mode`` (see :func:`_capture`).
         """
         func = self._func
         n_x = _n_of(x)
@@ -421,7 +434,7 @@ class _Sketcher:
                     f"{func} expects 'y' with one target per sample of 'x' ({n_x}); got {_describe(y)} for 'x' of "
                     f"{_describe(x)}."
                 )
-        h, z = _capture(self._inner, self.layer_module, self.layer_name, x, self.eval_mode, func)
+        h, z = _capture(self._inner, self.layer_module, self.layer_name, x, self.eval_mode, func, inference=inference)
         n = h.shape[0]
         h = _float(h).contiguous()
         if self.features == "inputs":
@@ -435,11 +448,12 @@ class _Sketcher:
         else:
             F = h
         if self.loss is None:
-            return F, None
+            return (F, None, z) if logits else (F, None)
         if _n_of(y) != n:
             raise ValueError(f"{func} expects 'y' with one target per sample ({n}); got {_describe(y)}.")
         e = loss_residuals(z, y, self.loss)
-        return F, (e.to(h.dtype).contiguous(), h)
+        g = (e.to(h.dtype).contiguous(), h)
+        return (F, g, z) if logits else (F, g)
 
 
 # --------------------------------------------------------------------------- per-batch mode
@@ -573,17 +587,116 @@ def _default_unpack(batch):
     )
 
 
+def _select_takes(name):
+    """Whether :func:`graft_array.select` has the keyword ``name`` (options that need a newer core)."""
+    from .. import _select
+
+    return name in inspect.signature(_select.select).parameters
+
+
+def _int_labels(values, n):
+    """``values`` as an int64 CPU tensor (n,) of non-negative integers, or None when they are not that."""
+    try:
+        t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if t.ndim != 1 or t.shape[0] != n or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        return None
+    t = t.detach().to("cpu", torch.int64)
+    if n and int(t.min()) < 0:
+        return None
+    return t
+
+
+def _dataset_labels(dataset, n):
+    """The dataset's class labels when it publishes them as ``targets`` (torchvision's convention), else None."""
+    for ds in (dataset, dataset.dataset if isinstance(dataset, IndexedDataset) else None):
+        t = getattr(ds, "targets", None) if ds is not None else None
+        if t is not None:
+            return _int_labels(t, n)
+    return None
+
+
+def _class_labels(y, func):
+    """The batch's targets as int64 CPU class labels (class_balance), or a ValueError naming the option."""
+    if (not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or y.is_complex()
+            or y.dtype == torch.bool):
+        raise ValueError(
+            f"The 'class_balance' parameter of {func} needs integer class labels (n,) as the batches' targets "
+            f"'y' (items 1 of the dataset, or what 'unpack' returns); got {_describe(y) if y is not None else None}."
+        )
+    return y.detach().to("cpu", torch.int64)
+
+
+def _quantile_bins(losses, strata):
+    """Difficulty bin of each loss: its rank r among the m losses (ties by position) gives bin floor(r S / m).
+
+    Equal-count bins, bin 0 the easiest; the bins are the loss quantiles of these m samples.
+    """
+    m = losses.numel()
+    order = torch.argsort(losses, stable=True)  # NaN sorts last: the hardest bin
+    bins = torch.empty(m, dtype=torch.int64)
+    bins[order] = torch.div(torch.arange(m, dtype=torch.int64) * strata, m, rounding_mode="floor")
+    return bins
+
+
+def _stratified_pool(ids, labels, m, gen):
+    """``m`` of the dataset indices ``ids`` drawn without replacement by ``gen``, sorted.
+
+    With ``labels`` (int64 by dataset index) every class c gets floor(m n_c / n) draws and the remaining
+    draws go to the largest remainders (ties: the lower class), so the pool keeps the classes' shares.
+    """
+    n = len(ids)
+    if labels is None:
+        return ids[torch.randperm(n, generator=gen)[:m]].sort().values
+    lab = labels[ids]
+    classes, counts = torch.unique(lab, return_counts=True)
+    quota = torch.div(counts * m, n, rounding_mode="floor")
+    rem = counts * m - quota * n
+    extra = m - int(quota.sum())
+    if extra:
+        quota[torch.argsort(-rem, stable=True)[:extra]] += 1
+    parts = []
+    for c, q in zip(classes.tolist(), quota.tolist()):
+        members = ids[lab == c]
+        parts.append(members[torch.randperm(len(members), generator=gen)[:q]])
+    return torch.cat(parts).sort().values
+
+
+@contextlib.contextmanager
+def _channels_last(model, on):
+    """The model's 4-D convolution weights in channels-last layout for the duration, restored after.
+
+    Only the weights' storage layout changes (``param.data``), never their values or the Parameter objects;
+    torch then runs the convolutions on its channels-last (NHWC) path.
+    """
+    swapped = []
+    if on:
+        for mod in model.modules():
+            w = getattr(mod, "weight", None)
+            if (isinstance(mod, nn.modules.conv._ConvNd) and isinstance(w, torch.Tensor) and w.ndim == 4
+                    and not w.is_contiguous(memory_format=torch.channels_last)):
+                swapped.append((w, w.data))
+                w.data = w.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for w, d in swapped:
+            w.data = d
+
+
 class GraftEpochSampler(Sampler):
     """Epoch-mode GRAFT: a ``Sampler`` that yields only a GRAFT subset of the dataset.
 
     Every ``refresh_every`` epochs (after ``warm_start_epochs`` epochs of full
-    data) one selection pass walks the dataset in order (a ``DataLoader`` without
-    shuffling), runs a no-grad forward per batch, captures embeddings and logits
-    with a hook, and calls :func:`graft_array.select` on ``batches_per_call``
-    batches at once (the ragged last batch included) with dataset offsets; the
-    indices are dataset indices. Each epoch then yields the selected indices in a
-    fresh order drawn by the sampler's own ``torch.Generator`` seeded with
-    ``seed + epoch``.
+    data) one selection pass walks the candidates (the whole dataset in order by
+    default; see ``pool_fraction`` and ``exclude_learned``) with a ``DataLoader``
+    without shuffling, runs a no-grad forward per batch, captures embeddings and
+    logits with a hook, and calls
+    :func:`graft_array.select` on ``batches_per_call`` selection batches at once
+    (the ragged last batch included) with offsets; the indices are dataset
+    indices. Each epoch then yields the selected indices in a fresh order drawn
+    by the sampler's own ``torch.Generator`` seeded with ``seed + epoch``.
 
     Call ``set_epoch(epoch)`` at the start of every epoch, as with
     ``DistributedSampler``: it picks the order and decides when the selection is
@@ -595,13 +708,18 @@ class GraftEpochSampler(Sampler):
     dataset : map-style Dataset (``len`` and ``__getitem__``)
     model : torch.nn.Module
     fraction : float in (0, 1], default=0.25
-        Target share of each selection batch.
+        Target share of the dataset: each pass selects about ``fraction * N``
+        samples (``round(fraction * n)`` of each selection batch of its candidates;
+        when the pass has M < N candidates, a pool or learned samples left out,
+        select's fraction is ``fraction * N / M``, capped at 1, and its rank stays
+        ``round(fraction * batch_size)`` unless ``rank`` is passed).
     batch_size : int, default=128
         Rows per GRAFT batch in the selection pass.
     refresh_every : int, default=1
         Epochs between selection passes.
     warm_start_epochs : int, default=0
-        Initial epochs on the full dataset (weights all one).
+        Initial epochs on the full dataset (weights all one); the first pass runs
+        at epoch ``warm_start_epochs``.
     layer, loss, features, eval_mode
         As in :class:`GraftBatchSelector`.
     unpack : callable, optional
@@ -614,26 +732,78 @@ class GraftEpochSampler(Sampler):
     device : torch.device or str, optional
         Where batches go for the forward; default: the model's parameters' device.
     batches_per_call : int, default=64
-        Batches per :func:`graft_array.select` call (bounds memory: only these
-        batches' embeddings are held at once). With ``eval_mode=True`` the
-        pass's forward takes ``min(8, batches_per_call)`` batches at a time (a
-        row's outputs do not depend on its batch in eval mode, up to BLAS
-        rounding); with ``eval_mode=False`` one batch at a time.
+        Selection batches per :func:`graft_array.select` call (bounds memory: only
+        these batches' embeddings are held at once).
+    forward_batch_size : int or None, default=None
+        Rows per no-grad forward of the pass (its ``DataLoader``'s batch size), cut
+        into selection batches of ``batch_size`` across forward boundaries (in eval
+        mode a row's outputs do not depend on its batch, up to BLAS rounding).
+        None: ``8 * batch_size``, or ``2 * batch_size`` for a model with
+        convolutions, whose large activations per row leave the caches in big
+        batches (``benchmarks/bench_pass.py``: on the benchmark's CNN a forward in
+        batches of 1024 takes twice as long as in batches of 256; on its MLP 1024
+        is the fastest). Only with ``eval_mode=True``; in train mode each forward is
+        one selection batch.
+    channels_last : bool, default=False
+        Run the pass's forward with the model's 4-D convolution weights in
+        channels-last memory layout (restored right after; the values and the
+        Parameter objects are untouched). Faster for conv nets on CPUs whose
+        oneDNN kernels prefer NHWC; no effect on models without 2-D convolutions.
     shuffle : bool, default=True
         Reshuffle the subset every epoch (else dataset order).
     shuffle_pass : bool, default=False
         Cut each selection pass's batches from a fresh permutation of the
-        dataset (seeded by ``seed`` and the selection epoch, the same on every
-        rank) instead of consecutive positions, so that every pass groups the
+        candidates (seeded by ``seed`` and the selection epoch, the same on every
+        rank) instead of their dataset order, so that every pass groups the
         samples differently; indices are still dataset indices.
+    pool_fraction : float in [fraction, 1] or None, default=None
+        Each pass forwards and selects from a random candidate pool of
+        ``ceil(pool_fraction * N)`` samples only (None: every sample), drawn by a
+        ``torch.Generator`` seeded by ``seed`` and the selection epoch (the same on
+        every rank), class-stratified when the class labels are known (``labels``
+        or the dataset's ``targets``), and sorted by dataset index. The pass then
+        forwards ``pool_fraction`` of the samples; select's fraction becomes
+        ``fraction * N / M`` (M the pool's size; about ``fraction / pool_fraction``)
+        and, unless ``rank`` is passed, its rank stays ``round(fraction * batch_size)``,
+        that of a pass over every sample (MaxVol extends the pivots to the larger
+        in-pool budget by its rectangular rule): a rank growing with the in-pool
+        fraction would make ``select`` cost more per sample than the pool saves
+        (``benchmarks/bench_pass.py``).
+    labels : sequence of int (N,) or None
+        Class label of every dataset item, for the class-stratified pool. Default:
+        the dataset's ``targets`` attribute (torchvision's datasets; also looked for
+        inside an :class:`IndexedDataset`) when it holds one non-negative int per
+        item, else no stratification.
+    class_balance : bool, default=False
+        Pass each selection batch's class labels (its targets ``y``, which must be
+        integer class indices) to :func:`graft_array.select` as ``labels``: each
+        call's budget is split between the classes in proportion to their counts
+        and the selection runs within each class.
+    exclude_learned : bool, default=False
+        CREST's rule: keep a per-sample loss history (from the passes, which have
+        the logits and the targets, and from :meth:`record_losses`); a sample whose
+        last ``learned_window`` records are all below ``learned_threshold`` is left
+        out of the next pass's candidates. If every sample is learned the pass
+        falls back to all of them. Pass records need ``loss="cross_entropy"`` or
+        ``"mse"``; with another loss only :meth:`record_losses` feeds the history.
+    learned_window : int >= 1, default=5
+    learned_threshold : float >= 0, default=0.1
+    strata : int >= 1 or None, default=None
+        Difficulty-stratified budgets: each select call bins its candidates by the
+        quantiles of their per-sample loss (at the pass's model) into ``strata``
+        equal-count bins and passes the bin (``class * strata + bin`` with
+        ``class_balance``) to :func:`graft_array.select` as ``labels``, so that every
+        difficulty level gets its share of the budget. Needs ``loss="cross_entropy"``
+        or ``"mse"``.
     progress : bool, default=True
         A tqdm bar (stderr) over the selection pass.
     seed : int, default=0
-        Seeds the order (``seed + epoch``) and the randomized solver.
+        Seeds the order (``seed + epoch``), the pool and the randomized solver.
     **select_kwargs
         Passed to :func:`graft_array.select` (strategy, gradmatch_lambda, rank,
-        method, tol, band, weight_reg, min_size, max_size, solver, backend);
-        e.g. ``strategy="craig"`` runs a baseline through the same machinery.
+        method, tol, band, budget, weight_reg, min_size, max_size, solver,
+        backend); e.g. ``strategy="craig"`` runs a baseline through the same
+        machinery. ``labels`` is set by ``class_balance`` / ``strata``.
 
     Attributes
     ----------
@@ -642,14 +812,23 @@ class GraftEpochSampler(Sampler):
         during warm-start epochs.
     weights : float32 tensor (len(dataset),)
         GRAFT weights by dataset index, zero for unselected samples; within each
-        selection batch they sum to its size. All ones during warm-start epochs.
+        selection batch they sum to its size, times ``C / M`` when the pass had M
+        candidates drawn from C eligible samples (a pool), so that the weights
+        always sum to about the number of eligible samples. All ones during
+        warm-start epochs.
+    candidates : LongTensor or None
+        The last pass's candidates (dataset indices, in pass order); None before
+        the first pass.
+    learned : bool tensor (len(dataset),)
+        The samples ``exclude_learned`` would leave out of the next pass now.
     """
 
     def __init__(self, dataset, model, *, fraction=0.25, batch_size=128, refresh_every=1, warm_start_epochs=0,
                  layer=None, loss="cross_entropy", features="embeddings", eval_mode=True, unpack=None,
-                 collate_fn=None, num_workers=0, device=None, batches_per_call=64, shuffle=True, shuffle_pass=False,
-                 progress=True,
-                 seed=0, **select_kwargs):
+                 collate_fn=None, num_workers=0, device=None, batches_per_call=64, forward_batch_size=None,
+                 channels_last=False, shuffle=True, shuffle_pass=False, pool_fraction=None, labels=None,
+                 class_balance=False, exclude_learned=False, learned_window=5, learned_threshold=0.1, strata=None,
+                 progress=True, seed=0, **select_kwargs):
         func = type(self).__name__
         try:
             self._n = len(dataset)
@@ -666,8 +845,50 @@ class GraftEpochSampler(Sampler):
         self.warm_start_epochs = check_int(warm_start_epochs, "warm_start_epochs", func, low=0)
         self.num_workers = check_int(num_workers, "num_workers", func, low=0)
         self.batches_per_call = check_int(batches_per_call, "batches_per_call", func, low=1)
+        self.forward_batch_size = check_int(forward_batch_size, "forward_batch_size", func, low=1, allow_none=True)
+        if self.forward_batch_size is not None and not self._sketch.eval_mode:
+            raise ValueError(
+                f"The 'forward_batch_size' parameter of {func} applies in eval mode only (with eval_mode=False "
+                f"each forward is one selection batch of batch_size rows). Got {forward_batch_size!r} instead of None."
+            )
+        self.channels_last = check_bool(channels_last, "channels_last", func)
         self.shuffle = check_bool(shuffle, "shuffle", func)
         self.shuffle_pass = check_bool(shuffle_pass, "shuffle_pass", func)
+        if pool_fraction is not None:
+            pool_fraction = check_real(pool_fraction, "pool_fraction", func, low=0.0, high=1.0, low_inclusive=False)
+            if pool_fraction < self.fraction:
+                raise ValueError(
+                    f"The 'pool_fraction' parameter of {func} must be None or a float in [fraction, 1] = "
+                    f"[{self.fraction:g}, 1]: the pool must hold the fraction * N samples to select. "
+                    f"Got {pool_fraction!r} instead."
+                )
+        self.pool_fraction = pool_fraction
+        if labels is not None:
+            lab = _int_labels(labels, self._n)
+            if lab is None:
+                raise ValueError(
+                    f"The 'labels' parameter of {func} must be None or one non-negative int class label per dataset "
+                    f"item ({self._n},). Got {_describe(labels)} instead."
+                )
+            self._labels = lab
+        else:
+            self._labels = _dataset_labels(dataset, self._n)
+        self.class_balance = check_bool(class_balance, "class_balance", func)
+        self.exclude_learned = check_bool(exclude_learned, "exclude_learned", func)
+        self.learned_window = check_int(learned_window, "learned_window", func, low=1)
+        self.learned_threshold = check_real(learned_threshold, "learned_threshold", func, low=0.0)
+        self.strata = check_int(strata, "strata", func, low=1, allow_none=True)
+        if self.strata is not None and self._sketch.loss not in LOSSES:
+            raise ValueError(
+                f"The 'strata' parameter of {func} bins the candidates by their per-sample loss, which needs "
+                f"loss='cross_entropy' or 'mse'; got loss={self._sketch.loss!r}."
+            )
+        for nm, on in (("class_balance", self.class_balance), ("strata", self.strata is not None)):
+            if on and not _select_takes("labels"):
+                raise ValueError(
+                    f"The '{nm}' parameter of {func} passes per-row labels to graft_array.select, whose version "
+                    "here has no 'labels' argument; upgrade graft_array."
+                )
         self.progress = check_bool(progress, "progress", func)
         self.seed = check_int(seed, "seed", func, low=0)
         for nm, fn in (("unpack", unpack), ("collate_fn", collate_fn)):
@@ -677,10 +898,18 @@ class GraftEpochSampler(Sampler):
         self.collate_fn = collate_fn
         self.device = torch.device(device) if device is not None else None
         self.epoch = 0
+        self._cands = None
         self._selected_for = None  # the epoch whose selection is held
         self._indices = None
         self._weights = None
         self._weights_by_device = {}
+        # the pass's forward under torch.inference_mode instead of torch.no_grad: no gain measured on the benchmark's
+        # MLP and CNN (bench_pass.py), and a model that caches tensors during its forward would keep inference
+        # tensors it cannot train through; off, kept for the benchmark's comparison
+        self._inference = False
+        if self.exclude_learned:  # ring buffer of the last learned_window losses per sample
+            self._hist = torch.full((self._n, self.learned_window), math.inf, dtype=torch.float32)
+            self._hist_count = torch.zeros(self._n, dtype=torch.int64)
         self._func = func
 
     # ---- epochs
@@ -719,105 +948,235 @@ class GraftEpochSampler(Sampler):
         self._run_pass(want)
         self._selected_for = want
 
+    # ---- the loss history (exclude_learned)
+
+    def record_losses(self, index, losses):
+        """Record per-sample losses (e.g. the training batch's, unweighted) for ``exclude_learned``.
+
+        ``index``: the batch's dataset indices (n,); ``losses``: its per-sample
+        losses (n,). Copied to the CPU (one device sync). A no-op when
+        ``exclude_learned`` is off, so a training loop may call it always.
+        """
+        if not self.exclude_learned:
+            return
+        func = f"{self._func}.record_losses"
+        index = torch.as_tensor(index).detach() if not isinstance(index, torch.Tensor) else index.detach()
+        losses = torch.as_tensor(losses).detach() if not isinstance(losses, torch.Tensor) else losses.detach()
+        if index.ndim != 1 or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise ValueError(f"{func} expects 'index' to be dataset indices (n,) of an int dtype; got {_describe(index)}.")
+        if losses.ndim != 1 or losses.shape[0] != index.shape[0] or not losses.is_floating_point():
+            raise ValueError(
+                f"{func} expects 'losses' to be floating per-sample losses of the index's shape ({index.shape[0]},); "
+                f"got {_describe(losses)}."
+            )
+        index = index.to("cpu", torch.int64)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self._n):
+            raise ValueError(
+                f"{func} expects dataset indices in [0, {self._n}); got values from {int(index.min())} to "
+                f"{int(index.max())}."
+            )
+        self._note_records(index, losses.to("cpu", torch.float32))
+
+    def _note_records(self, index, losses):
+        self._apply_records(index, losses)
+
+    def _sync_records(self):
+        """Bring the loss history up to date before a pass (DDP: gather every rank's records)."""
+
+    def _apply_records(self, index, losses):
+        """Append ``losses`` to the ring buffers of ``index`` in order (a repeated index records in turn)."""
+        if index.numel() == 0:
+            return
+        order = torch.argsort(index, stable=True)
+        srt = index[order]
+        pos = torch.arange(len(srt))
+        first = torch.ones(len(srt), dtype=torch.bool)
+        first[1:] = srt[1:] != srt[:-1]
+        occurrence = torch.empty(len(srt), dtype=torch.int64)
+        occurrence[order] = pos - torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+        w = self.learned_window
+        for r in range(int(occurrence.max()) + 1):
+            at = occurrence == r
+            i = index[at]
+            self._hist[i, self._hist_count[i] % w] = losses[at]
+            self._hist_count[i] += 1
+
+    @property
+    def learned(self):
+        """Samples whose last ``learned_window`` recorded losses are all below ``learned_threshold``."""
+        if not self.exclude_learned:
+            return torch.zeros(self._n, dtype=torch.bool)
+        return (self._hist_count >= self.learned_window) & (self._hist < self.learned_threshold).all(dim=1)
+
     # ---- the selection pass
 
-    def _shard(self):
-        """(lo, hi): the contiguous block of dataset positions this process selects on."""
-        return 0, self._n
+    def _shard(self, m=None):
+        """(lo, hi): the contiguous block of the pass's m candidate positions this process selects on."""
+        return 0, self._n if m is None else m
 
-    def _gather(self, idx, w):
-        return idx, w
+    def _gather(self, *tensors):
+        return tensors
 
     def _show_progress(self):
         return self.progress
 
+    def _candidates(self, sel_epoch):
+        """(candidates, eligible): the pass's dataset indices in pass order (None: the dataset in order) and
+        the number of samples they were drawn from. The same on every rank."""
+        n = self._n
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + sel_epoch)
+        ids = None
+        if self.exclude_learned:
+            learned = self.learned
+            if bool(learned.any()) and not bool(learned.all()):
+                ids = torch.nonzero(~learned).flatten()
+        eligible = n if ids is None else len(ids)
+        if self.pool_fraction is not None:
+            m = min(eligible, math.ceil(self.pool_fraction * n))
+            if m < eligible:
+                ids = _stratified_pool(ids if ids is not None else torch.arange(n), self._labels, m, g)
+        if self.shuffle_pass:
+            perm = torch.randperm(n if ids is None else len(ids), generator=g)
+            ids = perm if ids is None else ids[perm]
+        return ids, eligible
+
     def _run_pass(self, sel_epoch):
-        lo, hi = self._shard()
-        idx, w = self._select_block(lo, hi, sel_epoch)
+        self._sync_records()
+        cands, eligible = self._candidates(sel_epoch)
+        m = self._n if cands is None else len(cands)
+        frac = min(1.0, self.fraction * self._n / m)
+        lo, hi = self._shard(m)
+        idx, w, losses = self._select_block(cands, lo, hi, sel_epoch, frac)
         idx, w = self._gather(idx, w)
+        if self.exclude_learned and losses is not None:
+            (losses,) = self._gather(losses)  # every rank's block, in candidate order
+            self._apply_records(torch.arange(m) if cands is None else cands, losses)
+        self._cands = torch.arange(m) if cands is None else cands
         self._indices = idx
         weights = torch.zeros(self._n, dtype=torch.float32)
-        weights[idx] = w.to(torch.float32)
+        weights[idx] = (w * (eligible / m) if eligible != m else w).to(torch.float32)
         self._weights = weights
         self._weights_by_device = {}
 
-    def _select_block(self, lo, hi, sel_epoch):
-        """Selection over dataset positions lo..hi-1: (indices int64 CPU, weights float64 CPU)."""
+    def _forward_rows(self):
+        if not self._sketch.eval_mode:
+            return self.batch_size
+        if self.forward_batch_size is not None:
+            return self.forward_batch_size
+        conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in self._sketch._inner.modules())
+        return (2 if conv else 8) * self.batch_size
+
+    def _select_block(self, cands, lo, hi, sel_epoch, frac):
+        """Selection over positions lo..hi-1 of the candidates (dataset indices; None: the dataset in order).
+
+        Returns (indices int64 CPU, weights float64 CPU, per-position losses float32 CPU or None).
+        """
         from tqdm.auto import tqdm
 
         func = self._func
         sk = self._sketch
         device = self.device if self.device is not None else _model_device(sk._inner)
-        if self.shuffle_pass:
-            g = torch.Generator()
-            g.manual_seed(self.seed * 1_000_003 + sel_epoch)
-            order = torch.randperm(self._n, generator=g)[lo:hi]  # this rank's block of one shared permutation
-            data = Subset(self.dataset, order.tolist())
-        else:
-            order = None
+        if cands is None:
             data = self.dataset if (lo, hi) == (0, self._n) else Subset(self.dataset, range(lo, hi))
+        else:
+            data = Subset(self.dataset, cands[lo:hi].tolist())
         gen = torch.Generator()  # the DataLoader draws a base seed: keep it off the global RNG
         gen.manual_seed(self.seed)
-        # in eval mode a row's outputs do not depend on its batch: forward several selection batches at once
-        # (fewer, larger calls), then cut them into selection batches of batch_size
-        per_forward = min(8, self.batches_per_call) if sk.eval_mode else 1
-        loader = DataLoader(data, batch_size=self.batch_size * per_forward, shuffle=False,
-                            collate_fn=self.collate_fn, num_workers=self.num_workers, drop_last=False, generator=gen)
+        loader = DataLoader(data, batch_size=self._forward_rows(), shuffle=False, collate_fn=self.collate_fn,
+                            num_workers=self.num_workers, drop_last=False, generator=gen)
         rng = np.random.default_rng([self.seed, sel_epoch])
         seed = int(rng.integers(2**63))  # one seed for the whole pass (the same on every rank)
-        feats, res, embs, offs = [], [], [], []
-        idx_out, w_out = [], []
+        need_loss = sk.loss in LOSSES and (self.strata is not None or self.exclude_learned)
+        blind = sk.select_kwargs.get("strategy") == "random" and not need_loss  # no forward needed
+        gradients = sk.features == "gradients" and not blind
+        bs, S = self.batch_size, self.strata
+        rank = max(1, round(self.fraction * bs))
+        call = {}  # name -> list of per-batch tensors of the current select call
+        offs, idx_out, w_out, loss_out = [], [], [], []
         pos = lo
 
         def flush():
             if not offs:
                 return
+            lens = [int(t.shape[0]) for t in next(iter(call.values()))]
             # equal batches go in as one stacked array (one check per call), a ragged set as lists
-            pack = torch.stack if len({int(f.shape[0]) for f in (embs or feats)}) == 1 else list
-            F = None if gradients else pack(feats)
-            grads = None if sk.loss is None or not res else LastLayerGrads(pack(res), pack(embs))
-            s = select(F, grads, fraction=self.fraction, offsets=np.asarray(offs, dtype=np.int64),
-                       return_info=True, random_state=seed, **sk.select_kwargs)
+            pack = torch.stack if len(set(lens)) == 1 else list
+            F = None if gradients else pack(call["F"])
+            grads = LastLayerGrads(pack(call["e"]), pack(call["h"])) if "e" in call else None
+            kw = dict(sk.select_kwargs)
+            if frac > self.fraction and kw.get("strategy", "graft") == "graft" and "rank" not in kw:
+                kw["rank"] = rank  # a pool's larger in-pool fraction keeps the rank of a pass over every sample
+            labels = call.get("cls")
+            if S is not None:
+                bins = torch.split(_quantile_bins(torch.cat(call["loss"]), S), lens)
+                labels = list(bins) if labels is None else [c * S + b for c, b in zip(labels, bins)]
+            if labels is not None:
+                labels = [t.numpy() for t in labels]
+                kw["labels"] = np.stack(labels) if pack is torch.stack else labels
+            s = select(F, grads, fraction=frac, offsets=np.asarray(offs, dtype=np.int64), return_info=True,
+                       random_state=seed, **kw)
             idx_out.append(s.indices.detach().to("cpu", torch.int64))
             w_out.append(s.weights.detach().to("cpu", torch.float64))
-            feats.clear(), res.clear(), embs.clear(), offs.clear()
+            if "loss" in call:
+                loss_out.extend(call["loss"])
+            call.clear(), offs.clear()
 
+        def push(rows, a, b):
+            nonlocal pos
+            for k, v in rows.items():
+                call.setdefault(k, []).append(v[a:b])
+            offs.append(pos)
+            pos += b - a
+            if len(offs) >= self.batches_per_call:
+                flush()
+
+        carry = None  # rows of the last forward that do not fill a selection batch yet
         with tqdm(total=hi - lo, desc="GRAFT selection", unit="sample", disable=not self._show_progress(),
-                  leave=False) as bar:
-            blind = sk.select_kwargs.get("strategy") == "random"  # needs neither features nor gradients
-            gradients = sk.features == "gradients" and not blind
+                  leave=False) as bar, _channels_last(sk._inner, self.channels_last and not blind):
             for batch in loader:
                 x, y = self.unpack(batch)
+                rows = {}
+                if self.class_balance:
+                    rows["cls"] = _class_labels(y, func)
                 if blind:
-                    F, g = torch.zeros((_batch_len(x, y), 1)), None
+                    rows["F"] = torch.zeros((_batch_len(x, y), 1))
                 else:
                     x, y = _to(x, device), _to(y, device)
-                    F, g = sk.sketch(x, y)
-                rows = int((F if F is not None else g[1]).shape[0])
-                for a in range(0, rows, self.batch_size):
-                    b = min(a + self.batch_size, rows)
+                    F, g, z = sk.sketch(x, y, logits=True, inference=self._inference)
                     if F is not None:
-                        feats.append(F[a:b])
+                        rows["F"] = F
                     if g is not None:
-                        res.append(g[0][a:b])
-                        embs.append(g[1][a:b])
-                    offs.append(pos)
-                    pos += b - a
-                    if len(offs) >= self.batches_per_call:
-                        flush()
-                bar.update(rows)
+                        rows["e"], rows["h"] = g
+                    if need_loss:
+                        rows["loss"] = _per_sample_loss(_float(z), y, sk.loss, func).detach().to("cpu", torch.float32)
+                n = got = int(next(iter(rows.values())).shape[0])
+                if carry is not None:
+                    rows = {k: torch.cat([carry[k], v]) for k, v in rows.items()}
+                    n += int(next(iter(carry.values())).shape[0])
+                    carry = None
+                a = 0
+                while n - a >= bs:
+                    push(rows, a, a + bs)
+                    a += bs
+                if a < n:
+                    carry = {k: v[a:] for k, v in rows.items()}
+                bar.update(got)
+            if carry is not None:
+                push(carry, 0, int(next(iter(carry.values())).shape[0]))
             flush()
         if pos != hi:
             raise ValueError(
-                f"{func} saw {pos - lo} samples in its selection pass over dataset positions [{lo}, {hi}); the "
+                f"{func} saw {pos - lo} samples in its selection pass over candidate positions [{lo}, {hi}); the "
                 "collated batches must hold one sample per dataset item (check 'collate_fn' / 'unpack')."
             )
+        losses = torch.cat(loss_out) if loss_out else (torch.zeros(0) if need_loss else None)
         if not idx_out:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64)
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64), losses
         idx = torch.cat(idx_out)
-        if order is not None:  # positions lo..hi-1 of the permuted pass -> dataset indices
-            idx = order[idx - lo]
-        return idx, torch.cat(w_out)
+        if cands is not None:  # candidate positions -> dataset indices
+            idx = cands[idx]
+        return idx, torch.cat(w_out), losses
 
     # ---- what the training loop sees
 
@@ -832,6 +1191,13 @@ class GraftEpochSampler(Sampler):
         """GRAFT weights by dataset index (float32, CPU), zero for unselected samples."""
         self._ensure()
         return self._weights
+
+    @property
+    def candidates(self):
+        """The candidates of the pass behind the current subset (dataset indices, in pass order, CPU); the
+        last pass's during warm start (None before any pass)."""
+        self._ensure()
+        return self._cands
 
     def loss_weights(self, index):
         """Weights for a training batch, normalised to mean one over the subset.
@@ -871,8 +1237,9 @@ class GraftEpochSampler(Sampler):
 class DistributedGraftEpochSampler(GraftEpochSampler):
     """:class:`GraftEpochSampler` under ``torch.distributed`` (DDP).
 
-    Each rank runs the selection pass on its contiguous block of the dataset
-    (``[floor(r N / W), floor((r + 1) N / W))``, with its own model replica; a
+    Each rank runs the selection pass on its contiguous block of the pass's M
+    candidates (``[floor(r M / W), floor((r + 1) M / W))``; the candidates, the
+    whole dataset or a pool, are the same on every rank), with its own model replica; a
     ``DistributedDataParallel`` wrapper is looked through so that no collective
     runs inside the pass), the selections are all-gathered (padded tensor
     all-gathers, so gloo and NCCL both work), and every rank holds the same
@@ -881,6 +1248,9 @@ class DistributedGraftEpochSampler(GraftEpochSampler):
     of the world size (or truncated with ``drop_last``), and rank r iterates
     positions ``r::world_size``, as ``DistributedSampler`` does. Every rank must
     call ``set_epoch`` with the same epoch, and all ranks run the pass together.
+    With ``exclude_learned`` each rank's :meth:`record_losses` are held until
+    the next pass, which all-gathers them (and the pass's own losses), so that
+    every rank keeps the same loss history.
 
     Extra parameters
     ----------------
@@ -910,17 +1280,18 @@ class DistributedGraftEpochSampler(GraftEpochSampler):
             )
         self.drop_last = check_bool(drop_last, "drop_last", func)
         self.group = group
+        self._pending = []
 
-    def _shard(self):
-        n, w, r = self._n, self.num_replicas, self.rank
+    def _shard(self, m=None):
+        n, w, r = (self._n if m is None else m), self.num_replicas, self.rank
         return (r * n) // w, ((r + 1) * n) // w
 
     def _show_progress(self):
         return self.progress and self.rank == 0
 
-    def _gather(self, idx, w):
+    def _gather(self, *tensors):
         if self.num_replicas == 1:
-            return idx, w
+            return tensors
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
@@ -928,7 +1299,22 @@ class DistributedGraftEpochSampler(GraftEpochSampler):
                 f"{self._func} needs an initialised torch.distributed process group to gather the "
                 f"{self.num_replicas} ranks' selections."
             )
-        return self._all_gather(idx), self._all_gather(w)
+        return tuple(self._all_gather(t) for t in tensors)
+
+    def _note_records(self, index, losses):
+        # each rank records its own batches: keep them until the next pass gathers every rank's records, so
+        # that all ranks hold the same history (and draw the same candidates)
+        self._pending.append((torch.full_like(index, self.epoch), index, losses))
+
+    def _sync_records(self):
+        if not self.exclude_learned:
+            return
+        pending, self._pending = self._pending, []
+        ep, idx, loss = (torch.cat([p[i] for p in pending]) if pending else
+                         torch.zeros(0, dtype=torch.float32 if i == 2 else torch.int64) for i in range(3))
+        ep, idx, loss = self._gather(ep, idx, loss)
+        order = torch.argsort(ep, stable=True)  # epoch by epoch; within an epoch, rank after rank
+        self._apply_records(idx[order], loss[order])
 
     def _all_gather(self, t):
         """Concatenate a 1-D CPU tensor of every rank, in rank order (variable lengths)."""

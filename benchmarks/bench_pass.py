@@ -3,6 +3,7 @@
     python benchmarks/bench_pass.py                  # Fashion-MNIST, the MLP and the CNN of bench_training
     python benchmarks/bench_pass.py --models mlp     # one of them
     python benchmarks/bench_pass.py --quick          # digits, a smoke run
+    python benchmarks/bench_pass.py --no-profile     # the levers only
 
 One pass (the training benchmark's epoch mode: selection batches of 128, 64
 batches per ``select`` call, fraction 0.3, band 0) is cut into stages measured
@@ -19,6 +20,26 @@ one after another on the same data and model, each the best of ``--repeats``:
 * the whole pass (``sampler.refresh()``), and a training epoch on the full
   data (forward, backward, Adam step) for scale;
 * thread contention: the select calls again with Numba held to one thread.
+
+The sampler is built as ``graft_array.training`` builds it (its default
+forward batches; ``channels_last=True`` for the CNN).
+
+Then the levers of issue 11 (on by default, ``--no-levers`` to skip), each timed in
+rounds that interleave the variants (best of ``--repeats`` rounds), so that a
+load change on the machine hits every variant alike:
+
+* the pass's forward + capture: ``torch.no_grad`` against
+  ``torch.inference_mode``, forward batches of 128 to 2048 rows, and for the
+  CNN the convolution weights in channels-last layout (``channels_last=True``);
+* ``select`` inside the pass (timed by a wrapper during ``sampler.refresh()``)
+  against the same calls alone: what torch's and Numba's thread pools cost
+  each other when the forward and ``select`` alternate;
+* the whole pass with the sampler's defaults for ``pool_fraction`` None, 0.75,
+  0.5, 0.4 and 0.3, on the embeddings and on the gradients, per training epoch,
+  and the selection share it gives in ``bench_training.py``'s configuration
+  (``passes * P / (passes * P + epochs * fraction * E)``: P the pass, E a
+  training epoch on all the data; 5 passes in 10 epochs for the MLP, 3 in 5
+  for the CNN).
 
 Model weights are the seeded initial ones (a pass costs the same at any point
 of training). Absolute times drift on these machines; the shares and the
@@ -43,7 +64,9 @@ from graft_array import LastLayerGrads, select, training
 FRACTION = 0.3
 BATCH = 128  # selection batch
 PER_CALL = 64  # selection batches per select call (GraftEpochSampler's default)
-PER_FORWARD = 8  # selection batches per forward (the sampler's eval-mode forward)
+PER_FORWARD = 8  # selection batches per forward before issue 11 (the levers' "before" row)
+SCHEDULE = {"mlp": (10, 2), "cnn": (5, 2)}  # bench_training's epochs and refresh_every per model
+POOLS = (None, 0.75, 0.5, 0.4, 0.3)
 
 
 def best(fn, repeats):
@@ -57,12 +80,15 @@ def best(fn, repeats):
 
 def captured(sampler, X, y):
     """The pass's captured arrays, per forward batch: (features, residuals, embeddings) as torch tensors."""
+    from graft_array.adapters.torch import _channels_last
+
     sk = sampler._sketch
     out = []
-    step = BATCH * PER_FORWARD
-    for a in range(0, len(X), step):
-        F, (e, h) = sk.sketch(X[a:a + step], y[a:a + step])
-        out.append((F, e, h))
+    step = sampler._forward_rows()
+    with _channels_last(sk._inner, sampler.channels_last):
+        for a in range(0, len(X), step):
+            F, (e, h) = sk.sketch(X[a:a + step], y[a:a + step])
+            out.append((F, e, h))
     return out
 
 
@@ -98,20 +124,22 @@ def profile(model_kind, data, repeats):
     classes = int(ytr.max()) + 1
     net = training.make_model(model_kind, tuple(Xtr.shape[1:]), classes, seed=0)
     dataset = training._IndexedTensors(Xtr, ytr)
+    # the sampler as graft_array.training builds it: its default forward batches, channels-last for conv nets
+    kw = dict(fraction=FRACTION, batch_size=BATCH, seed=0, progress=False, collate_fn=training._as_batch, band=0.0,
+              channels_last=any(isinstance(m, torch.nn.Conv2d) for m in net.modules()))
     rows = {}
     for features in ("embeddings", "gradients"):
-        sampler = GraftEpochSampler(dataset, net, fraction=FRACTION, batch_size=BATCH, seed=0, progress=False,
-                                    collate_fn=training._as_batch, features=features, band=0.0)
+        sampler = GraftEpochSampler(dataset, net, features=features, **kw)
         sampler.refresh()  # warm-up: Numba's kernels for these shapes, torch's buffers
         rows[features] = best(sampler.refresh, repeats)
 
+    sampler = GraftEpochSampler(dataset, net, **kw)
+
     def load():
-        loader = DataLoader(dataset, batch_size=BATCH * PER_FORWARD, shuffle=False, collate_fn=training._as_batch)
+        loader = DataLoader(dataset, batch_size=sampler._forward_rows(), shuffle=False, collate_fn=training._as_batch)
         for _ in loader:
             pass
 
-    sampler = GraftEpochSampler(dataset, net, fraction=FRACTION, batch_size=BATCH, seed=0, progress=False,
-                                collate_fn=training._as_batch, band=0.0)
     parts = captured(sampler, Xtr, ytr)
     t_load = best(load, repeats)
     t_forward = best(lambda: captured(sampler, Xtr, ytr), repeats)
@@ -147,6 +175,150 @@ def profile(model_kind, data, repeats):
                 threads=(numba.get_num_threads(), torch.get_num_threads(), numba.threading_layer()))
 
 
+def rounds(variants, repeats):
+    """Best time of each variant over ``repeats`` rounds that run every variant once, in turn."""
+    for fn in variants.values():
+        fn()  # warm-up
+    best_t = {k: float("inf") for k in variants}
+    for _ in range(repeats):
+        for k, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            best_t[k] = min(best_t[k], time.perf_counter() - t0)
+    return best_t
+
+
+def share(kind, p, e, fraction=FRACTION):
+    """Selection share of a GRAFT run in bench_training's schedule, from a pass p and a full-data epoch e."""
+    epochs, every = SCHEDULE[kind]
+    passes = -(-epochs // every)
+    return passes * p / (passes * p + epochs * fraction * e)
+
+
+def levers(model_kind, data, repeats):
+    import torch
+    import torch.nn.functional as tF
+
+    import graft_array.adapters.torch as gt
+    from graft_array.adapters.torch import GraftEpochSampler, _channels_last
+
+    Xtr, ytr = (torch.as_tensor(a) for a in data[:2])
+    classes = int(ytr.max()) + 1
+    net = training.make_model(model_kind, tuple(Xtr.shape[1:]), classes, seed=0)
+    dataset = training._IndexedTensors(Xtr, ytr)
+    kw = dict(fraction=FRACTION, batch_size=BATCH, seed=0, progress=False, collate_fn=training._as_batch, band=0.0)
+    emb = GraftEpochSampler(dataset, net, **kw)
+    sk = emb._sketch
+    conv = any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+
+    def forward(rows, inference, cl=False):
+        def run():
+            with _channels_last(net, cl):
+                for a in range(0, len(Xtr), rows):
+                    sk.sketch(Xtr[a:a + rows], ytr[a:a + rows], inference=inference)
+        return run
+
+    fwd = {}
+    for rows in (128, 256, 512, 1024) + (() if conv else (2048,)):
+        fwd[(rows, "no_grad", False)] = forward(rows, False)
+        fwd[(rows, "inference_mode", False)] = forward(rows, True)
+        if conv:
+            fwd[(rows, "no_grad", True)] = forward(rows, False, True)
+    t_fwd = rounds(fwd, repeats)
+
+    # select inside the pass (a timing wrapper around the adapter's select) against the same calls alone
+    inside = []
+    orig = gt.select
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        out = orig(*a, **k)
+        inside.append(time.perf_counter() - t0)
+        return out
+
+    contention = {}
+    for features in ("embeddings", "gradients"):
+        sampler = GraftEpochSampler(dataset, net, features=features, **kw)
+        sampler.refresh()
+        best_in = float("inf")
+        gt.select = timed
+        try:
+            for _ in range(repeats):
+                inside.clear()
+                sampler.refresh()
+                best_in = min(best_in, sum(inside))
+        finally:
+            gt.select = orig
+        alone = select_calls(captured(emb, Xtr, ytr), features=features)  # whole batches only
+        alone()
+        contention[features] = (best_in, best(alone, repeats))
+
+    # the whole pass per pool fraction, and a training epoch, interleaved
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    ostate = opt.state_dict()
+
+    def epoch():
+        for a in range(0, len(Xtr), BATCH):
+            loss = tF.cross_entropy(net(Xtr[a:a + BATCH]), ytr[a:a + BATCH])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    passes = {"epoch": epoch}
+    for features in ("embeddings", "gradients"):
+        # the former defaults: forwards of 1024 rows under torch.no_grad
+        sampler = GraftEpochSampler(dataset, net, features=features, forward_batch_size=BATCH * PER_FORWARD, **kw)
+        passes[(features, "before")] = sampler.refresh
+        kw["channels_last"] = conv  # what graft_array.training passes for conv nets
+        for pool in POOLS:
+            sampler = GraftEpochSampler(dataset, net, features=features, pool_fraction=pool, **kw)
+            passes[(features, pool)] = sampler.refresh
+        # the in-pool rank select would take by itself (round(fraction / pool * n)) instead of the sampler's
+        grown = round(FRACTION / 0.5 * BATCH)
+        sampler = GraftEpochSampler(dataset, net, features=features, pool_fraction=0.5, rank=grown, **kw)
+        passes[(features, "0.5, rank grown")] = sampler.refresh
+        del kw["channels_last"]
+    t_pass = rounds(passes, max(1, repeats))
+    net.load_state_dict(state)
+    opt.load_state_dict(ostate)
+    return dict(forward=t_fwd, contention=contention, passes=t_pass, conv=conv)
+
+
+def lever_tables(kind, r):
+    out = []
+    f = r["forward"]
+    base = f[(1024, "no_grad", False)]
+    out += [f"| forward + capture ({kind}), rows per forward | torch.no_grad | inference_mode | "
+            + ("torch.no_grad + channels-last | " if r["conv"] else "") + "best / no_grad at 1024 |",
+            "|---:|---:|---:|" + ("---:|" if r["conv"] else "") + "---:|"]
+    for rows in sorted({k[0] for k in f}):
+        cells = [f[(rows, "no_grad", False)], f[(rows, "inference_mode", False)]]
+        if r["conv"]:
+            cells.append(f[(rows, "no_grad", True)])
+        out.append(f"| {rows} | " + " | ".join(f"{1000 * t:.0f} ms" for t in cells) + f" | {min(cells) / base:.2f} |")
+    out += ["", f"| select ({kind}) | inside the pass | the same calls alone | inside / alone |", "|---|---:|---:|---:|"]
+    for features, (a, b) in r["contention"].items():
+        out.append(f"| on the {features} | {1000 * a:.0f} ms | {1000 * b:.0f} ms | {a / b:.2f} |")
+    p = r["passes"]
+    e = p["epoch"]
+    epochs, every = SCHEDULE[kind]
+    out += ["", f"| pass ({kind}), pool_fraction | `graft` pass | per epoch | selection share | `graft-grad` pass "
+            f"| per epoch | selection share |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for pool in ("before",) + POOLS + ("0.5, rank grown",):
+        pe, pg = p[("embeddings", pool)], p[("gradients", pool)]
+        name = "None (all), before (1024-row forwards)" if pool == "before" else "None (all)" if pool is None else (f"{pool} (rank {round(FRACTION * BATCH)})" if isinstance(pool, float)
+                                                  else f"0.5 (rank {round(FRACTION / 0.5 * BATCH)}, select's own)")
+        out.append(f"| {name} | {1000 * pe:.0f} ms | {pe / e:.3f} | "
+                   f"{100 * share(kind, pe, e):.1f}% | {1000 * pg:.0f} ms | {pg / e:.3f} | {100 * share(kind, pg, e):.1f}% |")
+    cl = ", channels-last convolutions" if r["conv"] else ""
+    rows = (2 if r["conv"] else 8) * BATCH
+    out.append(f"\n(the sampler's defaults: {rows}-row forwards under torch.no_grad{cl}; training epoch on all "
+               f"the data: {1000 * e:.0f} ms; selection share for bench_training's {kind}: {-(-epochs // every)} "
+               f"passes in {epochs} epochs at fraction {FRACTION})")
+    return "\n".join(out)
+
+
 def table(kind, r):
     s = r["select"]
     lines = [f"| stage ({kind}) | time | share of the `graft` pass | share of the `graft-grad` pass | per training epoch |",
@@ -178,6 +350,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", choices=("mlp", "cnn"), default=["mlp", "cnn"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="digits, 1 repeat: a smoke run")
+    ap.add_argument("--no-profile", action="store_true", help="skip the stage breakdown")
+    ap.add_argument("--no-levers", action="store_true", help="skip the levers")
     args = ap.parse_args(argv)
     import torch
 
@@ -189,10 +363,14 @@ def main(argv=None):
     print(f"# data: {data[4]}; fraction {FRACTION}, selection batches of {BATCH}, {PER_CALL} per select call, "
           f"band 0; best of {repeats}")
     for kind in args.models:
-        r = profile(kind, data, repeats)
-        nt, tt, layer = r["threads"]
-        print(f"\n# {kind}: Numba {nt} threads ({layer} layer), torch {tt} threads")
-        print(table(kind, r))
+        if not args.no_profile:
+            r = profile(kind, data, repeats)
+            nt, tt, layer = r["threads"]
+            print(f"\n# {kind}: Numba {nt} threads ({layer} layer), torch {tt} threads", flush=True)
+            print(table(kind, r), flush=True)
+        if not args.no_levers:
+            print(f"\n# {kind}: levers (rounds interleaving the variants, best of {repeats})", flush=True)
+            print(lever_tables(kind, levers(kind, data, repeats)), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,19 @@ Equal budget: GRAFT's size band is closed (``band=0``), so every selector keeps
 ``round(fraction * n)`` samples of each selection batch (GRAFT's adaptive size is
 measured by ``benchmarks/bench_select.py`` instead).
 
+The epoch modes take ``sampler_kwargs`` (passed to ``GraftEpochSampler``: e.g.
+``pool_fraction``, ``class_balance``, ``exclude_learned``, ``strata``,
+``warm_start_epochs``), so that variants of a selector can be compared
+(``benchmarks/bench_ablation.py``). For conv nets the sampler's pass runs with
+``channels_last=True`` unless ``sampler_kwargs`` says otherwise.
+
 Wall time covers the whole training (selection passes included) and excludes the
-test-set evaluation. Energy and CO2 come from codecarbon's offline tracker when it
-is installed: estimates (this kind of machine has no power sensors; codecarbon
-falls back on the CPU's TDP and its load), never measurements.
+test-set evaluation. Selection time covers everything the sampler does for the
+selection: its passes (loading, forward, ``select``) and, with
+``exclude_learned``, the recording of the training losses. Energy and CO2 come
+from codecarbon's offline tracker when it is installed: estimates (this kind of
+machine has no power sensors; codecarbon falls back on the CPU's TDP and its
+load), never measurements.
 
 Nothing here touches torch's or NumPy's global random state: model initialisation
 runs under ``torch.random.fork_rng`` and every shuffle has its own generator.
@@ -44,6 +53,7 @@ import numpy as np
 
 __all__ = [
     "METHODS",
+    "EPOCH_METHODS",
     "load_data",
     "make_model",
     "RunResult",
@@ -57,6 +67,7 @@ __all__ = [
 ]
 
 METHODS = ("full", "graft", "graft-grad", "graft-batch", "random", "craig", "gradmatch")
+EPOCH_METHODS = ("graft", "graft-grad", "random", "craig", "gradmatch")  # the GraftEpochSampler ones
 
 
 # --------------------------------------------------------------------------- data and models
@@ -206,10 +217,17 @@ def _accuracy(model, X, y, batch=2048):
 
 
 class _IndexedTensors:
-    """A map-style dataset over in-memory tensors whose items carry their index: ``(x, y, index)``."""
+    """A map-style dataset over in-memory tensors whose items carry their index: ``(x, y, index)``.
+
+    ``targets`` (torchvision's name) publishes the class labels, so that the sampler's pool is class-stratified.
+    """
 
     def __init__(self, X, y):
         self.X, self.y = X, y
+
+    @property
+    def targets(self):
+        return self.y
 
     def __len__(self):
         return len(self.X)
@@ -240,18 +258,29 @@ def _batches(order, batch_size):
 
 
 def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size=128, lr=1e-3, seed=0,
-               refresh_every=5, selection_batch=128, progress=False, tracker=None, select_kwargs=None):
+               refresh_every=5, selection_batch=128, progress=False, tracker=None, select_kwargs=None,
+               sampler_kwargs=None):
     """Train one model with ``method`` on ``data = (X_train, y_train, X_test, y_test)``; a :class:`RunResult`.
 
     The training batches are slices of in-memory tensors (no DataLoader), drawn in
     a fresh order each epoch by a generator seeded with ``seed``; the optimiser is
-    Adam with learning rate ``lr``.
+    Adam with learning rate ``lr``. ``select_kwargs`` go to
+    :func:`graft_array.select` (through the selector or the sampler),
+    ``sampler_kwargs`` to ``GraftEpochSampler`` (the epoch modes only, see
+    ``EPOCH_METHODS``); ``extra`` of the result records the number of selection
+    passes (``"passes"``; for ``graft-batch`` the per-batch selections).
     """
     import torch
     import torch.nn.functional as tF
 
     if method not in METHODS:
         raise ValueError(f"run_method expects method in {METHODS}; got {method!r}.")
+    sampler_kwargs = dict(sampler_kwargs or {})
+    if sampler_kwargs and method not in EPOCH_METHODS:
+        raise ValueError(
+            f"run_method passes 'sampler_kwargs' to GraftEpochSampler, which method {method!r} does not use "
+            f"(epoch modes: {', '.join(EPOCH_METHODS)}). Got {sorted(sampler_kwargs)}."
+        )
     Xtr, ytr, Xte, yte = (torch.as_tensor(a) for a in data[:4])
     n = len(Xtr)
     classes = int(max(int(ytr.max()), int(yte.max())) + 1)
@@ -264,6 +293,7 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
     tracker.start_task(f"{method}-{fraction}-{seed}")
     sel_s = 0.0
     trained = 0
+    passes = 0
     t0 = time.perf_counter()
     if method == "full":
         for _ in range(epochs):
@@ -283,6 +313,7 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
                 ts = time.perf_counter()
                 idx, w = selector(x, y)
                 sel_s += time.perf_counter() - ts
+                passes += 1
                 per = tF.cross_entropy(net(x[idx]), y[idx], reduction="none")
                 loss = (w * per).sum() / len(b)
                 opt.zero_grad(set_to_none=True)
@@ -296,14 +327,19 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
             kw["features"] = "gradients"
         elif method != "graft":  # the baselines: the method is select's strategy
             kw["strategy"] = method
+        if any(isinstance(m, torch.nn.Conv2d) for m in net.modules()):
+            sampler_kwargs.setdefault("channels_last", True)  # bench_pass.py: the pass's forward ~1.2x faster
         sampler = GraftEpochSampler(_IndexedTensors(Xtr, ytr), net, fraction=fraction, batch_size=selection_batch,
                                     refresh_every=refresh_every, seed=seed, progress=progress, collate_fn=_as_batch,
-                                    **kw)
+                                    **sampler_kwargs, **kw)
+        record = sampler.exclude_learned  # the loss history wants the training losses too
         for epoch in range(epochs):
             sampler.set_epoch(epoch)
             ts = time.perf_counter()
+            held = sampler._selected_for
             order = sampler.indices  # runs the selection pass when this epoch needs one
             sel_s += time.perf_counter() - ts
+            passes += sampler._selected_for is not None and sampler._selected_for != held
             order = order[torch.randperm(len(order), generator=gen)]
             for b in _batches(order, batch_size):
                 per = tF.cross_entropy(net(Xtr[b]), ytr[b], reduction="none")
@@ -312,25 +348,32 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
                 loss.backward()
                 opt.step()
                 trained += len(b)
+                if record:
+                    ts = time.perf_counter()
+                    sampler.record_losses(b, per.detach())
+                    sel_s += time.perf_counter() - ts
     wall = time.perf_counter() - t0
     energy = tracker.stop_task()
     acc = _accuracy(net, Xte, yte)
     kwh, co2 = energy if energy is not None else (math.nan, math.nan)
     return RunResult(method, 1.0 if method == "full" else float(fraction), int(seed), acc, wall, sel_s, trained,
-                     kwh, co2)
+                     kwh, co2, dict(passes=int(passes)))
 
 
-def warm_up(data, methods, *, rows=512, **run_kwargs):
+def warm_up(data, methods, *, rows=512, fraction=0.3, **run_kwargs):
     """One short untimed run of each method on the first ``rows`` training samples.
 
     Numba compiles the selection kernels on their first call (cached on disk
     afterwards) and torch allocates its buffers on its first steps; neither cost
-    belongs to the method that happens to run first.
+    belongs to the method that happens to run first. A warm start in
+    ``sampler_kwargs`` is left out here, so that the pass runs.
     """
     small = (data[0][:rows], data[1][:rows], data[2][:rows], data[3][:rows])
     kw = dict(run_kwargs, epochs=1, refresh_every=1)
+    sk = {k: v for k, v in (kw.pop("sampler_kwargs", None) or {}).items() if k != "warm_start_epochs"}
     for method in methods:
-        run_method(method, small, fraction=0.3, seed=0, **kw)
+        run_method(method, small, fraction=fraction, seed=0, sampler_kwargs=sk if method in EPOCH_METHODS else None,
+                   **kw)
 
 
 def run_grid(data, *, methods=METHODS, fractions=(0.1, 0.3), seeds=(0, 1, 2), progress=True, tracker=None,
@@ -338,11 +381,12 @@ def run_grid(data, *, methods=METHODS, fractions=(0.1, 0.3), seeds=(0, 1, 2), pr
     """Every method x fraction x seed (``full`` once per seed); a list of :class:`RunResult`.
 
     With ``warmup`` each method first runs once untimed on a small slice (:func:`warm_up`).
+    ``run_kwargs`` go to :func:`run_method`; ``sampler_kwargs`` among them reach the epoch modes only.
     """
     from tqdm.auto import tqdm
 
     if warmup:
-        warm_up(data, methods, **run_kwargs)
+        warm_up(data, methods, fraction=min(fractions), **run_kwargs)
     jobs = []
     for seed in seeds:
         for method in methods:
@@ -352,7 +396,9 @@ def run_grid(data, *, methods=METHODS, fractions=(0.1, 0.3), seeds=(0, 1, 2), pr
     with tqdm(jobs, desc="training runs", unit="run", disable=not progress) as bar:
         for method, f, seed in bar:
             bar.set_postfix_str(f"{method} f={f:g} seed={seed}")
-            out.append(run_method(method, data, fraction=f, seed=seed, tracker=tracker, **run_kwargs))
+            kw = run_kwargs if method in EPOCH_METHODS else {k: v for k, v in run_kwargs.items()
+                                                                if k != "sampler_kwargs"}
+            out.append(run_method(method, data, fraction=f, seed=seed, tracker=tracker, **kw))
     return out
 
 

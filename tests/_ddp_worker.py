@@ -46,8 +46,23 @@ def main():
             order = list(iter(s))
             epochs.append({"subset": s.indices.tolist(), "weights": s.weights.tolist(), "order": order,
                            "len": len(s)})
+    # a pool and CREST's exclusion: each rank records the losses of its own part of the epoch; the pass gathers
+    # them, so every rank keeps the same history and draws the same candidates
+    s = DistributedGraftEpochSampler(ds, ddp, fraction=0.2, batch_size=100, progress=False, seed=3, refresh_every=1,
+                                     pool_fraction=0.6, exclude_learned=True, learned_window=1, learned_threshold=1.0)
+    X, Y = ds.tensors
+    epochs = result["pool+excl"] = []
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        order = torch.tensor(list(iter(s)), dtype=torch.int64)
+        epochs.append({"subset": s.indices.tolist(), "candidates": s.candidates.tolist(),
+                       "learned": torch.nonzero(s.learned).flatten().tolist()})
+        s.record_losses(order, torch.zeros(len(order)))  # "trained to zero loss": learned at the next pass
+    with torch.no_grad():  # the model never changes here: each sample's loss is a constant
+        result["loss"] = torch.nn.functional.cross_entropy(net(X), Y, reduction="none").tolist()
     if rank == 0:
-        single = GraftEpochSampler(ds, net, fraction=0.2, batch_size=100, progress=False, seed=3)
+        # select calls of 5 batches, as on each rank (select's budget is per call)
+        single = GraftEpochSampler(ds, net, fraction=0.2, batch_size=100, batches_per_call=5, progress=False, seed=3)
         result["single"] = single.indices.tolist()
     with open(out, "w") as f:
         json.dump(result, f)

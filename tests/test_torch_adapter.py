@@ -1,6 +1,7 @@
 """graft_array.adapters.torch: hooks, gradient sketches, per-batch and epoch modes, DDP."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -386,13 +387,15 @@ def test_epoch_selection_matches_core_with_offsets():
     x, y = clusters(1050, seed=9)
     model = mlp(seed=9)
     ds = TensorDataset(x, y)
-    s = GraftEpochSampler(ds, model, fraction=0.3, batch_size=100, batches_per_call=3, progress=False)
+    s = GraftEpochSampler(ds, model, fraction=0.3, batch_size=100, batches_per_call=3, progress=False,
+                          budget="batch")  # per-batch sizes: the same as one select per batch
     h, z = capture(model, x)
     e = torch.softmax(z, 1) - F.one_hot(y, 4)
     parts = [slice(lo, min(lo + 100, 1050)) for lo in range(0, 1050, 100)]
     want = []
     for sl in parts:
-        local = select(h[sl], LastLayerGrads(e[sl], h[sl]), fraction=0.3, random_state=0, solver="exact")
+        local = select(h[sl], LastLayerGrads(e[sl], h[sl]), fraction=0.3, random_state=0, solver="exact",
+                       budget="batch")
         want += (local + sl.start).tolist()
     assert sorted(s.indices.tolist()) == sorted(want)
     w = s.weights
@@ -553,6 +556,17 @@ def test_ddp_two_processes_share_the_subset(tmp_path):
         assert r0[key][0]["order"] != r0[key][1]["order"]  # reshuffled per epoch
     # blocks of 500 are whole batches of 100: the same subset as one process
     assert sorted(r0["drop_last=False"][0]["subset"]) == sorted(r0["single"])
+    # pool + exclusion: the same history, candidates and subset on both ranks
+    assert r0["pool+excl"] == r1["pool+excl"]
+    easy = {i for i, v in enumerate(r0["loss"]) if v < 1.0}  # learned at their first record (window 1)
+    passes = r0["pool+excl"]
+    assert len(passes[0]["candidates"]) == 600 and set(passes[0]["learned"]) == easy & set(passes[0]["candidates"])
+    for prev, e in zip(passes, passes[1:]):
+        # learned before this pass: from the last pass, and from the training records of BOTH ranks' parts (zeros)
+        before = set(prev["learned"]) | set(prev["subset"])
+        assert before > set(prev["learned"])
+        assert not before & set(e["candidates"]) and len(e["candidates"]) == min(600, 1000 - len(before))
+        assert set(e["subset"]) <= set(e["candidates"])
 
 
 def test_features_gradients_select_on_the_last_layer_gradients():
@@ -573,8 +587,368 @@ def test_features_gradients_select_on_the_last_layer_gradients():
     s = GraftEpochSampler(ds, model, **kw)
     got = s.indices
     assert len(got) == len(set(got.tolist())) and torch.all(s.weights[got] >= 0)
-    # the pass equals one select call over the dataset's batches of 64 with dataset offsets
+    # the pass equals select calls over the dataset's batches of 64 (3 per call) with dataset offsets
     seed = int(np.random.default_rng([1, 0]).integers(2**63))
-    want = select(None, LastLayerGrads(e.reshape(4, 64, 4), h.reshape(4, 64, -1)), fraction=0.25,
-                  offsets=np.arange(4) * 64, random_state=seed)
+    E, H = e.reshape(4, 64, 4), h.reshape(4, 64, -1)
+    want = torch.cat([select(None, LastLayerGrads(E[a:b], H[a:b]), fraction=0.25, offsets=np.arange(a, b) * 64,
+                             random_state=seed) for a, b in ((0, 3), (3, 4))])
     assert torch.equal(got, want)
+
+
+# --------------------------------------------------------------------------- sampler options: pool, exclusion,
+# strata, class balance, forward batches, channels-last
+
+
+needs_labels = pytest.mark.skipif("labels" not in __import__("inspect").signature(select).parameters,
+                                  reason="graft_array.select has no 'labels' argument yet")
+
+
+class SelectSpy:
+    """Stands in for the adapter's ``select``: records every call's keyword arguments and runs the real one."""
+
+    def __init__(self, monkeypatch):
+        import graft_array.adapters.torch as gt
+
+        self.calls = []
+        self._real = gt.select
+        monkeypatch.setattr(gt, "select", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self._real(*args, **kwargs)
+
+
+def test_pool_holds_distinct_candidates_stratified_and_selection_inside():
+    n = 1000
+    x, y = clusters(n, d=8, classes=4, seed=21)
+    ds = SelfIndexed(x, y)
+    model = mlp(seed=21)
+    before = rng_states()
+    kw = dict(fraction=0.2, pool_fraction=0.55, batch_size=100, progress=False, seed=4, labels=y, refresh_every=1)
+    s = GraftEpochSampler(ds, model, **kw)
+    sel = s.indices
+    pool = s.candidates
+    m = math.ceil(0.55 * n)
+    assert len(pool) == m == len(set(pool.tolist())) and int(pool.min()) >= 0 and int(pool.max()) < n
+    assert torch.equal(pool, pool.sort().values)  # dataset order
+    assert set(sel.tolist()) <= set(pool.tolist())
+    assert abs(len(sel) - 0.2 * n) <= 6  # select's fraction 0.2 n / m within the pool
+    assert ds.reads == m  # only the pool was read
+    for c in range(4):  # class-stratified: each class's share of the pool within one sample
+        assert abs(int((y[pool] == c).sum()) - m * int((y == c).sum()) / n) <= 1
+    assert float(s.weights.sum()) == pytest.approx(n, rel=1e-5)  # each pool sample stands for n / m samples
+    for xb, _, ib in DataLoader(ds, batch_size=50, sampler=s, generator=torch.Generator()):
+        assert torch.equal(xb, x[ib])
+    again = GraftEpochSampler(ds, model, **kw)
+    assert torch.equal(again.indices, sel) and torch.equal(again.candidates, pool)  # seeded
+    s.set_epoch(1)
+    assert set(s.candidates.tolist()) != set(pool.tolist())  # a new pool per pass
+    # the same pool on every rank (no process group needed to draw it)
+    ranks = [DistributedGraftEpochSampler(ds, model, num_replicas=2, rank=r, **kw) for r in range(2)]
+    assert torch.equal(ranks[0]._candidates(0)[0], ranks[1]._candidates(0)[0])
+    assert torch.equal(ranks[0]._candidates(0)[0], pool)
+    assert ranks[0]._shard(m) == (0, m // 2) and ranks[1]._shard(m) == (m // 2, m)
+    # no labels: a plain uniform pool of the same size
+    plain = GraftEpochSampler(TensorDataset(x, y), model, **dict(kw, labels=None))
+    plain.indices
+    assert len(plain.candidates) == m and set(plain.indices.tolist()) <= set(plain.candidates.tolist())
+    assert_same_rng(before)
+
+
+def test_pool_and_option_errors_name_the_argument():
+    x, y = clusters(200)
+    ds = TensorDataset(x, y)
+    with pytest.raises(ValueError, match=r"'pool_fraction' parameter of GraftEpochSampler.*\[0.3, 1\].*Got 0.2"):
+        GraftEpochSampler(ds, mlp(), fraction=0.3, pool_fraction=0.2)
+    with pytest.raises(ValueError, match="'pool_fraction' parameter"):
+        GraftEpochSampler(ds, mlp(), pool_fraction=1.5)
+    with pytest.raises(TypeError, match="'pool_fraction' parameter"):
+        GraftEpochSampler(ds, mlp(), pool_fraction="half")
+    with pytest.raises(ValueError, match="'labels' parameter of GraftEpochSampler"):
+        GraftEpochSampler(ds, mlp(), labels=y[:10])
+    with pytest.raises(ValueError, match="'labels' parameter"):
+        GraftEpochSampler(ds, mlp(), labels=y.float())
+    with pytest.raises(TypeError, match="'class_balance' parameter"):
+        GraftEpochSampler(ds, mlp(), class_balance=1)
+    with pytest.raises(TypeError, match="'exclude_learned' parameter"):
+        GraftEpochSampler(ds, mlp(), exclude_learned="yes")
+    with pytest.raises(ValueError, match="'learned_window' parameter"):
+        GraftEpochSampler(ds, mlp(), learned_window=0)
+    with pytest.raises(ValueError, match="'learned_threshold' parameter"):
+        GraftEpochSampler(ds, mlp(), learned_threshold=-0.1)
+    with pytest.raises(ValueError, match="'strata' parameter"):
+        GraftEpochSampler(ds, mlp(), strata=0)
+    with pytest.raises(ValueError, match="'strata' parameter.*loss='cross_entropy' or 'mse'"):
+        GraftEpochSampler(ds, mlp(), strata=3, loss=None)
+    with pytest.raises(ValueError, match="'forward_batch_size' parameter"):
+        GraftEpochSampler(ds, mlp(), forward_batch_size=0)
+    with pytest.raises(ValueError, match="'forward_batch_size' parameter.*eval mode only"):
+        GraftEpochSampler(ds, mlp(), forward_batch_size=256, eval_mode=False)
+    with pytest.raises(TypeError, match="'channels_last' parameter"):
+        GraftEpochSampler(ds, mlp(), channels_last=None)
+
+
+def test_pool_raises_select_fraction_and_keeps_the_rank(monkeypatch):
+    x, y = clusters(800, seed=22)
+    spy = SelectSpy(monkeypatch)
+    s = GraftEpochSampler(TensorDataset(x, y), mlp(hidden=64, seed=22), fraction=0.25, pool_fraction=0.5,
+                          batch_size=100, progress=False)
+    s.indices
+    assert [c["fraction"] for c in spy.calls] == [pytest.approx(0.25 * 800 / 400)]
+    assert spy.calls[0]["rank"] == 25  # round(fraction * batch_size): the rank of a pass over every sample
+    spy.calls.clear()
+    GraftEpochSampler(TensorDataset(x, y), mlp(hidden=64, seed=22), fraction=0.25, pool_fraction=0.5,
+                      batch_size=100, progress=False, rank=40).indices
+    assert spy.calls[0]["rank"] == 40  # the caller's rank wins
+    spy.calls.clear()
+    GraftEpochSampler(TensorDataset(x, y), mlp(seed=22), fraction=0.25, batch_size=100, progress=False).indices
+    assert spy.calls[0]["fraction"] == 0.25 and "rank" not in spy.calls[0]  # no pool: select as before
+
+
+def test_exclude_learned_leaves_out_learned_samples():
+    n = 600
+    x, y = clusters(n, seed=23)
+    ds = SelfIndexed(x, y)
+    model = mlp(seed=23)
+    kw = dict(fraction=0.3, batch_size=100, progress=False, refresh_every=1, exclude_learned=True,
+              learned_window=3, learned_threshold=0.5, loss="cross_entropy")
+    s = GraftEpochSampler(ds, model, **kw)
+    assert not s.learned.any()
+    easy = torch.arange(0, 200)
+    for _ in range(3):
+        s.record_losses(easy, torch.full((200,), 0.01))
+    s.record_losses(torch.tensor([300, 300, 300]), torch.tensor([0.01, 0.01, 0.01]))  # repeats record in turn
+    s.record_losses(torch.tensor([400, 400, 400, 400]), torch.tensor([0.01, 0.01, 0.01, 9.0]))  # last one high
+    learned = s.learned
+    assert learned[:200].all() and learned[300] and not learned[400] and int(learned.sum()) == 201
+    sel = s.indices
+    cand = set(s.candidates.tolist())
+    assert len(cand) == n - 201 and not cand & set(range(200)) and 300 not in cand
+    assert not set(sel.tolist()) & (set(range(200)) | {300})
+    assert abs(len(sel) - 0.3 * n) <= 6  # the budget stays fraction * N
+    assert float(s.weights.sum()) == pytest.approx(n - 201, rel=1e-5)  # the eligible samples, not the learned
+    # the pass recorded every candidate's loss at the model: one more record each
+    assert int(s._hist_count[450]) == 1 and int(s._hist_count[0]) == 3
+    # a high loss un-learns a sample at the next pass
+    s.record_losses(torch.tensor([5]), torch.tensor([2.0]))
+    assert not s.learned[5]
+    s.set_epoch(1)
+    assert 5 in set(s.candidates.tolist())
+    # off: record_losses is a no-op and nothing is excluded
+    off = GraftEpochSampler(ds, model, **dict(kw, exclude_learned=False))
+    off.record_losses(easy, torch.zeros(200))
+    assert not off.learned.any()
+    off.indices
+    assert len(off.candidates) == n
+    with pytest.raises(ValueError, match="record_losses expects dataset indices in \\[0, 600\\)"):
+        s.record_losses(torch.tensor([600]), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="record_losses expects 'losses'"):
+        s.record_losses(torch.tensor([1, 2]), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="record_losses expects 'index'"):
+        s.record_losses(torch.tensor([1.0]), torch.tensor([0.0]))
+
+
+def test_distributed_exclusion_holds_records_until_the_pass():
+    """Under DDP the records wait for the pass (which gathers every rank's); one replica needs no group."""
+    x, y = clusters(300, seed=30)
+    s = DistributedGraftEpochSampler(TensorDataset(x, y), mlp(seed=30), num_replicas=1, rank=0, fraction=0.2,
+                                     batch_size=100, progress=False, exclude_learned=True, learned_window=2)
+    s.record_losses(torch.arange(50), torch.zeros(50))
+    s.record_losses(torch.arange(50), torch.zeros(50))
+    assert not s.learned.any()  # held
+    s.indices
+    assert s.learned[:50].all() and not set(s.candidates.tolist()) & set(range(50))
+    assert not set(s.indices.tolist()) & set(range(50))
+
+
+def test_exclude_learned_with_everything_learned_falls_back_to_all():
+    x, y = clusters(300, seed=24)
+    s = GraftEpochSampler(TensorDataset(x, y), mlp(seed=24), fraction=0.2, batch_size=100, progress=False,
+                          exclude_learned=True, learned_window=1)
+    s.record_losses(torch.arange(300), torch.zeros(300))
+    assert s.learned.all()
+    assert len(s.indices) > 0 and len(s.candidates) == 300
+
+
+@needs_labels
+def test_strata_labels_are_loss_quantiles(monkeypatch):
+    n, S = 1000, 4
+    x, y = clusters(n, seed=25, spread=2.0)
+    model = mlp(seed=25)
+    spy = SelectSpy(monkeypatch)
+    s = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, batches_per_call=4, strata=S,
+                          progress=False)
+    sel = s.indices
+    assert len(spy.calls) == 3  # calls of 4, 4 and 2 batches
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), y, reduction="none")
+    for call in spy.calls:
+        offs = call["offsets"]
+        lab = np.asarray(call["labels"])
+        assert lab.shape == (len(offs), 100)
+        rows = torch.cat([torch.arange(o, o + 100) for o in offs.tolist()])
+        lab = torch.as_tensor(lab.reshape(-1))
+        m = len(rows)
+        for b in range(S):  # equal-count bins, ordered by loss
+            assert int((lab == b).sum()) == m // S
+        for b in range(S - 1):
+            assert float(loss[rows][lab == b].max()) <= float(loss[rows][lab == b + 1].min()) + 1e-6
+    # every difficulty level gets its share of the budget
+    sel_loss = loss[sel]
+    quart = torch.quantile(loss, torch.tensor([0.25, 0.5, 0.75]))
+    counts = torch.bincount(torch.bucketize(sel_loss, quart), minlength=S)
+    assert int(counts.min()) >= 0.15 * len(sel), counts
+
+
+@needs_labels
+def test_class_balance_forwards_the_batch_labels(monkeypatch):
+    n, S = 600, 3
+    x, y = clusters(n, seed=26)
+    model = mlp(seed=26)
+    spy = SelectSpy(monkeypatch)
+    s = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, class_balance=True,
+                          progress=False)
+    s.indices
+    (call,) = spy.calls
+    assert np.array_equal(np.asarray(call["labels"]), y.reshape(6, 100).numpy())
+    spy.calls.clear()
+    s = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, class_balance=True, strata=S,
+                          progress=False)
+    s.indices
+    lab = np.asarray(spy.calls[0]["labels"]).reshape(-1)
+    assert np.array_equal(lab // S, y.numpy()) and set(np.unique(lab % S)) == set(range(S))
+    # a ragged last batch: labels as a list, one array per batch
+    spy.calls.clear()
+    GraftEpochSampler(TensorDataset(x[:550], y[:550]), model, fraction=0.3, batch_size=100, class_balance=True,
+                      progress=False).indices
+    lab = spy.calls[0]["labels"]
+    assert isinstance(lab, list) and [len(v) for v in lab] == [100] * 5 + [50]
+    assert np.array_equal(np.concatenate(lab), y[:550].numpy())
+    with pytest.raises(ValueError, match="'class_balance' parameter of GraftEpochSampler needs integer class labels"):
+        GraftEpochSampler(TensorDataset(x), model, loss=None, class_balance=True, progress=False).indices
+    with pytest.raises(ValueError, match="'class_balance' parameter"):
+        GraftEpochSampler(TensorDataset(x, F.one_hot(y, 4).float()), model, class_balance=True,
+                          progress=False).indices
+
+
+@needs_labels
+def test_options_together_are_deterministic_and_leave_global_rng():
+    x, y = clusters(900, seed=27)
+    ds = IndexedDataset(TensorDataset(x, y))
+    model = mlp(seed=27)
+    kw = dict(fraction=0.2, batch_size=100, progress=False, seed=9, pool_fraction=0.6, class_balance=True,
+              strata=2, exclude_learned=True, learned_window=1, learned_threshold=0.05, shuffle_pass=True,
+              refresh_every=1)
+    before = rng_states()
+    a = GraftEpochSampler(ds, model, **kw)
+    b = GraftEpochSampler(ds, model, **kw)
+    for epoch in range(3):
+        a.set_epoch(epoch), b.set_epoch(epoch)
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.weights, b.weights)
+        assert list(iter(a)) == list(iter(b))
+        assert set(a.indices.tolist()) <= set(a.candidates.tolist())
+    assert_same_rng(before)
+
+
+def test_forward_batches_cut_across_boundaries():
+    """Forwards of 70 rows cut into selection batches of 100: the same batches as forwards of 200."""
+    x, y = clusters(1030, seed=28)
+    ds = TensorDataset(x, y)
+    kw = dict(loss=None, features="inputs", fraction=0.2, batch_size=100, batches_per_call=4, progress=False)
+    ref = GraftEpochSampler(ds, mlp(seed=28), **kw).indices
+    for rows in (70, 100, 1030, 5000):
+        assert torch.equal(GraftEpochSampler(ds, mlp(seed=28), forward_batch_size=rows, **kw).indices, ref), rows
+
+
+def test_channels_last_pass_restores_the_weights():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.head = nn.Linear(8 * 6 * 6, 4)
+
+        def forward(self, inp):
+            return self.head(torch.relu(self.conv(inp)).flatten(1))
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        net = Net()
+        x = torch.randn(300, 3, 6, 6)
+        y = torch.randint(0, 4, (300,))
+    w, data = net.conv.weight, net.conv.weight.data.clone()
+    ds = TensorDataset(x, y)
+    on = GraftEpochSampler(ds, net, fraction=0.3, batch_size=100, channels_last=True, progress=False)
+    off = GraftEpochSampler(ds, net, fraction=0.3, batch_size=100, progress=False)
+    assert len(on.indices) == len(off.indices)
+    assert net.conv.weight is w and torch.equal(w.data, data) and w.is_contiguous()
+    from graft_array.adapters.torch import _channels_last
+
+    with _channels_last(net, True):
+        assert net.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        h1, z1 = capture(net, x)
+    h0, z0 = capture(net, x)
+    assert torch.allclose(z1, z0, atol=1e-5) and torch.allclose(h1, h0, atol=1e-5)
+    assert net.conv.weight.is_contiguous()
+
+
+def test_inference_mode_pass_outputs_are_usable():
+    """With its forward under inference_mode (bench_pass.py's comparison) the pass selects the same rows."""
+    x, y = clusters(400, seed=29)
+    model = mlp(seed=29)
+    ds = IndexedDataset(TensorDataset(x, y))
+    s = GraftEpochSampler(ds, model, fraction=0.3, batch_size=100, progress=False, features="gradients")
+    s._inference = True
+    idx = s.indices
+    assert torch.equal(idx, GraftEpochSampler(ds, model, fraction=0.3, batch_size=100, progress=False,
+                                              features="gradients").indices)
+    assert not idx.is_inference() and not s.weights.is_inference()
+    loss = F.cross_entropy(model(x[idx]), y[idx])
+    loss.backward()  # the model is untouched by the pass
+    assert model[0].weight.grad is not None
+
+
+# --------------------------------------------------------------------------- the training harness
+
+
+def _small_digits(rows=400):
+    from graft_array import training
+
+    Xtr, ytr, Xte, yte, _ = training.load_data("digits")
+    return Xtr[:rows], ytr[:rows], Xte[:200], yte[:200]
+
+
+def test_run_method_passes_sampler_kwargs_and_counts_the_passes():
+    pytest.importorskip("sklearn")
+    from graft_array import training
+
+    data = _small_digits()
+    n = len(data[0])
+    kw = dict(epochs=3, refresh_every=1, batch_size=64, fraction=0.3)
+    r = training.run_method("graft", data, sampler_kwargs=dict(warm_start_epochs=1, pool_fraction=0.6,
+                                                                exclude_learned=True), **kw)
+    assert r.extra["passes"] == 2  # epochs 1 and 2; epoch 0 is the warm start on all the data
+    assert n + 2 * 100 <= r.samples_trained <= n + 2 * 140  # about 0.3 n = 120 per selected epoch
+    assert 0 < r.selection_s < r.wall_s
+    plain = training.run_method("graft-grad", data, **kw)
+    assert plain.extra["passes"] == 3
+    with pytest.raises(ValueError, match="'sampler_kwargs'.*'full'"):
+        training.run_method("full", data, sampler_kwargs=dict(pool_fraction=0.5), **kw)
+    rows = training.run_grid(data, methods=("full", "random", "graft"), fractions=(0.3,), seeds=(0,), progress=False,
+                             epochs=1, refresh_every=1, sampler_kwargs=dict(pool_fraction=0.5))
+    assert [(x.method, x.extra["passes"]) for x in rows] == [("full", 0), ("random", 1), ("graft", 1)]
+
+
+@pytest.mark.slow
+def test_bench_ablation_quick_runs(tmp_path):
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / "bench_ablation.py"), "--quick",
+                          "--no-progress", "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    md = (tmp_path / "ablation_digits_mlp.md").read_text()
+    js = json.loads((tmp_path / "ablation_digits_mlp.json").read_text())
+    assert "graft-grad+cb+strata" in md and "random" in md
+    assert {r["variant"] for r in js["summary"]} >= {"graft", "graft+pool", "graft+excl", "graft+warm", "random"}
+    assert all(0 <= r["selection_share"] < 1 for r in js["summary"])
