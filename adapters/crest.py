@@ -137,7 +137,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from .._select import select
 from .._validation import check_bool, check_int, check_real
-from .torch import _check_model, _default_unpack, _describe, _model_device, _to, _unwrap, loss_residuals
+from .torch import _check_model, _describe, _loader_callables, _model_device, _to, _unwrap, loss_residuals
 
 __all__ = [
     "CrestSampler",
@@ -473,11 +473,7 @@ class CrestSampler(Sampler):
             or self.batch_size
         self.num_workers = check_int(num_workers, "num_workers", func, low=0)
         self.seed = check_int(seed, "seed", func, low=0)
-        for nm, fn in (("unpack", unpack), ("collate_fn", collate_fn)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"The '{nm}' parameter of {func} must be None or a callable. Got {fn!r} instead.")
-        self.unpack = unpack if unpack is not None else _default_unpack
-        self.collate_fn = collate_fn
+        self.unpack, self.collate_fn = _loader_callables(unpack, collate_fn, func)
         self.device = torch.device(device) if device is not None else None
         self._labels = self._check_labels(labels)
         self._classes = int(np.unique(self._labels).size)

@@ -685,6 +685,14 @@ def _channels_last(model, on):
             w.data = d
 
 
+def _loader_callables(unpack, collate_fn, func):
+    """``(unpack, collate_fn)`` of a sampler's pass: each None or a callable; ``unpack`` defaults to items 0, 1."""
+    for nm, fn in (("unpack", unpack), ("collate_fn", collate_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"The '{nm}' parameter of {func} must be None or a callable. Got {fn!r} instead.")
+    return (unpack if unpack is not None else _default_unpack), collate_fn
+
+
 class GraftEpochSampler(Sampler):
     """Epoch-mode GRAFT: a ``Sampler`` that yields only a GRAFT subset of the dataset.
 
@@ -720,8 +728,18 @@ class GraftEpochSampler(Sampler):
     warm_start_epochs : int, default=0
         Initial epochs on the full dataset (weights all one); the first pass runs
         at epoch ``warm_start_epochs``.
-    layer, loss, features, eval_mode
+    layer, loss, eval_mode
         As in :class:`GraftBatchSelector`.
+    features : "gradients", "embeddings" or "inputs", default="gradients"
+        As in :class:`GraftBatchSelector`, whose default is the paper's
+        "embeddings". Here MaxVol runs on the last-layer gradients by default:
+        in ``benchmarks/bench_ablation.py`` (Fashion-MNIST MLP) the gradients
+        with the default candidate pool are the best GRAFT mode at every
+        fraction measured, and the embeddings lose to Random at every fraction
+        (see the README's ablation table). The gradients are the space the size
+        criterion and the weights work in, so the rows MaxVol picks are the
+        ones that span the batch gradient; the random pool keeps the subset from
+        collapsing on the same hard samples pass after pass.
     unpack : callable, optional
         ``batch -> (x, y)`` for the collated batches of the pass; default: items
         0 and 1 of a tuple/list batch (``y = None`` for a single element).
@@ -756,9 +774,12 @@ class GraftEpochSampler(Sampler):
         candidates (seeded by ``seed`` and the selection epoch, the same on every
         rank) instead of their dataset order, so that every pass groups the
         samples differently; indices are still dataset indices.
-    pool_fraction : float in [fraction, 1] or None, default=None
+    pool_fraction : "auto", float in [fraction, 1] or None, default="auto"
         Each pass forwards and selects from a random candidate pool of
-        ``ceil(pool_fraction * N)`` samples only (None: every sample), drawn by a
+        ``ceil(pool_fraction * N)`` samples only (None: every sample; "auto":
+        ``2 * fraction`` for GRAFT, so that a pass keeps about half of its
+        candidates, and every sample from ``fraction >= 0.5`` on and for the
+        baseline strategies, which their references run on all the data), drawn by a
         ``torch.Generator`` seeded by ``seed`` and the selection epoch (the same on
         every rank), class-stratified when the class labels are known (``labels``
         or the dataset's ``targets``), and sorted by dataset index. The pass then
@@ -824,9 +845,9 @@ class GraftEpochSampler(Sampler):
     """
 
     def __init__(self, dataset, model, *, fraction=0.25, batch_size=128, refresh_every=1, warm_start_epochs=0,
-                 layer=None, loss="cross_entropy", features="embeddings", eval_mode=True, unpack=None,
+                 layer=None, loss="cross_entropy", features="gradients", eval_mode=True, unpack=None,
                  collate_fn=None, num_workers=0, device=None, batches_per_call=64, forward_batch_size=None,
-                 channels_last=False, shuffle=True, shuffle_pass=False, pool_fraction=None, labels=None,
+                 channels_last=False, shuffle=True, shuffle_pass=False, pool_fraction="auto", labels=None,
                  class_balance=False, exclude_learned=False, learned_window=5, learned_threshold=0.1, strata=None,
                  progress=True, seed=0, **select_kwargs):
         func = type(self).__name__
@@ -854,6 +875,9 @@ class GraftEpochSampler(Sampler):
         self.channels_last = check_bool(channels_last, "channels_last", func)
         self.shuffle = check_bool(shuffle, "shuffle", func)
         self.shuffle_pass = check_bool(shuffle_pass, "shuffle_pass", func)
+        if isinstance(pool_fraction, str) and pool_fraction == "auto":  # half of a pool twice the budget is kept
+            graft = select_kwargs.get("strategy", "graft") == "graft"  # the baselines: every sample, as theirs do
+            pool_fraction = None if not graft or 2.0 * self.fraction >= 1.0 else 2.0 * self.fraction
         if pool_fraction is not None:
             pool_fraction = check_real(pool_fraction, "pool_fraction", func, low=0.0, high=1.0, low_inclusive=False)
             if pool_fraction < self.fraction:
@@ -891,11 +915,7 @@ class GraftEpochSampler(Sampler):
                 )
         self.progress = check_bool(progress, "progress", func)
         self.seed = check_int(seed, "seed", func, low=0)
-        for nm, fn in (("unpack", unpack), ("collate_fn", collate_fn)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"The '{nm}' parameter of {func} must be None or a callable. Got {fn!r} instead.")
-        self.unpack = unpack if unpack is not None else _default_unpack
-        self.collate_fn = collate_fn
+        self.unpack, self.collate_fn = _loader_callables(unpack, collate_fn, func)
         self.device = torch.device(device) if device is not None else None
         self.epoch = 0
         self._cands = None

@@ -6,14 +6,16 @@
 
 Every row trains the same seeded 784-256-10 MLP with bench_training.py's
 configuration (``CONFIG["mlp"]``: 10 epochs, Adam lr 1e-3, batch 128, a
-selection pass every 2 epochs, selection batches of 128, GRAFT's band closed)
-through :func:`graft_array.training.run_method`; a variant is a method plus the
-``GraftEpochSampler`` options it switches on (``sampler_kwargs``):
+selection pass every 2 epochs, selection batches of 128, select's default
+``budget="call"``) through :func:`graft_array.training.run_method`; a variant is
+GRAFT with the ``GraftEpochSampler`` options it sets (``sampler_kwargs``):
 
-* ``graft`` (MaxVol on the embeddings) and ``graft-grad`` (``features="gradients"``):
-  the baselines of the table;
+* ``emb``: MaxVol on the embeddings (the paper's choice), every sample a
+  candidate; ``grad``: on the last-layer gradients, every sample a candidate;
+* ``+pool``: ``pool_fraction="auto"``: each pass forwards a random
+  class-stratified candidate pool of twice the budget and keeps about half of
+  it; ``grad+pool`` is the sampler's default;
 * ``+cb``: ``class_balance=True`` (select's budget split per class);
-* ``+pool``: ``pool_fraction=0.5`` (each pass forwards a class-stratified half);
 * ``+excl``: ``exclude_learned=True`` (CREST's rule, window 5, threshold 0.1;
   the training loop records its losses);
 * ``+strata``: ``strata=4`` (loss-quartile budgets);
@@ -49,24 +51,22 @@ from bench_training import CONFIG  # noqa: E402  (the training benchmark's MLP c
 
 from graft_array import training  # noqa: E402
 
-POOL, STRATA, WARM = 0.5, 4, 2
+STRATA, WARM = 4, 2
 #: name -> (method, sampler_kwargs); the order is the table's
 VARIANTS = {
     "full": ("full", {}),
     "random": ("random", {}),
-    "graft": ("graft", {}),
-    "graft+cb": ("graft", dict(class_balance=True)),
-    "graft+pool": ("graft", dict(pool_fraction=POOL)),
-    "graft+excl": ("graft", dict(exclude_learned=True)),
-    "graft+strata": ("graft", dict(strata=STRATA)),
-    "graft+warm": ("graft", dict(warm_start_epochs=WARM)),
-    "graft-grad": ("graft-grad", {}),
-    "graft-grad+cb": ("graft-grad", dict(class_balance=True)),
-    "graft-grad+strata": ("graft-grad", dict(strata=STRATA)),
-    "graft-grad+cb+strata": ("graft-grad", dict(class_balance=True, strata=STRATA)),
-    "graft-grad+cb+pool": ("graft-grad", dict(class_balance=True, pool_fraction=POOL)),
-    "graft-grad+cb+excl": ("graft-grad", dict(class_balance=True, exclude_learned=True)),
-    "graft-grad+cb+strata+warm": ("graft-grad", dict(class_balance=True, strata=STRATA, warm_start_epochs=WARM)),
+    "emb": ("graft", dict(features="embeddings", pool_fraction=None)),
+    "emb+cb": ("graft", dict(features="embeddings", pool_fraction=None, class_balance=True)),
+    "emb+strata": ("graft", dict(features="embeddings", pool_fraction=None, strata=STRATA)),
+    "emb+cb+pool": ("graft", dict(features="embeddings", class_balance=True)),
+    "grad": ("graft", dict(pool_fraction=None)),
+    "grad+cb": ("graft", dict(pool_fraction=None, class_balance=True)),
+    "grad+strata": ("graft", dict(pool_fraction=None, strata=STRATA)),
+    "grad+excl": ("graft", dict(pool_fraction=None, exclude_learned=True)),
+    "grad+warm": ("graft", dict(pool_fraction=None, warm_start_epochs=WARM)),
+    "grad+pool (default)": ("graft", {}),
+    "grad+pool+cb": ("graft", dict(class_balance=True)),
 }
 
 
@@ -164,8 +164,8 @@ def main(argv=None):
         f"({torch.get_num_threads()} threads)",
         f"# data: {data[4]}",
         f"# mlp: {cfg['epochs']} epochs, Adam lr {cfg['lr']:g}, batch {cfg['batch_size']}, selection every "
-        f"{cfg['refresh_every']} epochs, selection batches of 128, band 0; fractions "
-        f"{', '.join(f'{f:g}' for f in args.fractions)}; {args.seeds} seed(s); pool_fraction {POOL}, strata "
+        f"{cfg['refresh_every']} epochs, selection batches of 128, budget 'call'; fractions "
+        f"{', '.join(f'{f:g}' for f in args.fractions)}; {args.seeds} seed(s); pool 2 x the budget, strata "
         f"{STRATA}, warm_start_epochs {WARM}, exclude_learned window 5 / threshold 0.1",
     ]
     print("\n".join(header), flush=True)

@@ -508,30 +508,9 @@ def reference_crest_select(E, labels, k):
     n = E.shape[0]
     chosen_all, w_all = [], []
     for c in sorted(set(labels.tolist())):
-        rows = [i for i in range(n) if labels[i] == c]
-        n_c = len(rows)
-        k_c = min(n_c, -(-k * n_c // n))
-        D = np.zeros((n_c, n_c))
-        for a in range(n_c):
-            for b in range(n_c):
-                D[a, b] = np.sqrt(np.sum((E[rows[a]] - E[rows[b]]) ** 2))
-        S = D.max() - D
-        cur = np.zeros(n_c)
-        chosen = []
-        for _ in range(k_c):
-            best, best_j = -1.0, -1
-            for j in range(n_c):
-                if j in chosen:
-                    continue
-                gain = sum(max(0.0, S[i, j] - cur[i]) for i in range(n_c))
-                if gain > best:
-                    best, best_j = gain, j
-            chosen.append(best_j)
-            cur = np.maximum(cur, S[:, best_j])
-        w = np.zeros(k_c)
-        for i in range(n_c):
-            w[_argmax_lowest(S[i, chosen], np.ones(k_c, dtype=bool))] += 1.0
-        chosen_all += [rows[j] for j in chosen]
+        rows = np.array([i for i in range(n) if labels[i] == c], dtype=np.int64)
+        chosen, w = reference_craig(E[rows], min(len(rows), -(-k * len(rows) // n)))  # CRAIG on the class alone
+        chosen_all += rows[chosen].tolist()
         w_all += w.tolist()
     w = np.array(w_all, dtype=np.float64)
     if w.size:

@@ -6,25 +6,29 @@ the same optimiser, learning rate, batch size and number of epochs; only what
 each epoch trains on differs:
 
 * ``full``: every training sample, every epoch.
-* ``graft``: epoch mode (:class:`graft_array.adapters.torch.GraftEpochSampler`):
-  every ``refresh_every`` epochs one selection pass over the training set (a
-  no-grad forward in batches of ``selection_batch`` and one :func:`graft_array.select`
-  per ``batches_per_call`` batches), then only the selected samples, weighted by
-  :meth:`~graft_array.adapters.torch.GraftEpochSampler.loss_weights`.
-* ``graft-grad``: as ``graft`` with ``features="gradients"``: MaxVol runs on the
-  per-sample last-layer gradients (``select(None, LastLayerGrads(e, h))``)
-  instead of the embeddings.
+* ``graft``: the adapter's defaults, epoch mode
+  (:class:`graft_array.adapters.torch.GraftEpochSampler`): every
+  ``refresh_every`` epochs one selection pass over a random class-stratified
+  candidate pool of twice the budget (a no-grad forward in batches and one
+  :func:`graft_array.select` per ``batches_per_call`` batches, MaxVol on the
+  per-sample last-layer gradients), then only the selected samples, weighted
+  by :meth:`~graft_array.adapters.torch.GraftEpochSampler.loss_weights`.
+* ``graft-emb``: the paper's choice, MaxVol on the embeddings, every sample a
+  candidate.
 * ``graft-batch``: the paper's per-batch mode
   (:class:`graft_array.adapters.torch.GraftBatchSelector`): each training batch
   is forwarded once without gradients, a subset selected, and the weighted update
   done on the subset.
-* ``random``, ``craig``, ``gradmatch``: epoch mode like ``graft``, with
+* ``random``, ``craig``, ``gradmatch``: epoch mode over every sample, with
   ``select(..., strategy=...)`` (``random`` skips the forward pass: it needs no
   gradients).
+* ``crest``: :class:`graft_array.adapters.crest.CrestSampler`: coresets of random
+  pools re-mixed into batches, re-selected when its quadratic model of the loss
+  stops predicting it (its ``after_step`` hook after every step).
 
-Equal budget: GRAFT's size band is closed (``band=0``), so every selector keeps
-``round(fraction * n)`` samples of each selection batch (GRAFT's adaptive size is
-measured by ``benchmarks/bench_select.py`` instead).
+Equal budget: every selector trains on ``round(fraction * N)`` samples per epoch
+(select's ``budget="call"``: GRAFT's gradient-aware sizes are spread inside that
+budget; the baselines take ``round(fraction * n)`` of each selection batch).
 
 The epoch modes take ``sampler_kwargs`` (passed to ``GraftEpochSampler``: e.g.
 ``pool_fraction``, ``class_balance``, ``exclude_learned``, ``strata``,
@@ -66,8 +70,8 @@ __all__ = [
     "energy_tracker",
 ]
 
-METHODS = ("full", "graft", "graft-grad", "graft-batch", "random", "craig", "gradmatch")
-EPOCH_METHODS = ("graft", "graft-grad", "random", "craig", "gradmatch")  # the GraftEpochSampler ones
+METHODS = ("full", "graft", "graft-emb", "graft-batch", "random", "craig", "gradmatch", "crest")
+EPOCH_METHODS = ("graft", "graft-emb", "random", "craig", "gradmatch")  # the GraftEpochSampler ones
 
 
 # --------------------------------------------------------------------------- data and models
@@ -287,8 +291,7 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
     net = make_model(model, tuple(Xtr.shape[1:]), classes, seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    kw = dict(band=0.0)
-    kw.update(select_kwargs or {})
+    kw = dict(select_kwargs or {})
     tracker = tracker or _NoTracker()
     tracker.start_task(f"{method}-{fraction}-{seed}")
     sel_s = 0.0
@@ -303,6 +306,23 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
                 loss.backward()
                 opt.step()
                 trained += len(b)
+    elif method == "crest":
+        from .adapters.crest import CrestSampler
+
+        sampler = CrestSampler(_IndexedTensors(Xtr, ytr), net, fraction=fraction, batch_size=batch_size, seed=seed,
+                               collate_fn=_as_batch,
+                               **kw)
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            for b in _batches(torch.as_tensor(list(iter(sampler)), dtype=torch.int64), batch_size):
+                per = tF.cross_entropy(net(Xtr[b]), ytr[b], reduction="none")
+                loss = (sampler.loss_weights(b) * per).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sampler.after_step()  # the trigger's check, every check_interval steps
+                trained += len(b)
+        crest_stats = sampler.stats
     elif method == "graft-batch":
         from .adapters.torch import GraftBatchSelector
 
@@ -323,9 +343,9 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
     else:
         from .adapters.torch import GraftEpochSampler
 
-        if method == "graft-grad":
-            kw["features"] = "gradients"
-        elif method != "graft":  # the baselines: the method is select's strategy
+        if method == "graft-emb":  # the paper's mode: MaxVol on the embeddings, every sample a candidate
+            kw.update(features="embeddings", pool_fraction=None)
+        elif method != "graft":  # the baselines (the sampler runs them over every sample, as their references do)
             kw["strategy"] = method
         if any(isinstance(m, torch.nn.Conv2d) for m in net.modules()):
             sampler_kwargs.setdefault("channels_last", True)  # bench_pass.py: the pass's forward ~1.2x faster
@@ -353,6 +373,8 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
                     sampler.record_losses(b, per.detach())
                     sel_s += time.perf_counter() - ts
     wall = time.perf_counter() - t0
+    if method == "crest":
+        sel_s, passes = crest_stats["select_seconds"] + crest_stats["check_seconds"], crest_stats["rounds"]
     energy = tracker.stop_task()
     acc = _accuracy(net, Xte, yte)
     kwh, co2 = energy if energy is not None else (math.nan, math.nan)
@@ -473,7 +495,7 @@ def plot_results(rows, path, *, title=""):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip(METHODS, "*oPsD^v"))
+    markers = dict(zip(METHODS, "*oPsD^vX"))
     for method in METHODS:
         rs = [r for r in rows if r["method"] == method]
         if not rs:

@@ -38,7 +38,7 @@ def main():
     result = {"rank": rank}
     for drop_last in (False, True):
         s = DistributedGraftEpochSampler(ds, ddp, fraction=0.2, batch_size=100, progress=False, seed=3,
-                                         drop_last=drop_last)
+                                         drop_last=drop_last, features="embeddings", pool_fraction=None)
         result["world"] = s.num_replicas
         epochs = result[f"drop_last={drop_last}"] = []
         for epoch in range(2):
@@ -62,7 +62,8 @@ def main():
         result["loss"] = torch.nn.functional.cross_entropy(net(X), Y, reduction="none").tolist()
     if rank == 0:
         # select calls of 5 batches, as on each rank (select's budget is per call)
-        single = GraftEpochSampler(ds, net, fraction=0.2, batch_size=100, batches_per_call=5, progress=False, seed=3)
+        single = GraftEpochSampler(ds, net, fraction=0.2, batch_size=100, batches_per_call=5, progress=False, seed=3,
+                                   features="embeddings", pool_fraction=None)
         result["single"] = single.indices.tolist()
     with open(out, "w") as f:
         json.dump(result, f)

@@ -41,7 +41,10 @@ def test_demo_smoke_run(tmp_path, capsys):
             assert r["samples_trained"] == 2 * n and r["selection_s"] == 0.0
         elif r["method"] == "graft-batch":  # training batches of 64, each keeps round(0.3 * n_b)
             assert r["samples_trained"] == 2 * _expected_budget(n, 64, 0.3)
-        else:  # epoch mode: selection batches of 128, equal budget for every selector
+        elif r["method"] in ("graft", "graft-emb", "crest"):  # the budget: round(0.3 n) per epoch
+            assert r["samples_trained"] == 2 * round(0.3 * n), r["method"]
+            assert r["selection_s"] > 0
+        else:  # the baselines' epoch mode: selection batches of 128, each keeps round(fraction * n_b)
             assert r["samples_trained"] == 2 * _expected_budget(n, 128, 0.3), r["method"]
             assert r["selection_s"] > 0
     assert {row["method"] for row in rows} == set(training.METHODS)

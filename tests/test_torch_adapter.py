@@ -31,6 +31,14 @@ HERE = Path(__file__).resolve().parent
 # --------------------------------------------------------------------------- fixtures
 
 
+
+def EpochSampler(*args, **kwargs):
+    """GraftEpochSampler in the paper's mode over every sample (embeddings, no pool), which these tests check."""
+    kwargs.setdefault("features", "embeddings")
+    kwargs.setdefault("pool_fraction", None)
+    return GraftEpochSampler(*args, **kwargs)
+
+
 def clusters(n=2400, d=8, classes=4, seed=0, spread=1.3):
     """Gaussian-cluster classification data from a private generator."""
     g = torch.Generator().manual_seed(seed)
@@ -349,7 +357,7 @@ def test_epoch_indices_are_dataset_indices():
     y = torch.zeros(n, dtype=torch.long)
     ds = SelfIndexed(x, y)
     model = mlp(d=d, classes=2)
-    s = GraftEpochSampler(ds, model, loss=None, features="inputs", fraction=0.1, batch_size=100,
+    s = EpochSampler(ds, model, loss=None, features="inputs", fraction=0.1, batch_size=100,
                           batches_per_call=4, progress=False)
     assert sorted(s.indices.tolist()) == hot.tolist()  # including the short last batch (1000..1049)
     assert torch.all(s.weights[hot] > 0) and float(s.weights.sum()) == pytest.approx(n)
@@ -387,7 +395,7 @@ def test_epoch_selection_matches_core_with_offsets():
     x, y = clusters(1050, seed=9)
     model = mlp(seed=9)
     ds = TensorDataset(x, y)
-    s = GraftEpochSampler(ds, model, fraction=0.3, batch_size=100, batches_per_call=3, progress=False,
+    s = EpochSampler(ds, model, fraction=0.3, batch_size=100, batches_per_call=3, progress=False,
                           budget="batch")  # per-batch sizes: the same as one select per batch
     h, z = capture(model, x)
     e = torch.softmax(z, 1) - F.one_hot(y, 4)
@@ -435,7 +443,7 @@ def test_epoch_schedule_reshuffle_and_rng():
     ds = SelfIndexed(x, y)
     model = mlp(seed=11)
     before = rng_states()
-    s = GraftEpochSampler(ds, model, batch_size=100, warm_start_epochs=1, refresh_every=2, progress=False, seed=5)
+    s = EpochSampler(ds, model, batch_size=100, warm_start_epochs=1, refresh_every=2, progress=False, seed=5)
     assert len(s) == 600 and torch.equal(s.weights, torch.ones(600))
     assert sorted(iter(s)) == list(range(600))
     assert ds.reads == 0  # no pass during warm start
@@ -456,7 +464,7 @@ def test_epoch_schedule_reshuffle_and_rng():
     len(s)
     assert ds.reads == 1200
     assert_same_rng(before)
-    s2 = GraftEpochSampler(ds, model, batch_size=100, warm_start_epochs=1, refresh_every=2, progress=False, seed=5)
+    s2 = EpochSampler(ds, model, batch_size=100, warm_start_epochs=1, refresh_every=2, progress=False, seed=5)
     s2.set_epoch(3)
     assert list(iter(s2)) == list(iter(s))  # reproducible from the seed
     assert ds.reads == 1800
@@ -584,7 +592,7 @@ def test_features_gradients_select_on_the_last_layer_gradients():
     ds = IndexedDataset(TensorDataset(x, y))
     kw = dict(fraction=0.25, batch_size=64, batches_per_call=3, progress=False, seed=1, features="gradients",
               unpack=lambda b: (b[0], b[1]))
-    s = GraftEpochSampler(ds, model, **kw)
+    s = EpochSampler(ds, model, **kw)
     got = s.indices
     assert len(got) == len(set(got.tolist())) and torch.all(s.weights[got] >= 0)
     # the pass equals select calls over the dataset's batches of 64 (3 per call) with dataset offsets
@@ -659,49 +667,49 @@ def test_pool_and_option_errors_name_the_argument():
     x, y = clusters(200)
     ds = TensorDataset(x, y)
     with pytest.raises(ValueError, match=r"'pool_fraction' parameter of GraftEpochSampler.*\[0.3, 1\].*Got 0.2"):
-        GraftEpochSampler(ds, mlp(), fraction=0.3, pool_fraction=0.2)
+        EpochSampler(ds, mlp(), fraction=0.3, pool_fraction=0.2)
     with pytest.raises(ValueError, match="'pool_fraction' parameter"):
-        GraftEpochSampler(ds, mlp(), pool_fraction=1.5)
+        EpochSampler(ds, mlp(), pool_fraction=1.5)
     with pytest.raises(TypeError, match="'pool_fraction' parameter"):
-        GraftEpochSampler(ds, mlp(), pool_fraction="half")
+        EpochSampler(ds, mlp(), pool_fraction="half")
     with pytest.raises(ValueError, match="'labels' parameter of GraftEpochSampler"):
-        GraftEpochSampler(ds, mlp(), labels=y[:10])
+        EpochSampler(ds, mlp(), labels=y[:10])
     with pytest.raises(ValueError, match="'labels' parameter"):
-        GraftEpochSampler(ds, mlp(), labels=y.float())
+        EpochSampler(ds, mlp(), labels=y.float())
     with pytest.raises(TypeError, match="'class_balance' parameter"):
-        GraftEpochSampler(ds, mlp(), class_balance=1)
+        EpochSampler(ds, mlp(), class_balance=1)
     with pytest.raises(TypeError, match="'exclude_learned' parameter"):
-        GraftEpochSampler(ds, mlp(), exclude_learned="yes")
+        EpochSampler(ds, mlp(), exclude_learned="yes")
     with pytest.raises(ValueError, match="'learned_window' parameter"):
-        GraftEpochSampler(ds, mlp(), learned_window=0)
+        EpochSampler(ds, mlp(), learned_window=0)
     with pytest.raises(ValueError, match="'learned_threshold' parameter"):
-        GraftEpochSampler(ds, mlp(), learned_threshold=-0.1)
+        EpochSampler(ds, mlp(), learned_threshold=-0.1)
     with pytest.raises(ValueError, match="'strata' parameter"):
-        GraftEpochSampler(ds, mlp(), strata=0)
+        EpochSampler(ds, mlp(), strata=0)
     with pytest.raises(ValueError, match="'strata' parameter.*loss='cross_entropy' or 'mse'"):
-        GraftEpochSampler(ds, mlp(), strata=3, loss=None)
+        EpochSampler(ds, mlp(), strata=3, loss=None)
     with pytest.raises(ValueError, match="'forward_batch_size' parameter"):
-        GraftEpochSampler(ds, mlp(), forward_batch_size=0)
+        EpochSampler(ds, mlp(), forward_batch_size=0)
     with pytest.raises(ValueError, match="'forward_batch_size' parameter.*eval mode only"):
-        GraftEpochSampler(ds, mlp(), forward_batch_size=256, eval_mode=False)
+        EpochSampler(ds, mlp(), forward_batch_size=256, eval_mode=False)
     with pytest.raises(TypeError, match="'channels_last' parameter"):
-        GraftEpochSampler(ds, mlp(), channels_last=None)
+        EpochSampler(ds, mlp(), channels_last=None)
 
 
 def test_pool_raises_select_fraction_and_keeps_the_rank(monkeypatch):
     x, y = clusters(800, seed=22)
     spy = SelectSpy(monkeypatch)
-    s = GraftEpochSampler(TensorDataset(x, y), mlp(hidden=64, seed=22), fraction=0.25, pool_fraction=0.5,
+    s = EpochSampler(TensorDataset(x, y), mlp(hidden=64, seed=22), fraction=0.25, pool_fraction=0.5,
                           batch_size=100, progress=False)
     s.indices
     assert [c["fraction"] for c in spy.calls] == [pytest.approx(0.25 * 800 / 400)]
     assert spy.calls[0]["rank"] == 25  # round(fraction * batch_size): the rank of a pass over every sample
     spy.calls.clear()
-    GraftEpochSampler(TensorDataset(x, y), mlp(hidden=64, seed=22), fraction=0.25, pool_fraction=0.5,
+    EpochSampler(TensorDataset(x, y), mlp(hidden=64, seed=22), fraction=0.25, pool_fraction=0.5,
                       batch_size=100, progress=False, rank=40).indices
     assert spy.calls[0]["rank"] == 40  # the caller's rank wins
     spy.calls.clear()
-    GraftEpochSampler(TensorDataset(x, y), mlp(seed=22), fraction=0.25, batch_size=100, progress=False).indices
+    EpochSampler(TensorDataset(x, y), mlp(seed=22), fraction=0.25, batch_size=100, progress=False).indices
     assert spy.calls[0]["fraction"] == 0.25 and "rank" not in spy.calls[0]  # no pool: select as before
 
 
@@ -712,7 +720,7 @@ def test_exclude_learned_leaves_out_learned_samples():
     model = mlp(seed=23)
     kw = dict(fraction=0.3, batch_size=100, progress=False, refresh_every=1, exclude_learned=True,
               learned_window=3, learned_threshold=0.5, loss="cross_entropy")
-    s = GraftEpochSampler(ds, model, **kw)
+    s = EpochSampler(ds, model, **kw)
     assert not s.learned.any()
     easy = torch.arange(0, 200)
     for _ in range(3):
@@ -735,7 +743,7 @@ def test_exclude_learned_leaves_out_learned_samples():
     s.set_epoch(1)
     assert 5 in set(s.candidates.tolist())
     # off: record_losses is a no-op and nothing is excluded
-    off = GraftEpochSampler(ds, model, **dict(kw, exclude_learned=False))
+    off = EpochSampler(ds, model, **dict(kw, exclude_learned=False))
     off.record_losses(easy, torch.zeros(200))
     assert not off.learned.any()
     off.indices
@@ -763,7 +771,7 @@ def test_distributed_exclusion_holds_records_until_the_pass():
 
 def test_exclude_learned_with_everything_learned_falls_back_to_all():
     x, y = clusters(300, seed=24)
-    s = GraftEpochSampler(TensorDataset(x, y), mlp(seed=24), fraction=0.2, batch_size=100, progress=False,
+    s = EpochSampler(TensorDataset(x, y), mlp(seed=24), fraction=0.2, batch_size=100, progress=False,
                           exclude_learned=True, learned_window=1)
     s.record_losses(torch.arange(300), torch.zeros(300))
     assert s.learned.all()
@@ -776,7 +784,7 @@ def test_strata_labels_are_loss_quantiles(monkeypatch):
     x, y = clusters(n, seed=25, spread=2.0)
     model = mlp(seed=25)
     spy = SelectSpy(monkeypatch)
-    s = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, batches_per_call=4, strata=S,
+    s = EpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, batches_per_call=4, strata=S,
                           progress=False)
     sel = s.indices
     assert len(spy.calls) == 3  # calls of 4, 4 and 2 batches
@@ -806,28 +814,28 @@ def test_class_balance_forwards_the_batch_labels(monkeypatch):
     x, y = clusters(n, seed=26)
     model = mlp(seed=26)
     spy = SelectSpy(monkeypatch)
-    s = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, class_balance=True,
+    s = EpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, class_balance=True,
                           progress=False)
     s.indices
     (call,) = spy.calls
     assert np.array_equal(np.asarray(call["labels"]), y.reshape(6, 100).numpy())
     spy.calls.clear()
-    s = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, class_balance=True, strata=S,
+    s = EpochSampler(TensorDataset(x, y), model, fraction=0.3, batch_size=100, class_balance=True, strata=S,
                           progress=False)
     s.indices
     lab = np.asarray(spy.calls[0]["labels"]).reshape(-1)
     assert np.array_equal(lab // S, y.numpy()) and set(np.unique(lab % S)) == set(range(S))
     # a ragged last batch: labels as a list, one array per batch
     spy.calls.clear()
-    GraftEpochSampler(TensorDataset(x[:550], y[:550]), model, fraction=0.3, batch_size=100, class_balance=True,
+    EpochSampler(TensorDataset(x[:550], y[:550]), model, fraction=0.3, batch_size=100, class_balance=True,
                       progress=False).indices
     lab = spy.calls[0]["labels"]
     assert isinstance(lab, list) and [len(v) for v in lab] == [100] * 5 + [50]
     assert np.array_equal(np.concatenate(lab), y[:550].numpy())
     with pytest.raises(ValueError, match="'class_balance' parameter of GraftEpochSampler needs integer class labels"):
-        GraftEpochSampler(TensorDataset(x), model, loss=None, class_balance=True, progress=False).indices
+        EpochSampler(TensorDataset(x), model, loss=None, class_balance=True, progress=False).indices
     with pytest.raises(ValueError, match="'class_balance' parameter"):
-        GraftEpochSampler(TensorDataset(x, F.one_hot(y, 4).float()), model, class_balance=True,
+        EpochSampler(TensorDataset(x, F.one_hot(y, 4).float()), model, class_balance=True,
                           progress=False).indices
 
 
@@ -929,7 +937,7 @@ def test_run_method_passes_sampler_kwargs_and_counts_the_passes():
     assert r.extra["passes"] == 2  # epochs 1 and 2; epoch 0 is the warm start on all the data
     assert n + 2 * 100 <= r.samples_trained <= n + 2 * 140  # about 0.3 n = 120 per selected epoch
     assert 0 < r.selection_s < r.wall_s
-    plain = training.run_method("graft-grad", data, **kw)
+    plain = training.run_method("graft-emb", data, **kw)
     assert plain.extra["passes"] == 3
     with pytest.raises(ValueError, match="'sampler_kwargs'.*'full'"):
         training.run_method("full", data, sampler_kwargs=dict(pool_fraction=0.5), **kw)
@@ -949,6 +957,18 @@ def test_bench_ablation_quick_runs(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     md = (tmp_path / "ablation_digits_mlp.md").read_text()
     js = json.loads((tmp_path / "ablation_digits_mlp.json").read_text())
-    assert "graft-grad+cb+strata" in md and "random" in md
-    assert {r["variant"] for r in js["summary"]} >= {"graft", "graft+pool", "graft+excl", "graft+warm", "random"}
+    assert "grad+pool+cb" in md and "random" in md
+    assert {r["variant"] for r in js["summary"]} >= {"emb", "grad+pool (default)", "grad+excl", "grad+warm", "random"}
     assert all(0 <= r["selection_share"] < 1 for r in js["summary"])
+
+
+def test_epoch_sampler_defaults_are_the_measured_ones():
+    """features="gradients" and a candidate pool of twice the budget (none from fraction 0.5 on)."""
+    x, y = clusters(400, seed=3)
+    model = mlp(seed=3)
+    s = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.2, batch_size=50, progress=False)
+    assert s.pool_fraction == pytest.approx(0.4) and s._sketch.features == "gradients"
+    assert len(s.candidates) == 160 and set(s.indices.tolist()) <= set(s.candidates.tolist())
+    assert len(s.indices) == 80
+    big = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.5, batch_size=50, progress=False)
+    assert big.pool_fraction is None and len(big.indices) == 200
