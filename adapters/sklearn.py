@@ -114,7 +114,9 @@ class GraftSampler(BaseEstimator):
         ``max_size`` and ``solver`` apply to "graft" only (``min_size`` /
         ``max_size`` with a baseline raise ValueError).
     fraction : float in (0, 1], default=0.25
-        Target share of each batch (the centre of the size band).
+        The budget: ``round(fraction * n_samples)`` rows in all with
+        ``budget="call"`` (each class ``ceil(k n_c / n)`` with class balance);
+        also the centre of each batch's size band.
     rank : int or None, default=None
         Singular directions per batch; default ``round(fraction * batch)``.
     method : {"deim", "volume", "tournament"}, default="deim"

@@ -467,8 +467,9 @@ class GraftBatchSelector(_Sketcher):
     model : torch.nn.Module
         Any module; it is called as ``model(x)``.
     fraction : float in (0, 1], default=0.25
-        Target share of each batch (the gradient criterion picks the size in a
-        band around it; see :func:`graft_array.select`).
+        Share of each batch selected: one batch per call, so ``round(fraction *
+        n)`` rows (select's budget; the gradient criterion then shapes the
+        weights; see :func:`graft_array.select`).
     layer : None, str or nn.Module
         The layer whose input is the embedding and whose output is the logits;
         default: the model's last ``nn.Linear``.
@@ -716,9 +717,10 @@ class GraftEpochSampler(Sampler):
     dataset : map-style Dataset (``len`` and ``__getitem__``)
     model : torch.nn.Module
     fraction : float in (0, 1], default=0.25
-        Target share of the dataset: each pass selects about ``fraction * N``
-        samples (``round(fraction * n)`` of each selection batch of its candidates;
-        when the pass has M < N candidates, a pool or learned samples left out,
+        The budget: each pass selects ``round(fraction * N)`` samples with
+        GRAFT's default ``budget="call"`` (each select call its cumulative
+        share; the baseline strategies ``round(fraction * n)`` of each selection
+        batch of the candidates); when the pass has M < N candidates, a pool or learned samples left out,
         select's fraction is ``fraction * N / M``, capped at 1, and its rank stays
         ``round(fraction * batch_size)`` unless ``rank`` is passed).
     batch_size : int, default=128
