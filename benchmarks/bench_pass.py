@@ -16,7 +16,10 @@ one after another on the same data and model, each the best of ``--repeats``:
   with less and less of GRAFT switched on, so that each difference is one stage:
   the baseline ``strategy="random"`` (validation, output), features only
   (+ low rank + MaxVol), and with gradients (+ criterion + weights); once on the
-  embeddings (``graft``) and once on the gradients (``graft-grad``);
+  embeddings (``graft``) and once on the gradients (``graft-grad``), every
+  sample a candidate unless a row names its pool (these names are this
+  script's: the training benchmark's ``graft`` is the sampler's defaults,
+  gradients with a pool of twice the budget);
 * the whole pass (``sampler.refresh()``), and a training epoch on the full
   data (forward, backward, Adam step) for scale;
 * thread contention: the select calls again with Numba held to one thread.
@@ -129,11 +132,11 @@ def profile(model_kind, data, repeats):
               channels_last=any(isinstance(m, torch.nn.Conv2d) for m in net.modules()))
     rows = {}
     for features in ("embeddings", "gradients"):
-        sampler = GraftEpochSampler(dataset, net, features=features, **kw)
+        sampler = GraftEpochSampler(dataset, net, features=features, pool_fraction=None, **kw)
         sampler.refresh()  # warm-up: Numba's kernels for these shapes, torch's buffers
         rows[features] = best(sampler.refresh, repeats)
 
-    sampler = GraftEpochSampler(dataset, net, **kw)
+    sampler = GraftEpochSampler(dataset, net, features="embeddings", pool_fraction=None, **kw)
 
     def load():
         loader = DataLoader(dataset, batch_size=sampler._forward_rows(), shuffle=False, collate_fn=training._as_batch)
@@ -207,7 +210,7 @@ def levers(model_kind, data, repeats):
     net = training.make_model(model_kind, tuple(Xtr.shape[1:]), classes, seed=0)
     dataset = training._IndexedTensors(Xtr, ytr)
     kw = dict(fraction=FRACTION, batch_size=BATCH, seed=0, progress=False, collate_fn=training._as_batch, band=0.0)
-    emb = GraftEpochSampler(dataset, net, **kw)
+    emb = GraftEpochSampler(dataset, net, features="embeddings", pool_fraction=None, **kw)
     sk = emb._sketch
     conv = any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
 
@@ -238,7 +241,7 @@ def levers(model_kind, data, repeats):
 
     contention = {}
     for features in ("embeddings", "gradients"):
-        sampler = GraftEpochSampler(dataset, net, features=features, **kw)
+        sampler = GraftEpochSampler(dataset, net, features=features, pool_fraction=None, **kw)
         sampler.refresh()
         best_in = float("inf")
         gt.select = timed
@@ -268,7 +271,8 @@ def levers(model_kind, data, repeats):
     passes = {"epoch": epoch}
     for features in ("embeddings", "gradients"):
         # the former defaults: forwards of 1024 rows under torch.no_grad
-        sampler = GraftEpochSampler(dataset, net, features=features, forward_batch_size=BATCH * PER_FORWARD, **kw)
+        sampler = GraftEpochSampler(dataset, net, features=features, forward_batch_size=BATCH * PER_FORWARD,
+                                    pool_fraction=None, **kw)
         passes[(features, "before")] = sampler.refresh
         kw["channels_last"] = conv  # what graft_array.training passes for conv nets
         for pool in POOLS:
