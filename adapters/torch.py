@@ -56,7 +56,6 @@ random number generator: every random choice comes from the object's own
 """
 
 import contextlib
-import inspect
 import math
 
 import numpy as np
@@ -588,13 +587,6 @@ def _default_unpack(batch):
     )
 
 
-def _select_takes(name):
-    """Whether :func:`graft_array.select` has the keyword ``name`` (options that need a newer core)."""
-    from .. import _select
-
-    return name in inspect.signature(_select.select).parameters
-
-
 def _int_labels(values, n):
     """``values`` as an int64 CPU tensor (n,) of non-negative integers, or None when they are not that."""
     try:
@@ -909,12 +901,6 @@ class GraftEpochSampler(Sampler):
                 f"The 'strata' parameter of {func} bins the candidates by their per-sample loss, which needs "
                 f"loss='cross_entropy' or 'mse'; got loss={self._sketch.loss!r}."
             )
-        for nm, on in (("class_balance", self.class_balance), ("strata", self.strata is not None)):
-            if on and not _select_takes("labels"):
-                raise ValueError(
-                    f"The '{nm}' parameter of {func} passes per-row labels to graft_array.select, whose version "
-                    "here has no 'labels' argument; upgrade graft_array."
-                )
         self.progress = check_bool(progress, "progress", func)
         self.seed = check_int(seed, "seed", func, low=0)
         self.unpack, self.collate_fn = _loader_callables(unpack, collate_fn, func)

@@ -72,6 +72,20 @@ SCHEDULE = {"mlp": (10, 2), "cnn": (5, 2)}  # bench_training's epochs and refres
 POOLS = (None, 0.75, 0.5, 0.4, 0.3)
 
 
+
+def _training_epoch(net, opt, X, y):
+    """One training epoch on all of X (batches of BATCH, cross-entropy, ``opt``), as a function to time."""
+    import torch.nn.functional as tF
+
+    def epoch():
+        for a in range(0, len(X), BATCH):
+            loss = tF.cross_entropy(net(X[a:a + BATCH]), y[a:a + BATCH])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return epoch
+
 def best(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -118,7 +132,6 @@ def select_calls(parts, *, features, strategy="graft", grads=True):
 def profile(model_kind, data, repeats):
     import numba
     import torch
-    import torch.nn.functional as tF
     from torch.utils.data import DataLoader
 
     from graft_array.adapters.torch import GraftEpochSampler
@@ -165,12 +178,7 @@ def profile(model_kind, data, repeats):
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     state = {k: v.clone() for k, v in net.state_dict().items()}
 
-    def epoch():
-        for a in range(0, len(Xtr), BATCH):
-            loss = tF.cross_entropy(net(Xtr[a:a + BATCH]), ytr[a:a + BATCH])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    epoch = _training_epoch(net, opt, Xtr, ytr)
 
     t_epoch = best(epoch, max(1, repeats // 2))
     net.load_state_dict(state)  # nothing below uses it; keep the model as it was
@@ -200,7 +208,6 @@ def share(kind, p, e, fraction=FRACTION):
 
 def levers(model_kind, data, repeats):
     import torch
-    import torch.nn.functional as tF
 
     import graft_array.adapters.torch as gt
     from graft_array.adapters.torch import GraftEpochSampler, _channels_last
@@ -261,12 +268,7 @@ def levers(model_kind, data, repeats):
     state = {k: v.clone() for k, v in net.state_dict().items()}
     ostate = opt.state_dict()
 
-    def epoch():
-        for a in range(0, len(Xtr), BATCH):
-            loss = tF.cross_entropy(net(Xtr[a:a + BATCH]), ytr[a:a + BATCH])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    epoch = _training_epoch(net, opt, Xtr, ytr)
 
     passes = {"epoch": epoch}
     for features in ("embeddings", "gradients"):

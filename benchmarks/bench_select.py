@@ -31,7 +31,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 import warnings
 
 import numpy as np

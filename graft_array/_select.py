@@ -362,41 +362,22 @@ def select(
         return _select_labelled(features, grads, mask, labels, offsets, min_size, max_size, opts, seed, backend,
                                 return_info)
     if isinstance(features, (list, tuple)) or mask is not None:
-        batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
-        nb = len(batches)
-        if offsets is not None:  # a padded batch's indices reach its padded length
-            lengths = [int(like.shape[-2])] * nb if positions is not None else [int(F.shape[0]) for F in batches]
-            starts = [int(o) for o in _check_offsets(offsets, nb, lengths)]
-        maps = [s + (np.arange(int(F.shape[0]), dtype=np.int64) if positions is None else positions[b])
-                for b, (s, F) in enumerate(zip(starts, batches))]
+        batches, gparts, grads_kind, local, starts, like = _ragged_input(features, grads, mask, offsets)
+        maps = [s + loc for s, loc in zip(starts, local)]
         return _select_lists(batches, gparts, grads_kind, maps, starts, like, min_size, max_size, opts, seed,
                              backend, return_info)
 
-    xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
-    Fk = as_kernel_dtype(features, "features", _FUNC)  # features stays the caller's array (messages, output type)
-    batched = features.ndim == 3
-    nb = features.shape[0] if batched else 1
-    n = features.shape[-2]
+    F, grads_kind, grads, starts = _stacked_input(features, grads, offsets, opts)
+    nb, n = F.shape[0], F.shape[1]
     min_size = check_int(min_size, "min_size", _FUNC, low=1, allow_none=True)
     max_size = check_int(max_size, "max_size", _FUNC, low=1, allow_none=True)
-    # features=None with plain gradients: the features' max |entry| pass (_unit_features) checks the same array
-    # for NaN and infinity (and its result scales the criterion too), so no separate pass here
-    on_grads = features is grads and opts["strategy"] == "graft"
-    grads_kind, grads = _check_grads(grads, features, xp, nb, n, batched, finite=not on_grads)
-    if offsets is not None:
-        offsets = _check_offsets(offsets, nb, [n] * nb)
     name = resolve(features, backend, _FUNC)
-    F = Fk if batched else xp.expand_dims(Fk, axis=0)
-    starts = np.arange(nb, dtype=np.int64) * n if offsets is None else offsets
     res = _run_stack(F, grads, grads_kind, min_size, max_size, opts, seed, name, features, starts, opts["fraction"])
     res = res.finish(_budget_sizes([res], [np.zeros(nb, dtype=np.int64)], {0: _call_budget(opts, nb * n)}, opts)[0])
 
     cxp = array_namespace(res.pivots)
     dev = device_of(res.pivots)
-    if offsets is None:
-        base = cxp.arange(nb, dtype=cxp.int64, device=dev) * n
-    else:
-        base = cxp.asarray(offsets, dtype=cxp.int64, device=dev)
+    base = cxp.asarray(starts, dtype=cxp.int64, device=dev)
     keep = cxp.arange(res.hi, dtype=cxp.int64, device=dev)[None, :] < res.sizes[:, None]
     idx = (res.pivots + base[:, None])[keep]  # flat, batch after batch, no loop over batches
     wts = _call_weights(cxp, res.weights[keep], opts, nb * n)
@@ -482,51 +463,44 @@ def _budget_sizes(results, groups, budgets, opts):
     sizes = [np.asarray(_host_array(r.sizes), dtype=np.int64) for r in results]
     if opts["strategy"] != "graft" or opts["budget"] == "batch" or any(r.gnorm is None for r in results):
         return sizes
-    cands = []  # (gain, group, batch key, m, grow?) rows over every stack
+    flat = np.concatenate(sizes)  # every batch's size; batch key = its place here
+    cands = []  # per stack: (drops (B_s, hi), sqrt(gg), k, groups, first key, lo, hi)
     offset = 0
-    for s, (r, grp) in enumerate(zip(results, groups)):
+    for r, grp in zip(results, groups):
         rho = _host_array(r.residuals)[:, : r.hi]
         nb = rho.shape[0]
         prev = np.concatenate([np.ones((nb, 1)), rho[:, :-1]], axis=1)
         drop = np.nan_to_num(prev - rho, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
-        sqrt_gg, k = r.gnorm
-        cands.append((drop, sqrt_gg, k, grp, offset, r.lo, r.hi, sizes[s]))
+        cands.append((drop, *r.gnorm, grp, offset, r.lo, r.hi))
         offset += nb
-    out = [sz.copy() for sz in sizes]
+    out = flat.copy()
     for g, total in budgets.items():
         kmin = min((int(k[grp == g].min()) for _, _, k, grp, *_ in cands if np.any(grp == g)), default=0)
-        gains, keys, ms, grow_ok, shrink_ok, where = [], [], [], [], [], []
-        have = 0
-        for s, (drop, sqrt_gg, k, grp, off, lo, hi, crit) in enumerate(cands):
+        gains, keys, ms, grow_ok, shrink_ok = [], [], [], [], []
+        for drop, sqrt_gg, k, grp, off, lo, hi in cands:
             sel = np.flatnonzero(grp == g)
             if not sel.size:
                 continue
-            have += int(crit[sel].sum())
+            crit = flat[off + sel, None]
             norm = np.ldexp(np.nan_to_num(sqrt_gg[sel], nan=0.0), kmin - k[sel])  # exact powers of two
             gain = np.minimum.accumulate(norm[:, None] * drop[sel], axis=1)  # (b, m-1) for m = 1..hi
-            m = np.arange(1, hi + 1)[None, :]
+            m = np.broadcast_to(np.arange(1, hi + 1)[None, :], gain.shape)
             gains.append(gain.ravel())
             keys.append(np.repeat(off + sel, hi))
-            ms.append(np.broadcast_to(m, gain.shape).ravel())
-            grow_ok.append((m > crit[sel, None]).ravel())
-            shrink_ok.append(((m > lo) & (m <= crit[sel, None])).ravel())
-            where.append(np.stack([np.full(sel.size * hi, s), np.repeat(sel, hi)], axis=1))
+            ms.append(m.ravel())
+            grow_ok.append((m > crit).ravel())
+            shrink_ok.append(((m > lo) & (m <= crit)).ravel())
         if not gains:
             continue
-        gain, key, m, where = np.concatenate(gains), np.concatenate(keys), np.concatenate(ms), np.concatenate(where)
+        gain, key, m = np.concatenate(gains), np.concatenate(keys), np.concatenate(ms)
+        have = int(flat[np.unique(key)].sum())
         if have < total:
             ok = np.flatnonzero(np.concatenate(grow_ok))
-            pick = ok[np.lexsort((m[ok], key[ok], -gain[ok]))][: total - have]
-            step = 1
+            np.add.at(out, key[ok[np.lexsort((m[ok], key[ok], -gain[ok]))][: total - have]], 1)
         elif have > total:
             ok = np.flatnonzero(np.concatenate(shrink_ok))
-            pick = ok[np.lexsort((-m[ok], key[ok], gain[ok]))][: have - total]
-            step = -1
-        else:
-            continue
-        for s, b in where[pick]:
-            out[s][b] += step
-    return out
+            np.add.at(out, key[ok[np.lexsort((-m[ok], key[ok], gain[ok]))][: have - total]], -1)
+    return np.split(out, np.cumsum([len(sz) for sz in sizes])[:-1])
 
 
 def _host_array(a):
@@ -629,6 +603,42 @@ def _warn_gradient_rank(grads_kind, grads, hi):
         )
 
 
+def _stacked_input(features, grads, offsets, opts):
+    """A stacked call's checked inputs: (F (B, n, d) in a kernel dtype, grads_kind, grads parts (B, n, .), starts).
+
+    ``starts`` (NumPy int64 (B,)): each batch's dataset position, ``offsets`` or ``b * n``. ``features`` itself
+    stays the caller's array (messages, output type).
+    """
+    xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
+    Fk = as_kernel_dtype(features, "features", _FUNC)
+    batched = features.ndim == 3
+    nb = features.shape[0] if batched else 1
+    n = features.shape[-2]
+    # features=None with plain gradients: the features' max |entry| pass (_unit_features) checks the same array
+    # for NaN and infinity (and its result scales the criterion too), so no separate pass here
+    on_grads = features is grads and opts["strategy"] == "graft"
+    grads_kind, parts = _check_grads(grads, features, xp, nb, n, batched, finite=not on_grads)
+    starts = np.arange(nb, dtype=np.int64) * n if offsets is None else _check_offsets(offsets, nb, [n] * nb)
+    return (Fk if batched else xp.expand_dims(Fk, axis=0)), grads_kind, parts, starts
+
+
+def _ragged_input(features, grads, mask, offsets):
+    """A ragged call's checked inputs: (batches, grads parts, grads_kind, local rows, starts, like).
+
+    ``local[b]`` (NumPy int64 (n_b,)): the rows of batch b in the caller's layout (the mask's positions in a
+    padded batch, else 0..n_b-1); ``starts[b]``: its dataset position (``offsets``, else the default of
+    :func:`_split_ragged`).
+    """
+    batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
+    nb = len(batches)
+    if offsets is not None:  # a padded batch's indices reach its padded length
+        lengths = [int(like.shape[-2])] * nb if positions is not None else [int(F.shape[0]) for F in batches]
+        starts = [int(o) for o in _check_offsets(offsets, nb, lengths)]
+    local = [np.arange(int(F.shape[0]), dtype=np.int64) if positions is None else positions[b]
+             for b, F in enumerate(batches)]
+    return batches, gparts, grads_kind, local, starts, like
+
+
 def _select_lists(batches, gparts, grads_kind, maps, starts, like, min_size, max_size, opts, seed, backend,
                   return_info, *, fractions=None, groups=None, budgets=None, batch_labels=None):
     """Batches given one by one (a list, a padded stack with a mask, or class chunks); equal shapes go together.
@@ -703,26 +713,12 @@ def _select_lists(batches, gparts, grads_kind, maps, starts, like, min_size, max
 def _select_labelled(features, grads, mask, labels, offsets, min_size, max_size, opts, seed, backend, return_info):
     """Class-balanced selection: each class's rows of the call, cut into chunks, with its share of the budget."""
     if isinstance(features, (list, tuple)) or mask is not None:
-        batches, gparts, grads_kind, positions, starts, like = _split_ragged(features, grads, mask)
-        nb = len(batches)
-        if offsets is not None:
-            lengths = [int(like.shape[-2])] * nb if positions is not None else [int(F.shape[0]) for F in batches]
-            starts = [int(o) for o in _check_offsets(offsets, nb, lengths)]
-        local = [np.arange(int(F.shape[0]), dtype=np.int64) if positions is None else positions[b]
-                 for b, F in enumerate(batches)]
+        batches, gparts, grads_kind, local, starts, like = _ragged_input(features, grads, mask, offsets)
     else:
-        xp = check_array(features, "features", _FUNC, ndims=(2, 3), shape_doc="(n, d) or (batch, n, d)")
-        Fk = as_kernel_dtype(features, "features", _FUNC)
-        batched = features.ndim == 3
-        nb = features.shape[0] if batched else 1
-        n = features.shape[-2]
-        on_grads = features is grads and opts["strategy"] == "graft"
-        grads_kind, gp = _check_grads(grads, features, xp, nb, n, batched, finite=not on_grads)
-        F3 = Fk if batched else xp.expand_dims(Fk, axis=0)
+        F3, grads_kind, gp, starts = _stacked_input(features, grads, offsets, opts)
+        nb, n = F3.shape[0], F3.shape[1]
         batches = [F3[b, ...] for b in range(nb)]
         gparts = tuple([g[b, ...] for b in range(nb)] for g in gp)
-        starts = list(np.arange(nb, dtype=np.int64) * n) if offsets is None else [
-            int(o) for o in _check_offsets(offsets, nb, [n] * nb)]
         local = [np.arange(n, dtype=np.int64)] * nb
         like = features
     lab = _check_labels(labels, features, mask, batches, local)

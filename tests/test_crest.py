@@ -12,7 +12,6 @@ from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 
-import graft_array._common  # noqa: E402
 from graft_array.adapters import crest as crest_mod  # noqa: E402
 from graft_array.adapters.crest import (  # noqa: E402
     CrestSampler,
@@ -23,9 +22,6 @@ from graft_array.adapters.crest import (  # noqa: E402
 )
 from graft_array.adapters.torch import IndexedDataset  # noqa: E402
 from graft_array.testing import reference_crest_select, reference_quadratic_trigger  # noqa: E402
-
-needs_crest = pytest.mark.skipif("crest" not in graft_array._common.STRATEGIES,
-                                 reason="select(strategy='crest') is not in this version of graft_array")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -108,7 +104,6 @@ def test_reference_crest_select_small_cases():
     assert sorted(idx.tolist()) == list(range(6)) and np.allclose(w, 1.0)
 
 
-@needs_crest
 def test_select_crest_matches_reference():
     from graft_array import select
 
@@ -271,7 +266,6 @@ def test_round_selects_each_pool_like_the_reference(ref_select):
     assert math.isclose(float(r.weights.mean()), 1.0, rel_tol=1e-12)
 
 
-@needs_crest
 def test_round_with_the_real_select_matches_the_reference(monkeypatch):
     s, data, model, x, y = make_sampler(dtype=torch.float64)
     draw(s, 1)
@@ -554,7 +548,6 @@ def test_bad_objects():
 # --------------------------------------------------------------------------- end to end
 
 
-@needs_crest
 def test_training_loop_example_loss_falls():
     x, y = clusters(n=1200, spread=1.3)
     data = IndexedDataset(TensorDataset(x, y))

@@ -607,10 +607,6 @@ def test_features_gradients_select_on_the_last_layer_gradients():
 # strata, class balance, forward batches, channels-last
 
 
-needs_labels = pytest.mark.skipif("labels" not in __import__("inspect").signature(select).parameters,
-                                  reason="graft_array.select has no 'labels' argument yet")
-
-
 class SelectSpy:
     """Stands in for the adapter's ``select``: records every call's keyword arguments and runs the real one."""
 
@@ -778,7 +774,6 @@ def test_exclude_learned_with_everything_learned_falls_back_to_all():
     assert len(s.indices) > 0 and len(s.candidates) == 300
 
 
-@needs_labels
 def test_strata_labels_are_loss_quantiles(monkeypatch):
     n, S = 1000, 4
     x, y = clusters(n, seed=25, spread=2.0)
@@ -808,7 +803,6 @@ def test_strata_labels_are_loss_quantiles(monkeypatch):
     assert int(counts.min()) >= 0.15 * len(sel), counts
 
 
-@needs_labels
 def test_class_balance_forwards_the_batch_labels(monkeypatch):
     n, S = 600, 3
     x, y = clusters(n, seed=26)
@@ -839,7 +833,6 @@ def test_class_balance_forwards_the_batch_labels(monkeypatch):
                           progress=False).indices
 
 
-@needs_labels
 def test_options_together_are_deterministic_and_leave_global_rng():
     x, y = clusters(900, seed=27)
     ds = IndexedDataset(TensorDataset(x, y))
