@@ -307,6 +307,26 @@ def hutchinson_diagonal(loss, params, *, probes=1, generator=None):
     return d / probes
 
 
+class AdaHessian:
+    """AdaHessian's running diagonal: ``v <- beta v + (1 - beta) d^2``, ``h = sqrt(v / (1 - beta^t))``.
+
+    ``update(d)`` takes a new Hutchinson estimate ``d`` (flat) and returns ``h``;
+    a ``d`` of another shape (other trainable parameters) restarts the average.
+    """
+
+    def __init__(self, beta):
+        self.beta = beta
+        self.v, self.t = None, 0
+
+    def update(self, d):
+        restart = self.v is None or self.v.shape != d.shape
+        if restart:
+            self.v, self.t = torch.zeros_like(d), 0
+        self.v = self.beta * self.v + (1.0 - self.beta) * d * d
+        self.t += 1
+        return torch.sqrt(self.v / (1.0 - self.beta ** self.t)), restart
+
+
 def quadratic_approximation(L0, g, h, delta):
     """``L0 + delta.g + 0.5 delta.(h * delta)`` as a Python float (computed in float64)."""
     g, h, delta = (torch.as_tensor(v).detach().reshape(-1).to(torch.float64) for v in (g, h, delta))
@@ -488,8 +508,7 @@ class CrestSampler(Sampler):
         self._passes = 0
         self._weights = torch.ones(n, dtype=torch.float32)
         self._weights_by_device = {}
-        self._v = None  # AdaHessian's average of the squared estimates, over self._t rounds
-        self._t = 0
+        self._ada = AdaHessian(self.hessian_beta)  # the average of the squared estimates, over the rounds
         self._hnorm0 = None
         self._cur_interval = self.check_interval
         self._cur_pools = self.num_pools
@@ -732,13 +751,9 @@ class CrestSampler(Sampler):
         per = torch.cat(losses)
         L0 = float(per.double().mean())
         self._record(cat, per.cpu().numpy())
-        # AdaHessian's average of the squared estimates, bias-corrected
-        beta = self.hessian_beta
-        if self._v is None or self._v.shape != d.shape:  # the first round, or other trainable parameters now
-            self._v, self._t, self._hnorm0 = torch.zeros_like(d), 0, None
-        self._v = beta * self._v + (1.0 - beta) * d * d
-        self._t += 1
-        h = torch.sqrt(self._v / (1.0 - beta ** self._t))
+        h, restart = self._ada.update(d)  # AdaHessian's average of the squared estimates, bias-corrected
+        if restart:  # the first round, or other trainable parameters now
+            self._hnorm0 = None
         union, w = self._select(pools, torch.cat(residuals), number)
         theta0 = _flat(params, g.dtype)
         r = _Round()

@@ -20,6 +20,9 @@ GRAFT with the ``GraftEpochSampler`` options it sets (``sampler_kwargs``):
   the training loop records its losses);
 * ``+strata``: ``strata=4`` (loss-quartile budgets);
 * ``+warm``: ``warm_start_epochs=2`` (two full-data epochs first);
+* ``+every``: a pass every epoch (``refresh_every=1``) instead of every 2;
+  ``+trigger``: a check every epoch, a pass only when CREST's trigger fires
+  (``refresh_every=1, refresh_tau=0.1``, a 2048-sample probe);
 * ``random``: Random, for reference, and ``full``: all the data.
 
 Columns: test accuracy (mean +- std over seeds), its difference to Random at the
@@ -51,7 +54,7 @@ from bench_training import CONFIG  # noqa: E402  (the training benchmark's MLP c
 
 from graft_array import training  # noqa: E402
 
-STRATA, WARM = 4, 2
+STRATA, WARM, TAU = 4, 2, 0.1
 #: name -> (method, sampler_kwargs); the order is the table's
 VARIANTS = {
     "full": ("full", {}),
@@ -67,6 +70,8 @@ VARIANTS = {
     "grad+warm": ("graft", dict(pool_fraction=None, warm_start_epochs=WARM)),
     "grad+pool (default)": ("graft", {}),
     "grad+pool+cb": ("graft", dict(class_balance=True)),
+    "grad+pool+every": ("graft", dict(refresh_every=1)),
+    "grad+pool+trigger": ("graft", dict(refresh_every=1, refresh_tau=TAU)),
 }
 
 

@@ -349,17 +349,16 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
             kw["strategy"] = method
         if any(isinstance(m, torch.nn.Conv2d) for m in net.modules()):
             sampler_kwargs.setdefault("channels_last", True)  # bench_pass.py: the pass's forward ~1.2x faster
+        sampler_kwargs.setdefault("refresh_every", refresh_every)  # a variant may set its own
         sampler = GraftEpochSampler(_IndexedTensors(Xtr, ytr), net, fraction=fraction, batch_size=selection_batch,
-                                    refresh_every=refresh_every, seed=seed, progress=progress, collate_fn=_as_batch,
+                                    seed=seed, progress=progress, collate_fn=_as_batch,
                                     **sampler_kwargs, **kw)
         record = sampler.exclude_learned  # the loss history wants the training losses too
         for epoch in range(epochs):
             sampler.set_epoch(epoch)
             ts = time.perf_counter()
-            held = sampler._selected_for
-            order = sampler.indices  # runs the selection pass when this epoch needs one
+            order = sampler.indices  # runs the selection pass (or refresh_tau's check) when this epoch needs one
             sel_s += time.perf_counter() - ts
-            passes += sampler._selected_for is not None and sampler._selected_for != held
             order = order[torch.randperm(len(order), generator=gen)]
             for b in _batches(order, batch_size):
                 per = tF.cross_entropy(net(Xtr[b]), ytr[b], reduction="none")
@@ -375,6 +374,8 @@ def run_method(method, data, *, model="mlp", fraction=0.3, epochs=10, batch_size
     wall = time.perf_counter() - t0
     if method == "crest":
         sel_s, passes = crest_stats["select_seconds"] + crest_stats["check_seconds"], crest_stats["rounds"]
+    elif method in EPOCH_METHODS:
+        passes = sampler.stats["passes"]
     energy = tracker.stop_task()
     acc = _accuracy(net, Xte, yte)
     kwh, co2 = energy if energy is not None else (math.nan, math.nan)

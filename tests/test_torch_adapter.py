@@ -965,3 +965,102 @@ def test_epoch_sampler_defaults_are_the_measured_ones():
     assert len(s.indices) == 80
     big = GraftEpochSampler(TensorDataset(x, y), model, fraction=0.5, batch_size=50, progress=False)
     assert big.pool_fraction is None and len(big.indices) == 200
+
+
+# --------------------------------------------------------------------------- refresh_tau: CREST's trigger
+
+
+def _probe_reference(sampler, model, x, y):
+    """The probe's mean loss and its gradient, by hand (plain autograd on the probe's rows)."""
+    q = sampler._quad
+    xs = torch.cat([b[0] for b in q["batches"]])
+    ys = torch.cat([b[1] for b in q["batches"]])
+    params = [p for p in model.parameters()]
+    loss = F.cross_entropy(model(xs), ys)
+    g = torch.autograd.grad(loss, params)
+    return float(loss.detach()), torch.cat([t.reshape(-1) for t in g]), xs, ys
+
+
+def test_refresh_tau_fits_the_probe_model_and_skips_while_it_holds():
+    from graft_array.testing import reference_quadratic_trigger
+
+    x, y = clusters(1200, seed=31)
+    ds = TensorDataset(x, y)
+    model = mlp(seed=31)
+    kw = dict(fraction=0.2, batch_size=100, progress=False, seed=5, refresh_every=1, probe_size=300)
+    s = GraftEpochSampler(ds, model, refresh_tau=0.05, **kw)
+    first = s.indices.clone()
+    assert s.stats["passes"] == 1 and s.stats["checks"] == 0
+    # the fitted model is the probe's: L0 and g equal plain autograd on the probe's rows, h >= 0
+    L0, g, xs, ys = _probe_reference(s, model, x, y)
+    assert len(xs) == 300 and torch.bincount(ys, minlength=4).min() > 0  # class-stratified draw
+    rows = {tuple(r.tolist()) for r in x}
+    assert all(tuple(r.tolist()) in rows for r in xs)
+    q = s._quad
+    assert q["L0"] == pytest.approx(L0, rel=1e-5)
+    torch.testing.assert_close(q["g"], g, rtol=1e-4, atol=1e-6)
+    assert bool((q["h"] >= 0).all()) and q["h"].shape == g.shape
+    # an unchanged model: L_true == L_approx == L0, the check never fires, the subset serves on
+    s.set_epoch(1)
+    assert torch.equal(s.indices, first)
+    assert s.stats["passes"] == 1 and s.stats["checks"] == 1 and s.stats["skipped"] == 1
+    assert s.stats["last_check"]["L_true"] == pytest.approx(L0, rel=1e-5)
+    # move the model far: the check fires, the pass runs, the verdict is the reference's
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0).add_(0.5)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    L_true = full_loss(model, xs, ys)
+    want, approx = reference_quadratic_trigger(q["L0"], q["g"].numpy(), q["h"].numpy(),
+                                               (theta - q["theta0"]).numpy(), L_true, 0.05)
+    s.set_epoch(2)
+    s.indices
+    assert want and s.stats["last_check"]["fired"] and s.stats["passes"] == 2
+    assert s.stats["last_check"]["L_approx"] == pytest.approx(approx, rel=1e-6)
+    L1, g1, xs1, _ = _probe_reference(s, model, x, y)  # refitted at the new pass, on a fresh probe
+    assert s._quad["L0"] == pytest.approx(L1, rel=1e-5) and not torch.equal(xs1, xs)
+    torch.testing.assert_close(s._quad["g"], g1, rtol=1e-4, atol=1e-6)
+
+
+def test_refresh_tau_training_is_deterministic_saves_passes_and_leaves_rng():
+    x, y = clusters(1200, seed=32)
+    ds = IndexedDataset(TensorDataset(x, y))
+    before = rng_states()
+
+    def train(tau):
+        model = mlp(seed=32)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        s = GraftEpochSampler(ds, model, fraction=0.2, batch_size=100, progress=False, seed=2, refresh_every=1,
+                              refresh_tau=tau, probe_size=200)
+        seen = []
+        for epoch in range(5):
+            s.set_epoch(epoch)
+            seen.append(s.indices.clone())
+            for b in s.indices.split(32):
+                loss = (s.loss_weights(b) * F.cross_entropy(model(x[b]), y[b], reduction="none")).mean()
+                opt.zero_grad(), loss.backward(), opt.step()
+        return s, seen
+
+    a, sa = train(1e9)  # never fires: one pass
+    assert a.stats["passes"] == 1 and a.stats["skipped"] == 4
+    assert all(torch.equal(t, sa[0]) for t in sa)
+    b, sb = train(0.0)  # fires whenever the loss moved at all: a pass every epoch, as without the trigger
+    assert b.stats["passes"] == 5 and b.stats["skipped"] == 0
+    _, sc = train(0.0)
+    assert all(torch.equal(u, v) for u, v in zip(sb, sc))
+    assert_same_rng(before)
+
+
+def test_refresh_tau_bad_inputs_name_the_argument():
+    x, y = clusters(200, seed=33)
+    ds = TensorDataset(x, y)
+    with pytest.raises(ValueError, match=r"'refresh_tau' parameter of GraftEpochSampler"):
+        GraftEpochSampler(ds, mlp(), refresh_tau=-0.1)
+    with pytest.raises(TypeError, match=r"'refresh_tau' parameter of GraftEpochSampler must be a float"):
+        GraftEpochSampler(ds, mlp(), refresh_tau="0.1")
+    with pytest.raises(ValueError, match=r"'probe_size' parameter"):
+        GraftEpochSampler(ds, mlp(), refresh_tau=0.1, probe_size=0)
+    with pytest.raises(ValueError, match=r"'hessian_probes' parameter"):
+        GraftEpochSampler(ds, mlp(), refresh_tau=0.1, hessian_probes=0)
+    with pytest.raises(ValueError, match=r"'refresh_tau'.*loss='cross_entropy' or 'mse'"):
+        GraftEpochSampler(ds, mlp(), refresh_tau=0.1, loss=None, features="inputs")
