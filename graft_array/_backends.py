@@ -10,8 +10,9 @@ input                          ``auto``     what runs
 =============================  ===========  ==================================
 NumPy array                    numba        Numba kernels on the array itself
 torch CPU tensor               numba        DLPack view -> Numba -> torch
-CuPy array / torch CUDA        cuda         array-API code on the device (the
-                                            RawKernels are a later step)
+CuPy array / torch CUDA        cuda         CuPy RawKernels where written (the
+                                            batched DEIM), else array-API code
+                                            on the device
 any other array-API array      array_api    array-API code in its namespace
 =============================  ===========  ==================================
 """
@@ -34,6 +35,7 @@ BACKENDS = ("auto", "numba", "array_api", "cuda")
 KERNELS = {
     "maxvol": {
         "numba": "graft_array._numba.maxvol:run_maxvol",
+        "cuda": "graft_array._cuda.maxvol:run_maxvol",
         "array_api": "graft_array._agnostic.maxvol:run_maxvol",
     },
 }

@@ -4,17 +4,22 @@
   training comparison of :mod:`graft_array.demo`.
 * ``graft-array example [options]``: the selectors on synthetic data, no
   training (:mod:`graft_array.example`; needs no torch).
+* ``graft-array check-gpu [--compile-only] [--arch sm_90] [--emulate]``: the
+  CUDA kernels compiled by NVRTC (a line per kernel: registers, shared
+  memory), run through the CPU shim, or run on a GPU against the Numba path
+  (:mod:`graft_array._cuda.check`; needs the ``[gpu]`` extra).
 """
 
 import sys
 
-USAGE = """usage: graft-array [demo|example] [options]
+USAGE = """usage: graft-array [demo|example|check-gpu] [options]
        graft-array --version
 
   demo      train a small model with full data, GRAFT, Random, CRAIG and GradMatch; table + plot (default)
   example   maxvol and select on synthetic data, no training
+  check-gpu compile the CUDA kernels (--compile-only), emulate them on the CPU (--emulate), or check them on a GPU
 
-'graft-array demo --help' and 'graft-array example --help' list the options."""
+'graft-array demo --help', 'graft-array example --help' and 'graft-array check-gpu --help' list the options."""
 
 
 def main(argv=None):
@@ -31,6 +36,10 @@ def main(argv=None):
         from .example import main as example_main
 
         return example_main(argv[1:])
+    if argv and argv[0] == "check-gpu":
+        from ._cuda.check import main as check_main
+
+        return check_main(argv[1:])
     prog = "graft-array"  # the demo is the default command: its messages name what the user typed
     if argv and argv[0] == "demo":
         argv = argv[1:]

@@ -1,0 +1,143 @@
+"""GPU benchmark of the CUDA kernels (issue 12): throughput, against peers measured in the same run.
+
+    python benchmarks/bench_gpu.py                 # on a machine with a CUDA device and the [gpu] extra
+    python benchmarks/bench_gpu.py --quick         # smaller problems
+    python benchmarks/bench_gpu.py --out DIR       # also write gpu.md there
+
+Tables (each time the median of ``--repeats`` runs, CUDA events around the work):
+
+* the device's copy bandwidth (a device-to-device copy of 1 GiB, read + write);
+* batched DEIM on B batches of 128 x 32 (B = 1e4, 1e5, 1e6; float32 and
+  float64): batches/s, GB/s of V read, the share of the copy bandwidth, and
+  the ratio to ``torch.linalg.lu_factor`` on the same stack (batched getrf,
+  also partial pivoting) and to a CuPy loop of ``cupyx.scipy.linalg.lu_factor``
+  over batches (on the first 100 batches, scaled);
+* ``select`` end to end on the GPU against the Numba path on this machine's
+  CPU cores (the same problem, 64 batches of 128 rows per call).
+
+Tall DEIM and the tournament have no kernel yet: their rows say so. Without a
+device the script says so and exits 0. Nothing here asserts anything.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+try:
+    import graft_array
+except ImportError:  # running from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import graft_array
+
+
+def _time_gpu(fn, repeats):
+    import cupy
+
+    fn()  # compile / warm
+    cupy.cuda.Device().synchronize()
+    out = []
+    for _ in range(repeats):
+        a, b = cupy.cuda.Event(), cupy.cuda.Event()
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(cupy.cuda.get_elapsed_time(a, b) / 1000.0)
+    return float(np.median(out))
+
+
+def bandwidth(repeats):
+    import cupy
+
+    x = cupy.ones(2**28, dtype=cupy.float32)  # 1 GiB
+    y = cupy.empty_like(x)
+    t = _time_gpu(lambda: y.__setitem__(slice(None), x), repeats)
+    return 2 * x.nbytes / t / 1e9
+
+
+def deim_rows(sizes, repeats, bw):
+    import cupy
+    import torch
+
+    from graft_array._cuda import deim as cdeim
+
+    rows = []
+    for dt in (np.float32, np.float64):
+        for B in sizes:
+            V = cupy.random.default_rng(0).standard_normal((B, 128, 32), dtype=dt)
+            t = _time_gpu(lambda: cdeim.deim_batched(V, 32), repeats)
+            tv = torch.from_dlpack(V)
+            tt = _time_gpu(lambda: torch.linalg.lu_factor(tv), repeats)
+            from cupyx.scipy.linalg import lu_factor
+
+            m = min(B, 100)
+            tl = _time_gpu(lambda: [lu_factor(V[b]) for b in range(m)], max(1, repeats // 2)) * B / m
+            gbs = V.nbytes / t / 1e9
+            rows.append((np.dtype(dt).name, B, B / t, gbs, gbs / bw, tt / t, tl / t))
+    return rows
+
+
+def select_rows(repeats):
+    import cupy
+
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((64, 128, 64)).astype(np.float32)
+    G = rng.standard_normal((64, 128, 10)).astype(np.float32)
+    Fc, Gc = cupy.asarray(F), cupy.asarray(G)
+    graft_array.select(F, G, fraction=0.25, random_state=0)
+    cpu = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        graft_array.select(F, G, fraction=0.25, random_state=0)
+        cpu.append(time.perf_counter() - t0)
+    gpu = _time_gpu(lambda: graft_array.select(Fc, Gc, fraction=0.25, random_state=0), repeats)
+    return float(np.median(cpu)), gpu
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    try:
+        import cupy
+
+        ndev = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - no cupy, no driver
+        print(f"# no CUDA device ({type(e).__name__}: {e}); nothing to measure")
+        return 0
+    if ndev == 0:
+        print("# no CUDA device; nothing to measure")
+        return 0
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    lines = [f"# graft_array {graft_array.__version__} GPU benchmark, {time.strftime('%Y-%m-%d')}",
+             f"# device: {props['name'].decode()}, host: {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} logical CPUs"]
+    bw = bandwidth(args.repeats)
+    lines.append(f"# device copy bandwidth: {bw:.0f} GB/s (read + write)")
+    sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
+    lines += ["", "| dtype | batches of 128 x 32 | batches/s | GB/s | share of copy bandwidth | "
+              "vs torch.linalg.lu_factor | vs a CuPy lu_factor loop |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for dt, B, bps, gbs, share, vt, vl in deim_rows(sizes, args.repeats, bw):
+        lines.append(f"| {dt} | {B} | {bps:.3g} | {gbs:.1f} | {100 * share:.1f}% | {vt:.1f}x | {vl:.0f}x |")
+    lines += ["", "| tall DEIM / tournament at 1e7 x 64 | no kernel yet |"]
+    cpu, gpu = select_rows(args.repeats)
+    lines += ["", "| select, 64 batches of 128 x 64 (float32) | Numba on the CPU | GPU | GPU speed-up |",
+              "|---|---:|---:|---:|", f"| fraction 0.25 | {1000 * cpu:.1f} ms | {1000 * gpu:.1f} ms | "
+              f"{cpu / gpu:.1f}x |"]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu.md"), "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The CUDA sources: their kernel instances, NVRTC compilation, the CPU shim, the runtime module.
+
+Every kernel lives in a ``.cu`` file of this package (one per algorithm) and is
+exported under a C name per instance (dtype, template values), so that the same
+name serves NVRTC, ``cupy.RawModule`` and the CPU shim. Three ways to build:
+
+* :func:`compile_nvrtc`: NVRTC to a cubin for an architecture (``sm_80``,
+  ``sm_90``), no GPU needed (``cupy.cuda.nvrtc`` from the ``[gpu]`` extra). The
+  compile test and ``graft-array check-gpu --compile-only`` use it.
+* :func:`emulator`: the same sources compiled by the system C++ compiler (C++20)
+  with ``shim.h`` into a shared library called through ctypes (every block's
+  threads as ``std::thread``), for the tests and ``check-gpu --emulate``.
+* :func:`function`: a ``cupy.RawKernel`` of an instance on the current device.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: source file -> its kernel instances: (C name, argument C types for the shim's entry)
+_DEIM_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*", "int*")
+DEIM_RANKS = (8, 16, 32, 64)
+KERNELS = {
+    "deim.cu": [(f"deim_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _DEIM_ARGS))
+                for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS],
+}
+ARCHS = ("sm_80", "sm_90")
+
+
+def source(name):
+    """The text of a source file of this package (``deim.cu``, ``common.cuh``, ``shim.h``)."""
+    with open(os.path.join(HERE, name)) as fh:
+        return fh.read()
+
+
+def _inline_includes(text):
+    """``#include "x"`` of this package's headers replaced by their text (NVRTC sees one string)."""
+    def sub(m):
+        return _inline_includes(source(m.group(1)).replace("#pragma once", ""))
+    return re.sub(r'^#include "([^"]+)"\s*$', sub, text, flags=re.M)
+
+
+def full_source(name):
+    return _inline_includes(source(name))
+
+
+def nvrtc_options(arch="sm_90", *, fmad=True, verbose=True):
+    opts = [f"--gpu-architecture={arch}", "--std=c++17"]
+    if not fmad:
+        opts.append("--fmad=false")
+    if verbose:
+        opts.append("-Xptxas=-v")
+    return opts
+
+
+def compile_nvrtc(name, arch="sm_90", *, fmad=True):
+    """NVRTC-compile source ``name`` for ``arch``: ``(cubin bytes, compiler log)``.
+
+    Raises RuntimeError with the log when the source does not compile.
+    """
+    from cupy.cuda import nvrtc
+
+    prog = nvrtc.createProgram(full_source(name), name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, nvrtc_options(arch, fmad=fmad))
+        except nvrtc.NVRTCError as e:
+            raise RuntimeError(f"NVRTC could not compile {name} for {arch}:\n{nvrtc.getProgramLog(prog)}") from e
+        return nvrtc.getCUBIN(prog), nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def resources(log):
+    """``{kernel: dict(registers=, smem=, spill_stores=, spill_loads=)}`` from ptxas's verbose log."""
+    out, cur = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line)
+        if m:
+            cur = out.setdefault(m.group(1), dict(registers=None, smem=0, spill_stores=0, spill_loads=0))
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur["spill_stores"], cur["spill_loads"] = int(m.group(1)), int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            cur["registers"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            cur["smem"] = int(s.group(1)) if s else 0
+    return out
+
+
+# --------------------------------------------------------------------------- the CPU shim
+
+
+def _entry_source():
+    """One C++ translation unit: the shim, every .cu file, and an ``emulate_<kernel>`` launcher each."""
+    parts = ['#include "shim.h"']
+    for name, kernels in KERNELS.items():
+        parts.append(f'#include "{name}"')
+        for kname, args in kernels:
+            params = ", ".join(f"{a} a{i}" for i, a in enumerate(args))
+            names = ", ".join(f"a{i}" for i in range(len(args)))
+            parts.append(f'extern "C" void emulate_{kname}(unsigned grid, unsigned block, {params}) '
+                         f"{{ graft_shim::launch(grid, block, {kname}, {names}); }}")
+    return "\n".join(parts) + "\n"
+
+
+def compiler():
+    """The C++ compiler for the shim (``$CXX``, else g++ or clang++), or None."""
+    for cxx in (os.environ.get("CXX"), "g++", "clang++"):
+        if cxx and shutil.which(cxx):
+            return shutil.which(cxx)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def emulator():
+    """The shim library (ctypes.CDLL), built once per process in a temporary directory.
+
+    Raises RuntimeError when no C++20 compiler is found or the build fails.
+    """
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("the CUDA emulation needs a C++20 compiler (g++ >= 11 or clang++); none found "
+                           "(set CXX).")
+    src = _entry_source()
+    key = hashlib.sha256((src + "".join(source(n) for n in (*KERNELS, "common.cuh", "shim.h"))).encode())
+    out_dir = tempfile.mkdtemp(prefix="graft_array_shim_")
+    lib = os.path.join(out_dir, f"shim_{key.hexdigest()[:16]}.so")
+    cpp = os.path.join(out_dir, "entry.cpp")
+    with open(cpp, "w") as fh:
+        fh.write(src)
+    cmd = [cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-x", "c++", f"-I{HERE}",
+           cpp, "-o", lib]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"the CUDA shim did not build ({' '.join(cmd)}):\n{res.stderr}")
+    return ctypes.CDLL(lib)
+
+
+# --------------------------------------------------------------------------- the GPU
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name, fmad):
+    import cupy
+
+    return cupy.RawModule(code=full_source(name), options=tuple(o for o in nvrtc_options(verbose=False, fmad=fmad)
+                                                                if not o.startswith("--gpu-architecture")))
+
+
+def function(name, kernel, *, fmad=True):
+    """The ``cupy.RawKernel`` of instance ``kernel`` of source ``name`` (compiled once, cached by CuPy)."""
+    return _module(name, fmad).get_function(kernel)

@@ -1,0 +1,96 @@
+// Shared device helpers of graft_array's kernels: block reductions with a total order.
+//
+// Compiled by NVRTC for the GPU and, in the tests, by the system C++ compiler with
+// shim.h (each thread a std::thread, blocks one after another). Only what the shim
+// expresses is used: __syncthreads, __shfl_down_sync with the full mask, __shared__
+// arrays, threadIdx / blockIdx / blockDim, and plain C math (fabs, sqrt, frexp, ldexp).
+#pragma once
+
+#define GRAFT_FULL_MASK 0xffffffffu
+
+namespace graft {
+
+typedef long long i64;
+
+// The reductions' total order on (value, index) pairs: the larger value first,
+// then the lower index. Inactive entries carry value -1 (every live value is >= 0).
+template <typename V>
+__device__ __forceinline__ bool better(V va, int ia, V vb, int ib) {
+    return va > vb || (va == vb && ia < ib);
+}
+
+template <typename V>
+__device__ __forceinline__ void warp_argmax(V& v, int& i) {
+    for (int off = 16; off > 0; off >>= 1) {
+        V ov = __shfl_down_sync(GRAFT_FULL_MASK, v, off);
+        int oi = __shfl_down_sync(GRAFT_FULL_MASK, i, off);
+        if (better(ov, oi, v, i)) {
+            v = ov;
+            i = oi;
+        }
+    }
+}
+
+// The block's best (value, index) pair, returned to every thread. sv / si: shared
+// arrays of 33 entries (one per warp, and the result). blockDim.x is a multiple of 32.
+template <typename V>
+__device__ __forceinline__ int block_argmax(V v, int i, V* sv, int* si, V* best) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    warp_argmax(v, i);
+    if (lane == 0) {
+        sv[warp] = v;
+        si[warp] = i;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < nw ? sv[lane] : (V)-1;
+        i = lane < nw ? si[lane] : 0x7fffffff;
+        warp_argmax(v, i);
+        if (lane == 0) {
+            sv[32] = v;
+            si[32] = i;
+        }
+    }
+    __syncthreads();
+    *best = sv[32];
+    const int r = si[32];
+    __syncthreads();  // the slots are free again for the next reduction
+    return r;
+}
+
+__device__ __forceinline__ double warp_max(double v) {
+    for (int off = 16; off > 0; off >>= 1) {
+        const double o = __shfl_down_sync(GRAFT_FULL_MASK, v, off);
+        v = o > v ? o : v;
+    }
+    return v;
+}
+
+// max over the block of values >= 0, returned to every thread (sv: 33 shared entries).
+__device__ __forceinline__ double block_max(double v, double* sv) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) sv[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = warp_max(lane < nw ? sv[lane] : -1.0);
+        if (lane == 0) sv[32] = v;
+    }
+    __syncthreads();
+    const double r = sv[32];
+    __syncthreads();
+    return r;
+}
+
+// 2^k with m 2^k in [1/2, 1), k clamped to [-1022, 1023]; 1 for 0 or a non-finite m
+// (graft_array._numba.checks.unit_scale).
+__device__ __forceinline__ double unit_scale(double m) {
+    if (!(m > 0.0) || m - m != 0.0) return 1.0;
+    int e;
+    frexp(m, &e);
+    int k = -e;
+    k = k < -1022 ? -1022 : (k > 1023 ? 1023 : k);
+    return ldexp(1.0, k);
+}
+
+}  // namespace graft

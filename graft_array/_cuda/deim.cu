@@ -1,0 +1,135 @@
+// Batched DEIM (greedy LU row pivots, = LAPACK getrf's partial pivoting) on the GPU.
+//
+// One thread block per batch V_b (n x r, n <= 1024 rows, the first kk <= R columns),
+// one thread per row, the row's kk entries held in registers (R is a template
+// parameter, so the loops over columns unroll and index registers, never memory).
+// Rows are never swapped: a selected row just leaves the candidates, so the pivot
+// search's tie rule "lowest row index" is the contract of every graft_array kernel
+// (see graft_array.testing). Per step: a warp-shuffle argmax over (|value|, row)
+// with that total order, the pivot row through shared memory, one rank-1 update of
+// the remaining rows. The decisions are those of graft_array._numba.maxvol's
+// _deim_batched: the same tolerance max(n, r) eps max|V_b|, the same exact power-of-two
+// scaling of a batch whose max|V_b| leaves the elimination band, the same fill row
+// (the free row of largest Euclidean norm, in float64) for a step at or below the
+// tolerance, and a batch with a NaN or an infinity flagged (bad = 1) and skipped.
+#include "common.cuh"
+
+namespace graft {
+
+template <typename T> struct ElimBand;
+template <> struct ElimBand<float> {
+    static __device__ __forceinline__ double lo() { return 8.673617379884035e-19; }   // 2^-60
+    static __device__ __forceinline__ double hi() { return 1.152921504606847e+18; }   // 2^60
+};
+template <> struct ElimBand<double> {
+    static __device__ __forceinline__ double lo() { return 3.054936363499605e-151; }  // 2^-500
+    static __device__ __forceinline__ double hi() { return 3.273390607896142e+150; }  // 2^500
+};
+
+// graft_array._numba.maxvol._in_band: a float64 norm of r entries of largest |entry| amax needs no scaling.
+__device__ __forceinline__ bool norm_in_band(double amax, int r) {
+    return amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
+}
+
+template <typename T, int R>
+__device__ __forceinline__ void deim_batched(const T* __restrict__ V, int n, int r, int kk, double eps,
+                                             i64* __restrict__ piv, i64* __restrict__ rank_out,
+                                             int* __restrict__ bad_out) {
+    __shared__ double s_val[33];
+    __shared__ int s_idx[33];
+    __shared__ T s_row[R];
+    const int b = blockIdx.x;
+    const int i = threadIdx.x;
+    const bool live = i < n;
+    const T* Vb = V + (i64)b * n * r;
+
+    // max |V_b| and the NaN / infinity flag, in one coalesced pass over the batch
+    double amax = 0.0, nonfinite = 0.0;
+    for (i64 t = i; t < (i64)n * r; t += blockDim.x) {
+        const double x = (double)Vb[t];
+        if (x - x != 0.0) nonfinite = 1.0;
+        else if (fabs(x) > amax) amax = fabs(x);
+    }
+    const double vmax = block_max(amax, s_val);
+    if (block_max(nonfinite, s_val) > 0.0) {
+        for (int j = i; j < kk; j += blockDim.x) piv[(i64)b * kk + j] = j;
+        if (i == 0) {
+            rank_out[b] = 0;
+            bad_out[b] = 1;
+        }
+        return;
+    }
+    const double sc = ((vmax >= ElimBand<T>::lo() && vmax <= ElimBand<T>::hi()) || vmax == 0.0) ? 1.0
+                                                                                                : unit_scale(vmax);
+    const double tol = (double)(n > r ? n : r) * eps * (vmax * sc);
+    const double nsc = norm_in_band(vmax, r) ? 1.0 : unit_scale(vmax);
+
+    T row[R];
+    double nrm = -1.0;
+    if (live) {
+        const T* x = Vb + (i64)i * r;
+#pragma unroll
+        for (int c = 0; c < R; ++c) row[c] = c < kk ? (sc == 1.0 ? x[c] : (T)((double)x[c] * sc)) : (T)0;
+        double ss = 0.0;
+        for (int c = 0; c < r; ++c) {
+            const double v = (double)x[c] * nsc;
+            ss += v * v;
+        }
+        nrm = sqrt(ss);
+    }
+    bool cand = live;
+    int rank = 0;
+    for (int j = 0; j < kk; ++j) {
+        T a = (T)0;
+#pragma unroll
+        for (int c = 0; c < R; ++c)
+            if (c == j) a = row[c];
+        double best;
+        int p = block_argmax(cand ? fabs((double)a) : -1.0, i, s_val, s_idx, &best);
+        const bool ok = best > tol;  // the same on every thread
+        if (!ok) p = block_argmax(cand ? nrm : -1.0, i, s_val, s_idx, &best);  // the fill row
+        if (i == 0) piv[(i64)b * kk + j] = p;
+        if (i == p) {
+            cand = false;
+            if (ok) {
+#pragma unroll
+                for (int c = 0; c < R; ++c)
+                    if (c >= j) s_row[c] = row[c];
+            }
+        }
+        if (ok) {
+            ++rank;
+            __syncthreads();
+            if (cand) {
+                const T l = a / s_row[j];
+#pragma unroll
+                for (int c = 0; c < R; ++c)
+                    if (c > j && c < kk) row[c] = row[c] - l * s_row[c];
+            }
+            __syncthreads();  // s_row is written again at the next accepted step
+        }
+    }
+    if (i == 0) {
+        rank_out[b] = rank;
+        bad_out[b] = 0;
+    }
+}
+
+}  // namespace graft
+
+// One C-named entry per (dtype, R): NVRTC, cupy.RawModule and the CPU shim find them by name.
+#define GRAFT_DEIM_INSTANCE(T, SUF, R)                                                                     \
+    extern "C" __global__ void __launch_bounds__(1024)                                                      \
+        deim_batched_##SUF##_r##R(const T* V, int n, int r, int kk, double eps, long long* piv,             \
+                                  long long* rank, int* bad) {                                              \
+        graft::deim_batched<T, R>(V, n, r, kk, eps, piv, rank, bad);                                        \
+    }
+
+GRAFT_DEIM_INSTANCE(float, f32, 8)
+GRAFT_DEIM_INSTANCE(float, f32, 16)
+GRAFT_DEIM_INSTANCE(float, f32, 32)
+GRAFT_DEIM_INSTANCE(float, f32, 64)
+GRAFT_DEIM_INSTANCE(double, f64, 8)
+GRAFT_DEIM_INSTANCE(double, f64, 16)
+GRAFT_DEIM_INSTANCE(double, f64, 32)
+GRAFT_DEIM_INSTANCE(double, f64, 64)

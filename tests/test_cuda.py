@@ -1,0 +1,270 @@
+"""The CUDA kernels: NVRTC compilation, the CPU shim, the NumPy lockstep references, and (with a GPU) the device.
+
+No GPU on the CI machines: the sources are compiled by NVRTC for sm_80 and
+sm_90 (``[gpu]`` extra), executed on the CPU through ``shim.h`` (g++ >= 11),
+and their reduction order and tie rules are checked through the lockstep
+references; the ``gpu``-marked tests run only where a device is present.
+"""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from graft_array._cuda import build, lockstep
+from graft_array._cuda import deim as cdeim
+from graft_array._numba.maxvol import run_maxvol
+from graft_array.testing import lu_pivots, reference_deim
+
+
+def _numba(V, kk):
+    piv, rank, _, _ = run_maxvol(V, kk, method="deim")
+    return piv, rank
+
+
+def _bounded(fn, *args, timeout=120):
+    """``fn(*args)`` on a daemon thread: a deadlocked shim (a divergent shuffle or barrier) fails the test."""
+    box = {}
+
+    def run():
+        try:
+            box["out"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            box["err"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"the CPU shim did not finish within {timeout} s (a deadlock: divergent barrier or shuffle?)")
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def _nvrtc_available():
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+        return True
+    except Exception:  # noqa: BLE001 - no cupy, or no libnvrtc
+        return False
+
+
+needs_nvrtc = pytest.mark.skipif(not _nvrtc_available(), reason="needs cupy's NVRTC (the [gpu] extra)")
+needs_cxx = pytest.mark.skipif(build.compiler() is None, reason="needs a C++20 compiler for the CPU shim")
+
+
+def _gpu_available():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+# --------------------------------------------------------------------------- NVRTC
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", build.ARCHS)
+@pytest.mark.parametrize("src", sorted(build.KERNELS))
+def test_every_kernel_instance_compiles_to_a_cubin(src, arch):
+    cubin, log = build.compile_nvrtc(src, arch)
+    assert len(cubin) > 1000 and cubin[:4] == b"\x7fELF"
+    res = build.resources(log)
+    for name, _ in build.KERNELS[src]:
+        assert name in res, f"{name} missing from the {arch} cubin"
+        assert res[name]["registers"] is not None and 0 < res[name]["registers"] <= 255
+
+
+@needs_nvrtc
+def test_a_broken_source_fails_with_the_compiler_log(monkeypatch):
+    real = build.source
+    monkeypatch.setattr(build, "source", lambda name: real(name).replace("block_max(amax, s_val)", "block_max(amax)"))
+    with pytest.raises(RuntimeError, match=r"NVRTC could not compile deim.cu for sm_90:\n.*error"):
+        build.compile_nvrtc("deim.cu", "sm_90")
+
+
+def test_resources_parses_the_ptxas_log():
+    log = """ptxas info    : Compiling entry function 'k1' for 'sm_90'
+ptxas info    : Function properties for k1
+ptxas         .     0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 428 bytes smem
+ptxas info    : Compiling entry function 'k2' for 'sm_90'
+ptxas info    : Used 12 registers"""
+    assert build.resources(log) == {
+        "k1": dict(registers=40, smem=428, spill_stores=8, spill_loads=4),
+        "k2": dict(registers=12, smem=0, spill_stores=0, spill_loads=0),
+    }
+
+
+@needs_nvrtc
+def test_check_gpu_compile_only_prints_a_line_per_kernel():
+    out = subprocess.run([sys.executable, "-m", "graft_array", "check-gpu", "--compile-only", "--arch", "sm_90"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    names = [name for src in build.KERNELS for name, _ in build.KERNELS[src]]
+    assert len(lines) == len(names)
+    for name, line in zip(names, lines):
+        assert line.startswith(f"sm_90 deim.cu {name}: ") and "registers" in line and "B shared" in line
+
+
+# --------------------------------------------------------------------------- the CPU shim
+
+
+def _cases(rng, dt):
+    yield rng.standard_normal((2, 1, 1)).astype(dt), 1
+    yield rng.standard_normal((3, 31, 8)).astype(dt), 8
+    yield rng.standard_normal((2, 33, 9)).astype(dt), 9  # two warps, R = 16
+    yield rng.standard_normal((2, 257, 20)).astype(dt), 17  # nine warps, kk < r
+    yield rng.standard_normal((1, 80, 64)).astype(dt), 64  # R = 64
+
+
+@needs_cxx
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_shim_runs_the_kernel_and_matches_numba_and_lapack(dt, rng):
+    for V, kk in _cases(rng, dt):
+        piv, rank, bad = _bounded(cdeim.emulate_deim_batched, V, kk)
+        want_piv, want_rank = _numba(V, kk)
+        np.testing.assert_array_equal(piv, want_piv)
+        np.testing.assert_array_equal(rank, want_rank)
+        assert not bad.any()
+        for b in range(V.shape[0]):  # full-rank random data: LAPACK getrf's pivots
+            np.testing.assert_array_equal(piv[b], lu_pivots(V[b, :, :kk].astype(np.float64)))
+
+
+@needs_cxx
+def test_shim_ties_fill_rows_scaling_and_nonfinite_batches(rng):
+    V = rng.standard_normal((7, 40, 6))
+    V[0] = np.round(V[0])  # many exact ties: the lowest row index wins
+    V[1] = 0.0  # every step a fill row
+    V[2, :, 3:] = V[2, :, :3]  # rank 3: fill rows after three pivots
+    V[3] *= 1e300  # outside the elimination band: exact power-of-two scaling
+    V[4] *= 1e-300
+    V[5, 11, 2] = np.nan
+    V[6, 0, 0] = np.inf
+    piv, rank, bad = _bounded(cdeim.emulate_deim_batched, V, 6)
+    np.testing.assert_array_equal(bad, [0, 0, 0, 0, 0, 1, 1])
+    good = V[:5]
+    want_piv, want_rank = _numba(good, 6)
+    np.testing.assert_array_equal(piv[:5], want_piv)
+    np.testing.assert_array_equal(rank[:5], want_rank)
+    np.testing.assert_array_equal(rank[:5], [6, 0, 3, 6, 6])
+    for b in range(5):
+        np.testing.assert_array_equal(piv[b], reference_deim(good[b], 6)[0])
+    f32 = (V[:5] * 1e-290).astype(np.float32)  # float32 with subnormal-free, band-crossing values
+    np.testing.assert_array_equal(_bounded(cdeim.emulate_deim_batched, f32, 6)[0], _numba(f32, 6)[0])
+
+
+# --------------------------------------------------------------------------- the lockstep references
+
+
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=96), st.randoms(use_true_random=False))
+def test_lockstep_block_argmax_is_the_first_largest(values, r):
+    n = len(values)
+    block = max(32, -(-n // 32) * 32)
+    v = np.full(block, -1.0)
+    v[:n] = values
+    best, p = lockstep.block_argmax(v, np.arange(block))
+    assert best == max(values) and p == values.index(max(values))
+
+
+@given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 12), st.integers(0, 2**31),
+       st.sampled_from([np.float32, np.float64]))
+def test_lockstep_deim_equals_numba_and_the_reference(B, n, r, seed, dt):
+    rng = np.random.default_rng(seed)
+    V = rng.standard_normal((B, n, r)).astype(dt)
+    if n > 2:
+        V[0, n - 1] = V[0, 0]  # a duplicate row: a tie at the first step at least
+    kk = min(r, n)
+    piv, rank, bad = lockstep.deim_batched(V, kk)
+    want_piv, want_rank = _numba(V, kk)
+    np.testing.assert_array_equal(piv, want_piv)
+    np.testing.assert_array_equal(rank, want_rank)
+    assert not bad.any()
+    if dt is np.float64:
+        for b in range(B):
+            np.testing.assert_array_equal(piv[b], reference_deim(V[b], kk)[0])
+
+
+@needs_cxx
+def test_shim_equals_lockstep(rng):
+    V = rng.standard_normal((3, 45, 10)).astype(np.float32)
+    V[1, 20:] = V[1, :25]
+    got = _bounded(cdeim.emulate_deim_batched, V, 10)
+    want = lockstep.deim_batched(V, 10)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_instances_cover_every_supported_shape():
+    assert cdeim.instance(np.float32, 1) == "deim_batched_f32_r8"
+    assert cdeim.instance(np.float64, 9) == "deim_batched_f64_r16"
+    assert cdeim.instance(np.float32, 64) == "deim_batched_f32_r64"
+    assert cdeim.fits(1024, 64) and not cdeim.fits(1025, 8) and not cdeim.fits(100, 65)
+    names = {n for n, _ in build.KERNELS["deim.cu"]}
+    for dt in (np.float32, np.float64):
+        for kk in range(1, 65):
+            assert cdeim.instance(dt, kk) in names
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+
+gpu = pytest.mark.skipif(not _gpu_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_gpu_kernel_equals_numba(dt, rng):
+    import cupy
+
+    for V, kk in _cases(rng, dt):
+        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False)
+        want_piv, want_rank = _numba(V, kk)
+        np.testing.assert_array_equal(piv.get(), want_piv)
+        np.testing.assert_array_equal(rank.get(), want_rank)
+        assert not bad.get().any()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_select_and_maxvol_equal_the_numpy_path(rng):
+    import cupy
+
+    import graft_array as ga
+
+    V = rng.standard_normal((20, 128, 16)).astype(np.float32)
+    np.testing.assert_array_equal(ga.maxvol(cupy.asarray(V), 16).get(), ga.maxvol(V, 16))
+    F = rng.standard_normal((8, 128, 32)).astype(np.float32)
+    G = rng.standard_normal((8, 128, 10)).astype(np.float32)
+    a = ga.select(F, G, fraction=0.25, random_state=0)
+    b = ga.select(cupy.asarray(F), cupy.asarray(G), fraction=0.25, random_state=0)
+    np.testing.assert_array_equal(cupy.asnumpy(b), a)
+    torch = pytest.importorskip("torch")
+    t = torch.as_tensor(V, device="cuda")
+    out = ga.maxvol(t, 16)
+    assert out.device.type == "cuda"
+    np.testing.assert_array_equal(out.cpu().numpy(), ga.maxvol(V, 16))
+
+
+def test_bench_gpu_runs_or_says_there_is_no_device(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--repeats", "1", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr
+    if _gpu_available():
+        assert "batches/s" in (tmp_path / "gpu.md").read_text()
+    else:
+        assert "nothing to measure" in out.stdout and not (tmp_path / "gpu.md").exists()
