@@ -111,10 +111,10 @@ def test_check_gpu_compile_only_prints_a_line_per_kernel():
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    names = [name for src in build.KERNELS for name, _ in build.KERNELS[src]]
+    names = [(src, name) for src in build.KERNELS for name, _ in build.KERNELS[src]]
     assert len(lines) == len(names)
-    for name, line in zip(names, lines):
-        assert line.startswith(f"sm_90 deim.cu {name}: ") and "registers" in line and "B shared" in line
+    for (src, name), line in zip(names, lines):
+        assert line.startswith(f"sm_90 {src} {name}: ") and "registers" in line and "B shared" in line
 
 
 # --------------------------------------------------------------------------- the CPU shim
@@ -162,6 +162,47 @@ def test_shim_ties_fill_rows_scaling_and_nonfinite_batches(rng):
         np.testing.assert_array_equal(piv[b], reference_deim(good[b], 6)[0])
     f32 = (V[:5] * 1e-290).astype(np.float32)  # float32 with subnormal-free, band-crossing values
     np.testing.assert_array_equal(_bounded(cdeim.emulate_deim_batched, f32, 6)[0], _numba(f32, 6)[0])
+
+
+def _gram_problem(rng, B, kk, d, *, deficient=True):
+    G = rng.standard_normal((B, kk, d))
+    if deficient and kk > 2:
+        G[0, kk // 2] = 2.0 * G[0, 0]  # a dependent pivot: skipped
+    g = rng.standard_normal((B, d))
+    K = G @ G.transpose(0, 2, 1)
+    return K, np.einsum("bkd,bd->bk", G, g), np.einsum("bd,bd->b", g, g)
+
+
+@needs_cxx
+def test_shim_rho_curve_is_bitwise_the_numba_one(rng):
+    from graft_array._cuda import criterion as ccrit
+    from graft_array._numba.criterion import rho_curve
+
+    for B, kk, d in ((1, 1, 3), (3, 7, 5), (2, 32, 40), (2, 33, 20), (1, 64, 64)):
+        K, b, gg = _gram_problem(rng, B, kk, d)
+        if B > 1:
+            gg[1] = 0.0  # a zero gradient: rho = 0
+            K[1, 3, 3] = 0.0 if kk > 3 else K[1, 3 % kk, 3 % kk]
+        rho, skipped = _bounded(ccrit.emulate_rho_curve, K, b, gg)
+        want_rho, want_skipped = rho_curve(K, b, gg)
+        np.testing.assert_array_equal(rho, want_rho)  # the same operations in the same order: the same bits
+        np.testing.assert_array_equal(skipped, want_skipped)
+    assert ccrit.instance(1) == "rho_curve_k32" and ccrit.instance(33) == "rho_curve_k64"
+    assert ccrit.fits(64) and not ccrit.fits(65)
+
+
+@needs_cxx
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 30), st.integers(0, 2**31))
+def test_shim_rho_curve_property(B, kk, d, seed):
+    from graft_array._cuda import criterion as ccrit
+    from graft_array._numba.criterion import rho_curve
+
+    K, b, gg = _gram_problem(np.random.default_rng(seed), B, kk, d)
+    rho, skipped = _bounded(ccrit.emulate_rho_curve, K, b, gg)
+    want_rho, want_skipped = rho_curve(K, b, gg)
+    np.testing.assert_array_equal(rho, want_rho)
+    np.testing.assert_array_equal(skipped, want_skipped)
+    assert (np.diff(rho, axis=1) <= 1e-12).all()  # adding rows never grows the residual
 
 
 # --------------------------------------------------------------------------- the lockstep references
@@ -234,6 +275,21 @@ def test_gpu_kernel_equals_numba(dt, rng):
         np.testing.assert_array_equal(piv.get(), want_piv)
         np.testing.assert_array_equal(rank.get(), want_rank)
         assert not bad.get().any()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_rho_curve_equals_numba(rng):
+    import cupy
+
+    from graft_array._cuda import criterion as ccrit
+    from graft_array._numba.criterion import rho_curve
+
+    K, b, gg = _gram_problem(rng, 50, 40, 30)
+    rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg), fmad=False)
+    want_rho, want_skipped = rho_curve(K, b, gg)
+    np.testing.assert_array_equal(rho.get(), want_rho)
+    np.testing.assert_array_equal(skipped.get(), want_skipped)
 
 
 @pytest.mark.gpu

@@ -27,9 +27,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: source file -> its kernel instances: (C name, argument C types for the shim's entry)
 _DEIM_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*", "int*")
 DEIM_RANKS = (8, 16, 32, 64)
+RHO_SIZES = (32, 64)
+_RHO_ARGS = ("const double*", "const double*", "const double*", "int", "double", "double*", "unsigned char*")
 KERNELS = {
     "deim.cu": [(f"deim_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _DEIM_ARGS))
                 for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS],
+    "criterion.cu": [(f"rho_curve_k{K}", _RHO_ARGS) for K in RHO_SIZES],
 }
 ARCHS = ("sm_80", "sm_90")
 

@@ -25,9 +25,24 @@ def _cases(seed=0):
     return out
 
 
+def _gram_cases(seed=1):
+    """Gram systems of the criterion: full rank, a dependent pivot, a zero gradient (kk 1 to 64)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for kk, d in ((1, 4), (12, 30), (40, 20), (64, 64)):
+        G = rng.standard_normal((3, kk, d))
+        if kk > 2:
+            G[1, kk // 2] = 2.0 * G[1, 0]
+        g = rng.standard_normal((3, d))
+        g[2] = 0.0
+        K = G @ G.transpose(0, 2, 1)
+        out.append((f"{kk}x{kk} (rank <= {d})", K, np.einsum("bkd,bd->bk", G, g), np.einsum("bd,bd->b", g, g)))
+    return out
+
+
 def _compare(name, got, want):
     ok = np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-    print(f"{name:<34} {'same as the Numba path' if ok else 'DIFFERENT from the Numba path'}")
+    print(f"{name:<40} {'same as the Numba path' if ok else 'DIFFERENT from the Numba path'}")
     return ok
 
 
@@ -38,8 +53,10 @@ def main(argv=None, prog="graft-array check-gpu"):
                     "device's own with a GPU")
     ap.add_argument("--emulate", action="store_true", help="run the kernels through the CPU shim (g++ >= 11)")
     args = ap.parse_args(argv)
+    from .._numba.criterion import rho_curve
     from .._numba.maxvol import run_maxvol
     from . import build
+    from . import criterion as ccrit
     from . import deim as cdeim
 
     ok = True
@@ -47,6 +64,8 @@ def main(argv=None, prog="graft-array check-gpu"):
         for name, V, kk in _cases():
             ok &= _compare("deim_batched " + name, cdeim.emulate_deim_batched(V, kk)[:2],
                            run_maxvol(V, kk, method="deim")[:2])
+        for name, K, b, gg in _gram_cases():
+            ok &= _compare("rho_curve " + name, ccrit.emulate_rho_curve(K, b, gg), rho_curve(K, b, gg))
         return 0 if ok else 1
     gpu = False
     if not args.compile_only:
@@ -88,4 +107,7 @@ def main(argv=None, prog="graft-array check-gpu"):
         for name, V, kk in _cases():
             piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False)
             ok &= _compare("GPU deim_batched " + name, (piv.get(), rank.get()), run_maxvol(V, kk, method="deim")[:2])
+        for name, K, b, gg in _gram_cases():
+            rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg), fmad=False)
+            ok &= _compare("GPU rho_curve " + name, (rho.get(), skipped.get()), rho_curve(K, b, gg))
     return 0 if ok else 1

@@ -9,14 +9,7 @@ on the device until its kernel is written (issue 12).
 
 from .._agnostic import maxvol as _generic
 from . import deim as _deim
-
-
-def _as_cupy(V):
-    import cupy
-
-    if isinstance(V, cupy.ndarray):
-        return V
-    return cupy.from_dlpack(V)  # a CUDA torch tensor: zero-copy
+from .interop import as_cupy, like
 
 
 def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100, xp, device):
@@ -26,10 +19,6 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     if not (method == "deim" and not refine and k <= r and _deim.fits(n, kk)):
         return _generic.run_maxvol(V, k, method=method, tile_rows=tile_rows, refine=refine, tol=tol,
                                    max_iters=max_iters, xp=xp, device=device)
-    piv, rank, _ = _deim.deim_batched(_as_cupy(V), kk)
+    piv, rank, _ = _deim.deim_batched(as_cupy(V), kk)
     ranks = rank.get().tolist()  # one transfer for every batch (the caller warns on rank deficiency)
-    if not isinstance(V, type(piv)):  # a torch tensor in: a torch tensor out, on its device, zero-copy
-        import torch
-
-        piv = torch.from_dlpack(piv)
-    return piv, ranks, [True] * nb, [0] * nb
+    return like(piv, V), ranks, [True] * nb, [0] * nb  # a torch tensor in: a torch tensor out, zero-copy

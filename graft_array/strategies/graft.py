@@ -123,7 +123,12 @@ def run_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
         K, bv, gg = criterion.gram_plain(xp, grads[0], pivots, gmax)
     else:
         K, bv, gg = criterion.gram_last_layer(xp, grads[0], grads[1], pivots, gmax)
-    residuals, _ = criterion.rho_curve(xp, K, bv, gg)
+    if name == "cuda" and K.shape[1] <= _cuda_rho_max():  # the criterion kernel: one launch for every batch
+        from .._cuda.criterion import rho_curve_like
+
+        residuals, _ = rho_curve_like(K, bv, gg)
+    else:
+        residuals, _ = criterion.rho_curve(xp, K, bv, gg)
     sizes = _sizes(xp, residuals, lo, hi, opts["tol"])
 
     def fit(sizes):
@@ -136,6 +141,12 @@ def run_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
         return _scale_weights(xp, xp.stack(rows), sz, n)
 
     return pivots, sizes, residuals, (np.sqrt(_host(gg)), unit_exponents(gmax, np.float64)), fit
+
+
+def _cuda_rho_max():
+    from .._cuda.criterion import MAX_K
+
+    return MAX_K
 
 
 def _sizes(xp, residuals, lo, hi, tol):

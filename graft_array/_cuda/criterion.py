@@ -1,0 +1,57 @@
+"""Launcher of ``criterion.cu``'s rho curve: on CuPy arrays (the GPU), or on NumPy through the CPU shim."""
+
+import ctypes
+
+import numpy as np
+
+from .._agnostic.criterion import SPAN_TOL
+from . import build
+from .interop import as_cupy, like
+
+MAX_K = max(build.RHO_SIZES)
+_THREADS = 128
+
+
+def fits(kk):
+    return 1 <= kk <= MAX_K
+
+
+def instance(kk):
+    return f"rho_curve_k{next(k for k in build.RHO_SIZES if k >= kk)}"
+
+
+def rho_curve(K, b, gg, *, fmad=True):
+    """``(rho (B, kk) float64, skipped (B, kk) bool)`` of CuPy arrays K (B, kk, kk), b (B, kk), gg (B,), float64.
+
+    One launch for all batches, on CuPy's current stream; no host synchronisation.
+    """
+    import cupy
+
+    K, b, gg = (cupy.ascontiguousarray(a, dtype=cupy.float64) for a in (K, b, gg))
+    B, kk = b.shape
+    rho = cupy.empty((B, kk), dtype=cupy.float64)
+    skipped = cupy.empty((B, kk), dtype=cupy.uint8)
+    if B and kk:
+        fn = build.function("criterion.cu", instance(kk), fmad=fmad)
+        fn((B,), (_THREADS,), (K, b, gg, np.int32(kk), np.float64(SPAN_TOL * SPAN_TOL), rho, skipped))
+    return rho, skipped.astype(cupy.bool_)
+
+
+def emulate_rho_curve(K, b, gg):
+    """The same kernel on NumPy arrays, run by the CPU shim."""
+    K, b, gg = (np.ascontiguousarray(a, dtype=np.float64) for a in (K, b, gg))
+    B, kk = b.shape
+    rho = np.zeros((B, kk))
+    skipped = np.zeros((B, kk), dtype=np.uint8)
+    if B and kk:
+        fn = getattr(build.emulator(), "emulate_" + instance(kk))
+        P = ctypes.c_void_p
+        fn(ctypes.c_uint(B), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P), gg.ctypes.data_as(P),
+           ctypes.c_int(kk), ctypes.c_double(SPAN_TOL * SPAN_TOL), rho.ctypes.data_as(P), skipped.ctypes.data_as(P))
+    return rho, skipped.astype(bool)
+
+
+def rho_curve_like(K, b, gg):
+    """:func:`rho_curve` on the caller's device arrays (CuPy or CUDA torch), returned as the same kind."""
+    rho, skipped = rho_curve(as_cupy(K), as_cupy(b), as_cupy(gg))
+    return like(rho, K), like(skipped, K)
