@@ -205,6 +205,45 @@ def test_shim_rho_curve_property(B, kk, d, seed):
     assert (np.diff(rho, axis=1) <= 1e-12).all()  # adding rows never grows the residual
 
 
+@needs_cxx
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_shim_rect_extension_is_the_numba_one(dt, rng):
+    from graft_array._cuda import rect as crect
+    from graft_array._numba.rect import _rect_batched
+    from graft_array.testing import reference_rect
+
+    for n, r, k in ((12, 2, 5), (50, 5, 12), (100, 20, 60), (100, 64, 80), (300, 9, 40)):
+        V = rng.standard_normal((3, n, r)).astype(dt)
+        V[1] *= 1e200 if dt is np.float64 else 1e30  # outside the band: the scaled copy
+        V[2, :, r // 2:] = 0.0  # rank deficient: fill rows by norm
+        piv, rank, _, _ = run_maxvol(V, r, method="deim")
+        got = _bounded(crect.emulate_rect_extend, V, piv, rank, k)
+        np.testing.assert_array_equal(got, _rect_batched(V, piv, rank, k))
+        if dt is np.float64 and n <= 100:
+            np.testing.assert_array_equal(got[0], reference_rect(V[0], piv[0], k))  # the greedy determinant
+    assert crect.fits(1024, 64, 100) and not crect.fits(1025, 4, 8) and not crect.fits(100, 65, 80)
+    assert not crect.fits(10, 4, 4) and not crect.fits(10, 4, 11)
+
+
+@needs_cxx
+def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
+    """The cuda entry's plan (DEIM, then the extension) with the kernels run by the shim."""
+    from graft_array._cuda import deim as cdeim2
+    from graft_array._cuda import maxvol as cmaxvol
+    from graft_array._cuda import rect as crect
+
+    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
+    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
+    monkeypatch.setattr(cdeim2, "deim_batched", cdeim2.emulate_deim_batched)
+    monkeypatch.setattr(crect, "rect_extend", crect.emulate_rect_extend)
+    V = rng.standard_normal((4, 90, 12))
+    for k in (6, 12, 30):
+        piv, ranks, conv, iters = cmaxvol.run_maxvol(V, k, method="deim", xp=np, device="cpu")
+        want = run_maxvol(V, k, method="deim")
+        np.testing.assert_array_equal(piv, want[0])
+        assert ranks == want[1].tolist() and conv == [True] * 4 and iters == [0] * 4
+
+
 # --------------------------------------------------------------------------- the lockstep references
 
 
@@ -275,6 +314,20 @@ def test_gpu_kernel_equals_numba(dt, rng):
         np.testing.assert_array_equal(piv.get(), want_piv)
         np.testing.assert_array_equal(rank.get(), want_rank)
         assert not bad.get().any()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_rect_extension_equals_numba(rng):
+    import cupy
+
+    from graft_array._cuda import rect as crect
+    from graft_array._numba.rect import _rect_batched
+
+    V = rng.standard_normal((30, 128, 20))
+    piv, rank, _, _ = run_maxvol(V, 20, method="deim")
+    got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), 50, fmad=False)
+    np.testing.assert_array_equal(got.get(), _rect_batched(V, piv, rank, 50))
 
 
 @pytest.mark.gpu

@@ -55,9 +55,11 @@ def main(argv=None, prog="graft-array check-gpu"):
     args = ap.parse_args(argv)
     from .._numba.criterion import rho_curve
     from .._numba.maxvol import run_maxvol
+    from .._numba.rect import _rect_batched
     from . import build
     from . import criterion as ccrit
     from . import deim as cdeim
+    from . import rect as crect
 
     ok = True
     if args.emulate:
@@ -66,6 +68,13 @@ def main(argv=None, prog="graft-array check-gpu"):
                            run_maxvol(V, kk, method="deim")[:2])
         for name, K, b, gg in _gram_cases():
             ok &= _compare("rho_curve " + name, ccrit.emulate_rho_curve(K, b, gg), rho_curve(K, b, gg))
+        for name, V, kk in _cases():
+            n, r = V.shape[1:]
+            if crect.fits(n, r, min(n, 2 * r)):
+                piv, rank, _, _ = run_maxvol(V, r, method="deim")
+                k = min(n, 2 * r)
+                ok &= _compare(f"rect_extend {name} -> k={k}", (crect.emulate_rect_extend(V, piv, rank, k), rank),
+                               (_rect_batched(V, piv, rank, k), rank))
         return 0 if ok else 1
     gpu = False
     if not args.compile_only:
@@ -107,6 +116,13 @@ def main(argv=None, prog="graft-array check-gpu"):
         for name, V, kk in _cases():
             piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False)
             ok &= _compare("GPU deim_batched " + name, (piv.get(), rank.get()), run_maxvol(V, kk, method="deim")[:2])
+        for name, V, kk in _cases():
+            n, r = V.shape[1:]
+            if crect.fits(n, r, min(n, 2 * r)):
+                k = min(n, 2 * r)
+                piv, rank, _, _ = run_maxvol(V, r, method="deim")
+                got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), k, fmad=False)
+                ok &= _compare(f"GPU rect_extend {name} -> k={k}", (got.get(), rank), (_rect_batched(V, piv, rank, k), rank))
         for name, K, b, gg in _gram_cases():
             rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg), fmad=False)
             ok &= _compare("GPU rho_curve " + name, (rho.get(), skipped.get()), rho_curve(K, b, gg))

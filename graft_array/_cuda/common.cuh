@@ -13,7 +13,7 @@ namespace graft {
 typedef long long i64;
 
 // The reductions' total order on (value, index) pairs: the larger value first,
-// then the lower index. Inactive entries carry value -1 (every live value is >= 0).
+// then the lower index. Inactive entries carry a value below every live one.
 template <typename V>
 __device__ __forceinline__ bool better(V va, int ia, V vb, int ib) {
     return va > vb || (va == vb && ia < ib);
@@ -33,8 +33,9 @@ __device__ __forceinline__ void warp_argmax(V& v, int& i) {
 
 // The block's best (value, index) pair, returned to every thread. sv / si: shared
 // arrays of 33 entries (one per warp, and the result). blockDim.x is a multiple of 32.
+// ``none``: the value of an inactive entry, below every live one (default -1).
 template <typename V>
-__device__ __forceinline__ int block_argmax(V v, int i, V* sv, int* si, V* best) {
+__device__ __forceinline__ int block_argmax(V v, int i, V* sv, int* si, V* best, V none = (V)-1) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     warp_argmax(v, i);
     if (lane == 0) {
@@ -43,7 +44,7 @@ __device__ __forceinline__ int block_argmax(V v, int i, V* sv, int* si, V* best)
     }
     __syncthreads();
     if (warp == 0) {
-        v = lane < nw ? sv[lane] : (V)-1;
+        v = lane < nw ? sv[lane] : none;
         i = lane < nw ? si[lane] : 0x7fffffff;
         warp_argmax(v, i);
         if (lane == 0) {
@@ -80,6 +81,12 @@ __device__ __forceinline__ double block_max(double v, double* sv) {
     const double r = sv[32];
     __syncthreads();
     return r;
+}
+
+// -infinity without a header (NVRTC and the shim alike)
+__device__ __forceinline__ double neg_inf() {
+    const double huge = 1.0e300;
+    return -(huge * huge);
 }
 
 // 2^k with m 2^k in [1/2, 1), k clamped to [-1022, 1023]; 1 for 0 or a non-finite m
