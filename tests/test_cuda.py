@@ -244,6 +244,29 @@ def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
         assert ranks == want[1].tolist() and conv == [True] * 4 and iters == [0] * 4
 
 
+@needs_cxx
+@given(st.integers(1, 4), st.integers(1, 64), st.integers(1, 40), st.sampled_from([0.0, 1e-3, 0.5]),
+       st.integers(0, 2**31))
+def test_shim_nnls_weights_match_the_numba_fit(B, kk, d, reg, seed):
+    from graft_array._cuda import nnls as cnnls
+    from graft_array._numba.criterion import nnls_batched
+
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((B, kk, d))
+    G[0, : kk // 3] *= 1e-3  # uneven norms: some weights hit the bound
+    g = rng.standard_normal((B, d)) * 3.0
+    K = G @ G.transpose(0, 2, 1)
+    b = np.einsum("bkd,bd->bk", G, g)
+    sizes = rng.integers(1, kk + 1, B)
+    got = _bounded(cnnls.emulate_nnls_weights, K, b, sizes, 128.0, reg)
+    want = nnls_batched(K, b, sizes, 128.0, reg)
+    # the Numba kernel's dot products are reassociated (fast-math): the same active set and the same fit up
+    # to rounding, which the ill-conditioned systems (m > d, no ridge) amplify to ~1e-8 of the largest weight
+    np.testing.assert_array_equal(got > 0, want > 0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(want).max()))
+    assert (got >= 0).all() and (got[np.arange(kk)[None, :] >= sizes[:, None]] == 0).all()
+
+
 # --------------------------------------------------------------------------- the lockstep references
 
 
@@ -332,6 +355,23 @@ def test_gpu_rect_extension_equals_numba(rng):
 
 @pytest.mark.gpu
 @gpu
+def test_gpu_nnls_weights_match_numba(rng):
+    import cupy
+
+    from graft_array._cuda import nnls as cnnls
+    from graft_array._numba.criterion import nnls_batched
+
+    G = rng.standard_normal((40, 32, 20))
+    g = rng.standard_normal((40, 20))
+    K = G @ G.transpose(0, 2, 1)
+    b = np.einsum("bkd,bd->bk", G, g)
+    sizes = rng.integers(1, 33, 40)
+    got = cnnls.nnls_weights(cupy.asarray(K), cupy.asarray(b), cupy.asarray(sizes), 128.0, 0.0, fmad=False)
+    np.testing.assert_allclose(got.get(), nnls_batched(K, b, sizes, 128.0, 0.0), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.gpu
+@gpu
 def test_gpu_rho_curve_equals_numba(rng):
     import cupy
 
@@ -377,3 +417,42 @@ def test_bench_gpu_runs_or_says_there_is_no_device(tmp_path):
         assert "batches/s" in (tmp_path / "gpu.md").read_text()
     else:
         assert "nothing to measure" in out.stdout and not (tmp_path / "gpu.md").exists()
+
+
+@needs_cxx
+def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
+    """``select``'s cuda plan (DEIM, extension, criterion and weights kernels around the generic low rank
+    and Grams) on NumPy arrays with every kernel run by the shim: the NumPy path's rows, sizes and weights."""
+    import graft_array as ga
+    import graft_array._select as sel
+    from graft_array._cuda import criterion as ccrit
+    from graft_array._cuda import deim as cd
+    from graft_array._cuda import maxvol as cmaxvol
+    from graft_array._cuda import nnls as cnnls
+    from graft_array._cuda import rect as crect
+
+    F = rng.standard_normal((6, 100, 24))
+    G = ga.LastLayerGrads(rng.standard_normal((6, 100, 5)), rng.standard_normal((6, 100, 16)))
+    want = ga.select(F, G, fraction=0.3, budget="batch", random_state=0, return_info=True)
+    real = sel.resolve
+    monkeypatch.setattr(sel, "resolve", lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
+    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
+    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
+    calls = []
+
+    def record(name, fn):
+        def run(*args):
+            calls.append(name)
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(cd, "deim_batched", record("deim", cd.emulate_deim_batched))
+    monkeypatch.setattr(crect, "rect_extend", record("rect", crect.emulate_rect_extend))
+    monkeypatch.setattr(ccrit, "rho_curve_like", record("rho", ccrit.emulate_rho_curve))
+    monkeypatch.setattr(cnnls, "nnls_weights_like", record("nnls", cnnls.emulate_nnls_weights))
+    got = _bounded(lambda: ga.select(F, G, fraction=0.3, budget="batch", random_state=0, return_info=True,
+                                     backend="cuda"), timeout=300)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.sizes, want.sizes)
+    np.testing.assert_allclose(got.weights, want.weights, rtol=1e-6)
+    assert sorted(set(calls)) == ["deim", "nnls", "rect", "rho"], calls  # every kernel of the plan ran

@@ -40,6 +40,14 @@ def _gram_cases(seed=1):
     return out
 
 
+def _compare_close(name, got, want):
+    """The weights: the same active set, values to 1e-6 of the largest (the Numba fit reassociates its dots)."""
+    ok = np.array_equal(got > 0, want > 0) and np.allclose(got, want, rtol=1e-6,
+                                                            atol=1e-6 * max(1.0, float(np.abs(want).max())))
+    print(f"{name:<40} {'same as the Numba path (to 1e-6)' if ok else 'DIFFERENT from the Numba path'}")
+    return ok
+
+
 def _compare(name, got, want):
     ok = np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     print(f"{name:<40} {'same as the Numba path' if ok else 'DIFFERENT from the Numba path'}")
@@ -53,12 +61,13 @@ def main(argv=None, prog="graft-array check-gpu"):
                     "device's own with a GPU")
     ap.add_argument("--emulate", action="store_true", help="run the kernels through the CPU shim (g++ >= 11)")
     args = ap.parse_args(argv)
-    from .._numba.criterion import rho_curve
+    from .._numba.criterion import nnls_batched, rho_curve
     from .._numba.maxvol import run_maxvol
     from .._numba.rect import _rect_batched
     from . import build
     from . import criterion as ccrit
     from . import deim as cdeim
+    from . import nnls as cnnls
     from . import rect as crect
 
     ok = True
@@ -68,6 +77,10 @@ def main(argv=None, prog="graft-array check-gpu"):
                            run_maxvol(V, kk, method="deim")[:2])
         for name, K, b, gg in _gram_cases():
             ok &= _compare("rho_curve " + name, ccrit.emulate_rho_curve(K, b, gg), rho_curve(K, b, gg))
+        for name, K, b, gg in _gram_cases():
+            sizes = np.maximum(1, np.arange(K.shape[0]) % (K.shape[1] + 1))
+            got, want = cnnls.emulate_nnls_weights(K, b, sizes, 128.0, 0.0), nnls_batched(K, b, sizes, 128.0, 0.0)
+            ok &= _compare_close("nnls_weights " + name, got, want)
         for name, V, kk in _cases():
             n, r = V.shape[1:]
             if crect.fits(n, r, min(n, 2 * r)):
@@ -124,6 +137,9 @@ def main(argv=None, prog="graft-array check-gpu"):
                 got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), k, fmad=False)
                 ok &= _compare(f"GPU rect_extend {name} -> k={k}", (got.get(), rank), (_rect_batched(V, piv, rank, k), rank))
         for name, K, b, gg in _gram_cases():
+            sizes = np.maximum(1, np.arange(K.shape[0]) % (K.shape[1] + 1))
+            got = cnnls.nnls_weights(cupy.asarray(K), cupy.asarray(b), cupy.asarray(sizes), 128.0, 0.0, fmad=False)
+            ok &= _compare_close("GPU nnls_weights " + name, got.get(), nnls_batched(K, b, sizes, 128.0, 0.0))
             rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg), fmad=False)
             ok &= _compare("GPU rho_curve " + name, (rho.get(), skipped.get()), rho_curve(K, b, gg))
     return 0 if ok else 1

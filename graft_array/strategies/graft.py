@@ -132,18 +132,23 @@ def run_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
     sizes = _sizes(xp, residuals, lo, hi, opts["tol"])
 
     def fit(sizes):
+        sz = xp.asarray(np.asarray(sizes, dtype=np.int64), device=dev)
+        if name == "cuda" and K.shape[1] <= _cuda_rho_max():  # the weights kernel: one launch for every batch
+            from .._cuda.nnls import nnls_weights_like
+
+            return _scale_weights(xp, nnls_weights_like(K, bv, sz, n, opts["weight_reg"]), sz, n)
         rows = []
         for b in range(nb):  # Lawson-Hanson is sequential per batch; the generic twin loops
             m = int(sizes[b])
             w = criterion.nnls_gram(xp, *criterion.weight_system(xp, K[b, :m, :m], bv[b, :m], n, opts["weight_reg"]))
             rows.append(xp.concat([w, xp.zeros((hi - m,), dtype=xp.float64, device=dev)]))
-        sz = xp.asarray(np.asarray(sizes, dtype=np.int64), device=dev)
         return _scale_weights(xp, xp.stack(rows), sz, n)
 
     return pivots, sizes, residuals, (np.sqrt(_host(gg)), unit_exponents(gmax, np.float64)), fit
 
 
 def _cuda_rho_max():
+    """The largest selection (rows per batch) the criterion and weight kernels take."""
     from .._cuda.criterion import MAX_K
 
     return MAX_K

@@ -1,0 +1,57 @@
+"""Launcher of ``nnls.cu``'s weights: on CuPy arrays (the GPU), or on NumPy through the CPU shim."""
+
+import ctypes
+
+import numpy as np
+
+from . import build
+from .interop import as_cupy, like
+
+MAX_K = max(build.RHO_SIZES)
+_THREADS = 64
+
+
+def fits(kk):
+    return 1 <= kk <= MAX_K
+
+
+def instance(kk):
+    return f"nnls_weights_k{next(k for k in build.RHO_SIZES if k >= kk)}"
+
+
+def nnls_weights(K, b, sizes, n, reg, *, fmad=True):
+    """Weights (B, kk) float64 of each batch's first ``sizes[b]`` pivots, zero beyond, on the device (CuPy).
+
+    The fit of :func:`graft_array._numba.criterion.nnls_batched`: K (B, kk, kk),
+    b (B, kk) float64, sizes (B,) int64. One launch, on CuPy's current stream.
+    """
+    import cupy
+
+    K, b = (cupy.ascontiguousarray(a, dtype=cupy.float64) for a in (K, b))
+    sizes = cupy.ascontiguousarray(sizes, dtype=cupy.int64)
+    B, kk = b.shape
+    out = cupy.zeros((B, kk), dtype=cupy.float64)
+    if B and kk:
+        fn = build.function("nnls.cu", instance(kk), fmad=fmad)
+        fn((B,), (_THREADS,), (K, b, sizes, np.int32(kk), np.float64(n), np.float64(reg), out))
+    return out
+
+
+def nnls_weights_like(K, b, sizes, n, reg):
+    """:func:`nnls_weights` on the caller's device arrays (CuPy or CUDA torch), returned as the same kind."""
+    return like(nnls_weights(as_cupy(K), as_cupy(b), as_cupy(sizes), n, reg), K)
+
+
+def emulate_nnls_weights(K, b, sizes, n, reg):
+    """The same kernel on NumPy arrays, run by the CPU shim."""
+    K, b = (np.ascontiguousarray(a, dtype=np.float64) for a in (K, b))
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    B, kk = b.shape
+    out = np.zeros((B, kk))
+    if B and kk:
+        fn = getattr(build.emulator(), "emulate_" + instance(kk))
+        P = ctypes.c_void_p
+        fn(ctypes.c_uint(B), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P),
+           sizes.ctypes.data_as(P), ctypes.c_int(kk), ctypes.c_double(float(n)), ctypes.c_double(float(reg)),
+           out.ctypes.data_as(P))
+    return out
