@@ -226,6 +226,39 @@ def test_shim_rect_extension_is_the_numba_one(dt, rng):
 
 
 @needs_cxx
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_shim_volume_is_the_numba_one_and_lapack_qrcp(dt, rng):
+    from graft_array._cuda import volume as cvol
+    from graft_array.testing import qrcp_pivots
+
+    for n, r, kk in ((1, 1, 1), (50, 5, 5), (130, 20, 12), (300, 64, 64), (1000, 16, 16)):
+        V = rng.standard_normal((3, n, r)).astype(dt)
+        if n > 1:
+            V[1] *= 1e200 if dt is np.float64 else 1e30  # outside the band: the scaled copy
+            V[2, :, r // 2:] = 0.0  # rank deficient: fill rows by norm
+        piv, rank = _bounded(cvol.emulate_volume_batched, V, kk)
+        want_piv, want_rank, _, _ = run_maxvol(V, kk, method="volume")
+        np.testing.assert_array_equal(piv, want_piv)
+        np.testing.assert_array_equal(rank, want_rank)
+        np.testing.assert_array_equal(piv[0], qrcp_pivots(V[0].astype(np.float64), kk))  # scipy's geqp3
+    assert cvol.fits(1024, 64) and not cvol.fits(1025, 4) and not cvol.fits(100, 65)
+
+
+@needs_cxx
+def test_shim_volume_recomputes_where_geqp3_does(rng):
+    """Nearly dependent rows: the downdated norms fall below sqrt(eps) of their start and are recomputed."""
+    from graft_array._cuda import volume as cvol
+
+    base = rng.standard_normal((1, 60, 6))
+    V = base + 1e-9 * rng.standard_normal((1, 60, 6))
+    V[0, 30:] = V[0, :30] + 1e-10 * rng.standard_normal((30, 6))
+    piv, rank = _bounded(cvol.emulate_volume_batched, V, 6)
+    want_piv, want_rank, _, _ = run_maxvol(V, 6, method="volume")
+    np.testing.assert_array_equal(piv, want_piv)
+    np.testing.assert_array_equal(rank, want_rank)
+
+
+@needs_cxx
 def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     """The cuda entry's plan (DEIM, then the extension) with the kernels run by the shim."""
     from graft_array._cuda import deim as cdeim2
@@ -236,12 +269,16 @@ def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
     monkeypatch.setattr(cdeim2, "deim_batched", cdeim2.emulate_deim_batched)
     monkeypatch.setattr(crect, "rect_extend", crect.emulate_rect_extend)
+    from graft_array._cuda import volume as cvol
+
+    monkeypatch.setattr(cvol, "volume_batched", cvol.emulate_volume_batched)
     V = rng.standard_normal((4, 90, 12))
-    for k in (6, 12, 30):
-        piv, ranks, conv, iters = cmaxvol.run_maxvol(V, k, method="deim", xp=np, device="cpu")
-        want = run_maxvol(V, k, method="deim")
-        np.testing.assert_array_equal(piv, want[0])
-        assert ranks == want[1].tolist() and conv == [True] * 4 and iters == [0] * 4
+    for method in ("deim", "volume"):
+        for k in (6, 12, 30):
+            piv, ranks, conv, iters = cmaxvol.run_maxvol(V, k, method=method, xp=np, device="cpu")
+            want = run_maxvol(V, k, method=method)
+            np.testing.assert_array_equal(piv, want[0])
+            assert ranks == want[1].tolist() and conv == [True] * 4 and iters == [0] * 4
 
 
 @needs_cxx
@@ -337,6 +374,21 @@ def test_gpu_kernel_equals_numba(dt, rng):
         np.testing.assert_array_equal(piv.get(), want_piv)
         np.testing.assert_array_equal(rank.get(), want_rank)
         assert not bad.get().any()
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_gpu_volume_equals_numba(dt, rng):
+    import cupy
+
+    from graft_array._cuda import volume as cvol
+
+    V = rng.standard_normal((30, 256, 32)).astype(dt)
+    piv, rank = cvol.volume_batched(cupy.asarray(V), 32, fmad=False)
+    want_piv, want_rank, _, _ = run_maxvol(V, 32, method="volume")
+    np.testing.assert_array_equal(piv.get(), want_piv)
+    np.testing.assert_array_equal(rank.get(), want_rank)
 
 
 @pytest.mark.gpu

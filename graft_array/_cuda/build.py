@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 _DEIM_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*", "int*")
 DEIM_RANKS = (8, 16, 32, 64)
 RHO_SIZES = (32, 64)
-RECT_RANKS = (16, 64)
+RECT_RANKS = (16, 64)  # also greedy volume's
+_VOLUME_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*")
 _NNLS_ARGS = ("const double*", "const double*", "const long long*", "int", "double", "double", "double*")
 _RECT_ARGS = ("const {T}*", "const long long*", "const long long*", "int", "int", "int", "long long*", "double*")
 _RHO_ARGS = ("const double*", "const double*", "const double*", "int", "double", "double*", "unsigned char*")
@@ -37,6 +38,8 @@ KERNELS = {
                 for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS],
     "criterion.cu": [(f"rho_curve_k{K}", _RHO_ARGS) for K in RHO_SIZES],
     "nnls.cu": [(f"nnls_weights_k{K}", _NNLS_ARGS) for K in RHO_SIZES],
+    "volume.cu": [(f"volume_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _VOLUME_ARGS))
+                  for suf, T in (("f32", "float"), ("f64", "double")) for R in RECT_RANKS],
     "rect.cu": [(f"rect_extend_{suf}_r{R}", tuple(a.format(T=T) for a in _RECT_ARGS))
                 for suf, T in (("f32", "float"), ("f64", "double")) for R in RECT_RANKS],
 }

@@ -69,12 +69,16 @@ def main(argv=None, prog="graft-array check-gpu"):
     from . import deim as cdeim
     from . import nnls as cnnls
     from . import rect as crect
+    from . import volume as cvol
 
     ok = True
     if args.emulate:
         for name, V, kk in _cases():
             ok &= _compare("deim_batched " + name, cdeim.emulate_deim_batched(V, kk)[:2],
                            run_maxvol(V, kk, method="deim")[:2])
+            if cvol.fits(*V.shape[1:]):
+                ok &= _compare("volume_batched " + name, cvol.emulate_volume_batched(V, kk),
+                               run_maxvol(V, kk, method="volume")[:2])
         for name, K, b, gg in _gram_cases():
             ok &= _compare("rho_curve " + name, ccrit.emulate_rho_curve(K, b, gg), rho_curve(K, b, gg))
         for name, K, b, gg in _gram_cases():
@@ -129,6 +133,10 @@ def main(argv=None, prog="graft-array check-gpu"):
         for name, V, kk in _cases():
             piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False)
             ok &= _compare("GPU deim_batched " + name, (piv.get(), rank.get()), run_maxvol(V, kk, method="deim")[:2])
+            if cvol.fits(*V.shape[1:]):
+                piv, rank = cvol.volume_batched(cupy.asarray(V), kk, fmad=False)
+                ok &= _compare("GPU volume_batched " + name, (piv.get(), rank.get()),
+                               run_maxvol(V, kk, method="volume")[:2])
         for name, V, kk in _cases():
             n, r = V.shape[1:]
             if crect.fits(n, r, min(n, 2 * r)):
