@@ -259,8 +259,35 @@ def test_shim_volume_recomputes_where_geqp3_does(rng):
 
 
 @needs_cxx
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_shim_tournament_and_tall_deim_are_the_numba_ones(dt, rng):
+    from graft_array._cuda import tournament as ctour
+    from graft_array.testing import reference_tournament
+
+    for B, n, r, kk, tiles in ((2, 1000, 8, 8, 64), (1, 5000, 16, 16, 256), (3, 300, 5, 5, 300),
+                               (2, 2000, 32, 20, 100), (1, 700, 4, 4, 9)):
+        V = rng.standard_normal((B, n, r)).astype(dt)
+        if B > 1:
+            V[1, :, r // 2:] = 0.0  # rank deficient: fill rows in the tiles
+            V[0, 17] = V[0, n - 1]  # a tie across tiles
+        piv, rank = _bounded(ctour.emulate_tournament, V, kk, tiles, timeout=300)
+        want_piv, want_rank, _, _ = run_maxvol(V, kk, method="tournament", tile_rows=tiles)
+        np.testing.assert_array_equal(piv, want_piv)
+        np.testing.assert_array_equal(rank, want_rank)
+        np.testing.assert_array_equal(piv[0], reference_tournament(V[0], kk, tile_rows=tiles)[0])
+    V = rng.standard_normal((2, 3000, 24)).astype(dt)  # tall DEIM: one tile of every row
+    V[1] *= 1e-300 if dt is np.float64 else 1e-30
+    piv, rank = _bounded(ctour.emulate_tournament, V, 24, 3000, timeout=300)
+    np.testing.assert_array_equal(piv, run_maxvol(V, 24, method="deim")[0])
+    if dt is np.float64:
+        np.testing.assert_array_equal(piv[0], lu_pivots(V[0]))
+    assert ctour._levels(1000, 8, 64)[-1][1] == 1 and [lv[0] for lv in ctour._levels(1000, 8, 64)] == [1000, 128, 16]
+
+
+@needs_cxx
 def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
-    """The cuda entry's plan (DEIM, then the extension) with the kernels run by the shim."""
+    """The cuda entry's plan (DEIM, volume or the tournament, then the extension) with the kernels run by the
+    shim, and the tall DEIM (more than 1024 rows) through the tournament kernel."""
     from graft_array._cuda import deim as cdeim2
     from graft_array._cuda import maxvol as cmaxvol
     from graft_array._cuda import rect as crect
@@ -272,13 +299,19 @@ def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     from graft_array._cuda import volume as cvol
 
     monkeypatch.setattr(cvol, "volume_batched", cvol.emulate_volume_batched)
+    from graft_array._cuda import tournament as ctour
+
+    monkeypatch.setattr(ctour, "tournament", ctour.emulate_tournament)
     V = rng.standard_normal((4, 90, 12))
-    for method in ("deim", "volume"):
+    for method in ("deim", "volume", "tournament"):
         for k in (6, 12, 30):
             piv, ranks, conv, iters = cmaxvol.run_maxvol(V, k, method=method, xp=np, device="cpu")
             want = run_maxvol(V, k, method=method)
             np.testing.assert_array_equal(piv, want[0])
             assert ranks == want[1].tolist() and conv == [True] * 4 and iters == [0] * 4
+    T = rng.standard_normal((2, 1500, 10))
+    piv, ranks, _, _ = cmaxvol.run_maxvol(T, 10, method="deim", xp=np, device="cpu")
+    np.testing.assert_array_equal(piv, run_maxvol(T, 10, method="deim")[0])
 
 
 @needs_cxx
@@ -389,6 +422,20 @@ def test_gpu_volume_equals_numba(dt, rng):
     want_piv, want_rank, _, _ = run_maxvol(V, 32, method="volume")
     np.testing.assert_array_equal(piv.get(), want_piv)
     np.testing.assert_array_equal(rank.get(), want_rank)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_tournament_and_tall_deim_equal_numba(rng):
+    import cupy
+
+    from graft_array._cuda import tournament as ctour
+
+    V = rng.standard_normal((2, 200_000, 32)).astype(np.float32)
+    piv, rank = ctour.tournament(cupy.asarray(V), 32, 4096)
+    np.testing.assert_array_equal(piv.get(), run_maxvol(V, 32, method="tournament", tile_rows=4096)[0])
+    piv, rank = ctour.tournament(cupy.asarray(V[:, :20_000]), 32, 20_000)
+    np.testing.assert_array_equal(piv.get(), run_maxvol(V[:, :20_000], 32, method="deim")[0])
 
 
 @pytest.mark.gpu

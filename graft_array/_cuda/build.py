@@ -29,6 +29,8 @@ _DEIM_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long l
 DEIM_RANKS = (8, 16, 32, 64)
 RHO_SIZES = (32, 64)
 RECT_RANKS = (16, 64)  # also greedy volume's
+_TILE_ARGS = ("const {T}*", "int", "int", "int", "const long long*", "int", "int", "const double*", "double", "{T}*",
+              "double*", "unsigned char*", "long long*", "int", "long long*")
 _VOLUME_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*")
 _NNLS_ARGS = ("const double*", "const double*", "const long long*", "int", "double", "double", "double*")
 _RECT_ARGS = ("const {T}*", "const long long*", "const long long*", "int", "int", "int", "long long*", "double*")
@@ -38,6 +40,8 @@ KERNELS = {
                 for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS],
     "criterion.cu": [(f"rho_curve_k{K}", _RHO_ARGS) for K in RHO_SIZES],
     "nnls.cu": [(f"nnls_weights_k{K}", _NNLS_ARGS) for K in RHO_SIZES],
+    "tournament.cu": [(f"deim_tiles_{suf}", tuple(a.format(T=T) for a in _TILE_ARGS))
+                      for suf, T in (("f32", "float"), ("f64", "double"))],
     "volume.cu": [(f"volume_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _VOLUME_ARGS))
                   for suf, T in (("f32", "float"), ("f64", "double")) for R in RECT_RANKS],
     "rect.cu": [(f"rect_extend_{suf}_r{R}", tuple(a.format(T=T) for a in _RECT_ARGS))
@@ -122,8 +126,8 @@ def _entry_source():
         for kname, args in kernels:
             params = ", ".join(f"{a} a{i}" for i, a in enumerate(args))
             names = ", ".join(f"a{i}" for i in range(len(args)))
-            parts.append(f'extern "C" void emulate_{kname}(unsigned grid, unsigned block, {params}) '
-                         f"{{ graft_shim::launch(grid, block, {kname}, {names}); }}")
+            parts.append(f'extern "C" void emulate_{kname}(unsigned gx, unsigned gy, unsigned block, {params}) '
+                         f"{{ graft_shim::launch(gx, gy, block, {kname}, {names}); }}")
     return "\n".join(parts) + "\n"
 
 

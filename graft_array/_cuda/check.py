@@ -69,6 +69,7 @@ def main(argv=None, prog="graft-array check-gpu"):
     from . import deim as cdeim
     from . import nnls as cnnls
     from . import rect as crect
+    from . import tournament as ctour
     from . import volume as cvol
 
     ok = True
@@ -79,6 +80,10 @@ def main(argv=None, prog="graft-array check-gpu"):
             if cvol.fits(*V.shape[1:]):
                 ok &= _compare("volume_batched " + name, cvol.emulate_volume_batched(V, kk),
                                run_maxvol(V, kk, method="volume")[:2])
+        for name, V, kk in _cases():
+            tiles = max(2 * kk, 16)
+            ok &= _compare(f"deim_tiles {name} tiles={tiles}", ctour.emulate_tournament(V, kk, tiles),
+                           run_maxvol(V, kk, method="tournament", tile_rows=tiles)[:2])
         for name, K, b, gg in _gram_cases():
             ok &= _compare("rho_curve " + name, ccrit.emulate_rho_curve(K, b, gg), rho_curve(K, b, gg))
         for name, K, b, gg in _gram_cases():
@@ -144,6 +149,11 @@ def main(argv=None, prog="graft-array check-gpu"):
                 piv, rank, _, _ = run_maxvol(V, r, method="deim")
                 got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), k, fmad=False)
                 ok &= _compare(f"GPU rect_extend {name} -> k={k}", (got.get(), rank), (_rect_batched(V, piv, rank, k), rank))
+        for name, V, kk in _cases():
+            tiles = max(2 * kk, 16)
+            piv, rank = ctour.tournament(cupy.asarray(V), kk, tiles)
+            ok &= _compare(f"GPU deim_tiles {name} tiles={tiles}", (piv.get(), rank.get()),
+                           run_maxvol(V, kk, method="tournament", tile_rows=tiles)[:2])
         for name, K, b, gg in _gram_cases():
             sizes = np.maximum(1, np.arange(K.shape[0]) % (K.shape[1] + 1))
             got = cnnls.nnls_weights(cupy.asarray(K), cupy.asarray(b), cupy.asarray(sizes), 128.0, 0.0, fmad=False)

@@ -1,16 +1,25 @@
 """The GPU entry of ``maxvol`` (backend "cuda"): the batched DEIM kernel where it applies, else the generic code.
 
-The kernels take ``method="deim"`` or ``"volume"`` without refinement on
-batches of at most 1024 rows and ``min(k, r) <= 64`` (volume: ``r <= 64``):
-the batched DEIM or greedy volume, then for ``k > r`` the rectangular
-extension (one launch each for every batch, no host synchronisation inside).
-Everything else (the tournament, refine, taller batches) runs the generic
-array-API code on the device until its kernel is written (issue 12).
+The kernels take every method without refinement where ``min(k, r) <= 64``:
+
+* ``"deim"``: batches of at most 1024 rows in one launch (a thread per row,
+  rows in registers); taller ones as one tile of the tournament kernel (tall DEIM);
+* ``"tournament"``: one launch per level of the tree (the same tiles as the
+  CPU path: ``tile_rows``, or :func:`graft_array._common.default_tile_rows`);
+* ``"volume"``: batches of at most 1024 rows and ``r <= 64``;
+* then for ``k > r`` the rectangular extension (batches of at most 1024 rows).
+
+No host synchronisation inside: the launches depend on the shapes only.
+Everything else (refine, the extension or volume on taller batches, k > 64)
+runs the generic array-API code on the device until its kernel is written
+(issue 12).
 """
 
 from .._agnostic import maxvol as _generic
+from .._common import default_tile_rows
 from . import deim as _deim
 from . import rect as _rect
+from . import tournament as _tournament
 from . import volume as _volume
 from .interop import as_cupy, like
 
@@ -19,13 +28,18 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     """Same contract as :func:`graft_array._agnostic.maxvol.run_maxvol` (V finite, (B, n, r))."""
     nb, n, r = V.shape
     kk = min(k, r)
-    greedy = (method == "deim" and _deim.fits(n, kk)) or (method == "volume" and _volume.fits(n, r))
+    greedy = _tournament.fits(kk) if method in ("deim", "tournament") else _volume.fits(n, r)
     if not (greedy and not refine and (k <= r or _rect.fits(n, r, k))):
         return _generic.run_maxvol(V, k, method=method, tile_rows=tile_rows, refine=refine, tol=tol,
                                    max_iters=max_iters, xp=xp, device=device)
     Vc = as_cupy(V)
-    if method == "deim":
+    if method == "deim" and _deim.fits(n, kk):
         piv, rank, _ = _deim.deim_batched(Vc, kk)
+    elif method == "deim":  # tall: one tile of every row
+        piv, rank = _tournament.tournament(Vc, kk, n)
+    elif method == "tournament":
+        tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
+        piv, rank = _tournament.tournament(Vc, kk, max(tiles, kk + 1))  # the CPU kernel's guard
     else:
         piv, rank = _volume.volume_batched(Vc, kk)
     if k > r:

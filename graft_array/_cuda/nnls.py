@@ -51,7 +51,7 @@ def emulate_nnls_weights(K, b, sizes, n, reg):
     if B and kk:
         fn = getattr(build.emulator(), "emulate_" + instance(kk))
         P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P),
+        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P),
            sizes.ctypes.data_as(P), ctypes.c_int(kk), ctypes.c_double(float(n)), ctypes.c_double(float(reg)),
            out.ctypes.data_as(P))
     return out

@@ -51,7 +51,7 @@ def emulate_rect_extend(V, piv, rank, k):
     if B:
         fn = getattr(build.emulator(), "emulate_" + instance(V.dtype, r))
         P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), piv.ctypes.data_as(P),
+        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), piv.ctypes.data_as(P),
            rank.ctypes.data_as(P), ctypes.c_int(n), ctypes.c_int(r), ctypes.c_int(k), out.ctypes.data_as(P),
            scratch.ctypes.data_as(P))
     return out

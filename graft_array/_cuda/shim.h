@@ -62,12 +62,12 @@ V exchange(V v, int src_lane) {
     return out;
 }
 
-// Launch kernel<<<grid, block>>>(args...) on the CPU; block must be a multiple of 32.
+// Launch kernel<<<dim3(gx, gy), block>>>(args...) on the CPU; block must be a multiple of 32.
 template <typename K, typename... A>
-void launch(unsigned grid, unsigned block, K kernel, A... args) {
-    gridDim = dim3{grid, 1, 1};
+void launch(unsigned gx, unsigned gy, unsigned block, K kernel, A... args) {
+    gridDim = dim3{gx, gy, 1};
     blockDim = dim3{block, 1, 1};
-    for (unsigned g = 0; g < grid; ++g) {
+    for (unsigned g = 0; g < gx * gy; ++g) {
         Block blk;
         blk.bar = std::make_unique<std::barrier<>>((std::ptrdiff_t)block);
         // a full-mask shuffle needs all 32 lanes: a partial last warp waits forever here, as on a GPU it is undefined
@@ -76,10 +76,10 @@ void launch(unsigned grid, unsigned block, K kernel, A... args) {
         std::vector<std::thread> threads;
         threads.reserve(block);
         for (unsigned t = 0; t < block; ++t)
-            threads.emplace_back([&blk, g, t, kernel, args...] {
+            threads.emplace_back([&blk, g, gx, t, kernel, args...] {
                 cur = &blk;
                 threadIdx = dim3{t, 0, 0};
-                blockIdx = dim3{g, 0, 0};
+                blockIdx = dim3{g % gx, g / gx, 0};
                 kernel(args...);
             });
         for (auto& th : threads) th.join();
