@@ -281,7 +281,8 @@ def test_shim_tournament_and_tall_deim_are_the_numba_ones(dt, rng):
     np.testing.assert_array_equal(piv, run_maxvol(V, 24, method="deim")[0])
     if dt is np.float64:
         np.testing.assert_array_equal(piv[0], lu_pivots(V[0]))
-    assert ctour._levels(1000, 8, 64)[-1][1] == 1 and [lv[0] for lv in ctour._levels(1000, 8, 64)] == [1000, 128, 16]
+    levels = ctour._levels(1000, 8, 64)
+    assert levels[-1][1] == 1 and [lv[0] for lv in levels] == [1000, 128, 16]
 
 
 @needs_cxx

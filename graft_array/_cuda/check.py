@@ -148,7 +148,8 @@ def main(argv=None, prog="graft-array check-gpu"):
                 k = min(n, 2 * r)
                 piv, rank, _, _ = run_maxvol(V, r, method="deim")
                 got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), k, fmad=False)
-                ok &= _compare(f"GPU rect_extend {name} -> k={k}", (got.get(), rank), (_rect_batched(V, piv, rank, k), rank))
+                ok &= _compare(f"GPU rect_extend {name} -> k={k}", (got.get(), rank),
+                               (_rect_batched(V, piv, rank, k), rank))
         for name, V, kk in _cases():
             tiles = max(2 * kk, 16)
             piv, rank = ctour.tournament(cupy.asarray(V), kk, tiles)

@@ -46,7 +46,8 @@ def emulate_rho_curve(K, b, gg):
     if B and kk:
         fn = getattr(build.emulator(), "emulate_" + instance(kk))
         P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P), gg.ctypes.data_as(P),
+        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P),
+           gg.ctypes.data_as(P),
            ctypes.c_int(kk), ctypes.c_double(SPAN_TOL * SPAN_TOL), rho.ctypes.data_as(P), skipped.ctypes.data_as(P))
     return rho, skipped.astype(bool)
 

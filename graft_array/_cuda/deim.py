@@ -55,7 +55,8 @@ def emulate_deim_batched(V, kk):
     if B:
         fn = getattr(build.emulator(), "emulate_" + instance(V.dtype, kk))
         P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), ctypes.c_int(n), ctypes.c_int(r),
+        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), ctypes.c_int(n),
+           ctypes.c_int(r),
            ctypes.c_int(kk), ctypes.c_double(float(np.finfo(V.dtype).eps)), piv.ctypes.data_as(P),
            rank.ctypes.data_as(P), bad.ctypes.data_as(P))
     return piv, rank, bad
