@@ -535,7 +535,8 @@ def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
     G = ga.LastLayerGrads(rng.standard_normal((6, 100, 5)), rng.standard_normal((6, 100, 16)))
     want = ga.select(F, G, fraction=0.3, budget="batch", random_state=0, return_info=True)
     real = sel.resolve
-    monkeypatch.setattr(sel, "resolve", lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
+    monkeypatch.setattr(sel, "resolve",
+                        lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
     monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
     monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
     calls = []
