@@ -26,7 +26,7 @@ from . import _threading
 from ._exceptions import BackendUnavailableError
 from ._namespace import describe
 
-__all__ = ["BACKENDS", "KERNELS", "which_backend", "resolve", "kernel"]
+__all__ = ["BACKENDS", "KERNELS", "ROUTINES", "which_backend", "resolve", "kernel"]
 
 BACKENDS = ("auto", "numba", "array_api", "cuda")
 
@@ -37,6 +37,68 @@ KERNELS = {
         "numba": "graft_array._numba.maxvol:run_maxvol",
         "cuda": "graft_array._cuda.maxvol:run_maxvol",
         "array_api": "graft_array._agnostic.maxvol:run_maxvol",
+    },
+}
+
+#: The capability table: each routine's CPU (Numba), GPU (CUDA kernel) and generic (array API) entry, as
+#: "module:function" (None: no entry of that kind yet; the routine then runs its generic entry on the
+#: device). ``maxvol`` above dispatches to these; ``select`` calls the criterion, weights and baselines
+#: entries of its backend.
+ROUTINES = {
+    "deim": {
+        "numba": "graft_array._numba.deim:_deim_batched",
+        "cuda": "graft_array._cuda.deim:deim_batched",
+        "array_api": "graft_array._agnostic.maxvol:_deim",
+    },
+    "tall_deim": {
+        "numba": "graft_array._numba.deim:_deim_rowpar",
+        "cuda": "graft_array._cuda.tournament:tournament",
+        "array_api": "graft_array._agnostic.maxvol:_deim",
+    },
+    "tournament": {
+        "numba": "graft_array._numba.tournament:_tournament_batched",
+        "cuda": "graft_array._cuda.tournament:tournament",
+        "array_api": "graft_array._agnostic.maxvol:_tournament",
+    },
+    "volume": {
+        "numba": "graft_array._numba.volume:_volume_batched",
+        "cuda": "graft_array._cuda.volume:volume_batched",
+        "array_api": "graft_array._agnostic.maxvol:_volume",
+    },
+    "rect": {
+        "numba": "graft_array._numba.rect:_rect_batched",
+        "cuda": "graft_array._cuda.rect:rect_extend",
+        "array_api": "graft_array._agnostic.maxvol:_rect",
+    },
+    "refine": {
+        "numba": "graft_array._numba.rect:_refine_batched",
+        "cuda": None,
+        "array_api": "graft_array._agnostic.maxvol:_refine",
+    },
+    "lowrank": {  # the GPU's is the generic one: stacked GEMMs (cuBLAS) and eigh on the stack
+        "numba": "graft_array._numba.lowrank:gram_ritz",
+        "cuda": None,
+        "array_api": "graft_array._agnostic.lowrank:lowrank",
+    },
+    "rho_curve": {
+        "numba": "graft_array._numba.criterion:rho_curve",
+        "cuda": "graft_array._cuda.criterion:rho_curve",
+        "array_api": "graft_array._agnostic.criterion:rho_curve",
+    },
+    "weights": {
+        "numba": "graft_array._numba.criterion:nnls_batched",
+        "cuda": "graft_array._cuda.nnls:nnls_weights",
+        "array_api": "graft_array._agnostic.criterion:nnls_gram",
+    },
+    "facility_location": {
+        "numba": "graft_array.strategies.facility:facility_location_plain_nb",
+        "cuda": None,
+        "array_api": "graft_array.strategies.facility:facility_location",
+    },
+    "omp": {
+        "numba": "graft_array.strategies.gradmatch:gradmatch_plain_nb",
+        "cuda": None,
+        "array_api": "graft_array.strategies.gradmatch:gradmatch",
     },
 }
 

@@ -557,3 +557,74 @@ def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
     np.testing.assert_array_equal(got.sizes, want.sizes)
     np.testing.assert_allclose(got.weights, want.weights, rtol=1e-6)
     assert sorted(set(calls)) == ["deim", "nnls", "rect", "rho"], calls  # every kernel of the plan ran
+
+
+def test_capability_table_names_importable_entries():
+    """Every routine's CPU, GPU and generic entry in graft_array._backends.ROUTINES exists (None: not yet)."""
+    import importlib
+
+    from graft_array._backends import ROUTINES
+
+    assert {"deim", "tournament", "volume", "rect", "rho_curve", "weights"} <= set(ROUTINES)
+    gpu = 0
+    for routine, row in ROUTINES.items():
+        assert set(row) == {"numba", "cuda", "array_api"}, routine
+        assert row["numba"] and row["array_api"], routine
+        for backend, target in row.items():
+            if target is None:
+                continue
+            module, name = target.split(":")
+            assert callable(getattr(importlib.import_module(module), name)), (routine, backend)
+            gpu += backend == "cuda"
+    assert gpu >= 6
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_kernels_run_without_host_synchronisation(rng):
+    """Every launcher captured into a CUDA graph: a capture fails on any host synchronisation."""
+    import cupy
+
+    from graft_array._cuda import criterion as ccrit
+    from graft_array._cuda import nnls as cnnls
+    from graft_array._cuda import rect as crect
+    from graft_array._cuda import tournament as ctour
+    from graft_array._cuda import volume as cvol
+
+    V = cupy.asarray(rng.standard_normal((50, 128, 16)).astype(np.float32))
+    K, b, gg = (cupy.asarray(a) for a in _gram_problem(rng, 50, 16, 20))
+    sizes = cupy.full(50, 16, dtype=cupy.int64)
+
+    def work():
+        piv, rank, _ = cdeim.deim_batched(V, 16)
+        crect.rect_extend(V, piv, rank, 40)
+        cvol.volume_batched(V, 16)
+        ctour.tournament(V, 16, 64)
+        ccrit.rho_curve(K, b, gg)
+        cnnls.nnls_weights(K, b, sizes, 128.0, 0.0)
+
+    work()  # compiles, and fills CuPy's memory pool
+    cupy.cuda.Device().synchronize()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        work()
+        graph = stream.end_capture()
+    graph.launch(stream)
+    stream.synchronize()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_torch_tensors_in_and_out_on_torch_stream(rng):
+    torch = pytest.importorskip("torch")
+    import graft_array as ga
+
+    V = rng.standard_normal((20, 128, 16)).astype(np.float32)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        t = torch.as_tensor(V, device="cuda") * 1.0  # produced on s: the kernels must run after it, on s
+        out = ga.maxvol(t, 24)
+    s.synchronize()
+    assert out.device.type == "cuda" and out.dtype == torch.int64
+    np.testing.assert_array_equal(out.cpu().numpy(), ga.maxvol(V, 24))

@@ -6,7 +6,7 @@ import numpy as np
 
 from .._agnostic.criterion import SPAN_TOL
 from . import build
-from .interop import as_cupy, like
+from .interop import as_cupy, like, on_stream_of
 
 MAX_K = max(build.RHO_SIZES)
 _THREADS = 128
@@ -54,5 +54,6 @@ def emulate_rho_curve(K, b, gg):
 
 def rho_curve_like(K, b, gg):
     """:func:`rho_curve` on the caller's device arrays (CuPy or CUDA torch), returned as the same kind."""
-    rho, skipped = rho_curve(as_cupy(K), as_cupy(b), as_cupy(gg))
+    with on_stream_of(K):
+        rho, skipped = rho_curve(as_cupy(K), as_cupy(b), as_cupy(gg))
     return like(rho, K), like(skipped, K)

@@ -21,7 +21,7 @@ from . import deim as _deim
 from . import rect as _rect
 from . import tournament as _tournament
 from . import volume as _volume
-from .interop import as_cupy, like
+from .interop import as_cupy, like, on_stream_of
 
 
 def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100, xp, device):
@@ -32,18 +32,19 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     if not (greedy and not refine and (k <= r or _rect.fits(n, r, k))):
         return _generic.run_maxvol(V, k, method=method, tile_rows=tile_rows, refine=refine, tol=tol,
                                    max_iters=max_iters, xp=xp, device=device)
-    Vc = as_cupy(V)
-    if method == "deim" and _deim.fits(n, kk):
-        piv, rank, _ = _deim.deim_batched(Vc, kk)
-    elif method == "deim":  # tall: one tile of every row
-        piv, rank = _tournament.tournament(Vc, kk, n)
-    elif method == "tournament":
-        tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
-        piv, rank = _tournament.tournament(Vc, kk, max(tiles, kk + 1))  # the CPU kernel's guard
-    else:
-        piv, rank = _volume.volume_batched(Vc, kk)
-    if k > r:
-        piv = _rect.rect_extend(Vc, piv, rank, k)
+    with on_stream_of(V):
+        Vc = as_cupy(V)
+        if method == "deim" and _deim.fits(n, kk):
+            piv, rank, _ = _deim.deim_batched(Vc, kk)
+        elif method == "deim":  # tall: one tile of every row
+            piv, rank = _tournament.tournament(Vc, kk, n)
+        elif method == "tournament":
+            tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
+            piv, rank = _tournament.tournament(Vc, kk, max(tiles, kk + 1))  # the CPU kernel's guard
+        else:
+            piv, rank = _volume.volume_batched(Vc, kk)
+        if k > r:
+            piv = _rect.rect_extend(Vc, piv, rank, k)
     import cupy
 
     ranks = cupy.asnumpy(rank).tolist()  # one transfer for every batch (the caller warns on rank deficiency)

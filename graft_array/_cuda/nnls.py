@@ -5,7 +5,7 @@ import ctypes
 import numpy as np
 
 from . import build
-from .interop import as_cupy, like
+from .interop import as_cupy, like, on_stream_of
 
 MAX_K = max(build.RHO_SIZES)
 _THREADS = 64
@@ -39,7 +39,8 @@ def nnls_weights(K, b, sizes, n, reg, *, fmad=True):
 
 def nnls_weights_like(K, b, sizes, n, reg):
     """:func:`nnls_weights` on the caller's device arrays (CuPy or CUDA torch), returned as the same kind."""
-    return like(nnls_weights(as_cupy(K), as_cupy(b), as_cupy(sizes), n, reg), K)
+    with on_stream_of(K):
+        return like(nnls_weights(as_cupy(K), as_cupy(b), as_cupy(sizes), n, reg), K)
 
 
 def emulate_nnls_weights(K, b, sizes, n, reg):
