@@ -92,7 +92,7 @@ ROUTINES = {
     },
     "facility_location": {
         "numba": "graft_array.strategies.facility:facility_location_plain_nb",
-        "cuda": None,
+        "cuda": "graft_array._cuda.facility:facility_location",
         "array_api": "graft_array.strategies.facility:facility_location",
     },
     "omp": {

@@ -520,6 +520,52 @@ def test_bench_gpu_runs_or_says_there_is_no_device(tmp_path):
 
 
 @needs_cxx
+def test_shim_facility_location_is_the_numba_one(rng):
+    from graft_array._cuda import facility as cfac
+    from graft_array.strategies._batch import batch_gram_plain_nb
+    from graft_array.strategies.facility import facility_location_plain_nb
+
+    for B, n, p, m in ((3, 50, 8, 10), (2, 128, 20, 32), (1, 300, 5, 60), (2, 7, 3, 7)):
+        G = rng.standard_normal((B, n, p))
+        G[0, 5] = G[0, n - 1]  # duplicates: distance 0 whatever the Gram's rounding
+        G[-1, :3] = 0.0  # equal similarities: ties to the lowest index, to the earlier choice
+        order, w, _ = facility_location_plain_nb(G, m, True)
+        K = np.stack([batch_gram_plain_nb(G[b])[0] for b in range(B)])
+        got_order, got_w = _bounded(cfac.emulate_facility_location, K, m)
+        np.testing.assert_array_equal(got_order, order)
+        np.testing.assert_array_equal(got_w, w)
+        assert (got_w.sum(axis=1) == n).all()
+    assert cfac.fits(1024, 1) and not cfac.fits(1025, 4) and not cfac.fits(10, 11)
+
+
+@needs_cxx
+@pytest.mark.parametrize("strategy", ["craig", "crest"])
+def test_baselines_through_the_cuda_plan_with_the_shim(strategy, monkeypatch, rng):
+    import graft_array as ga
+    import graft_array._select as sel
+    from graft_array._cuda import criterion as ccrit
+    from graft_array._cuda import facility as cfac
+
+    F = rng.standard_normal((5, 64, 12))
+    G = ga.LastLayerGrads(rng.standard_normal((5, 64, 4)), rng.standard_normal((5, 64, 9)))
+    labels = rng.integers(0, 3, (5, 64))
+    want = ga.select(F, G, fraction=0.25, strategy=strategy, labels=labels, random_state=0, return_info=True)
+    real = sel.resolve
+    monkeypatch.setattr(sel, "resolve",
+                        lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
+    calls = []
+    monkeypatch.setattr(cfac, "facility_location_like",
+                        lambda K, m: calls.append("fac") or cfac.emulate_facility_location(K, m))
+    monkeypatch.setattr(ccrit, "rho_curve_like",
+                        lambda K, b, gg: calls.append("rho") or ccrit.emulate_rho_curve(K, b, gg))
+    got = _bounded(lambda: ga.select(F, G, fraction=0.25, strategy=strategy, labels=labels, random_state=0,
+                                     return_info=True, backend="cuda"), timeout=300)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.weights, want.weights)
+    assert "fac" in calls and "rho" in calls
+
+
+@needs_cxx
 def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
     """``select``'s cuda plan (DEIM, extension, criterion and weights kernels around the generic low rank
     and Grams) on NumPy arrays with every kernel run by the shim: the NumPy path's rows, sizes and weights."""
