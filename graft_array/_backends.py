@@ -72,7 +72,7 @@ ROUTINES = {
     },
     "refine": {
         "numba": "graft_array._numba.rect:_refine_batched",
-        "cuda": None,
+        "cuda": "graft_array._cuda.refine:refine",
         "array_api": "graft_array._agnostic.maxvol:_refine",
     },
     "lowrank": {  # the GPU's is the generic one: stacked GEMMs (cuBLAS) and eigh on the stack

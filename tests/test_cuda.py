@@ -286,6 +286,30 @@ def test_shim_tournament_and_tall_deim_are_the_numba_ones(dt, rng):
 
 
 @needs_cxx
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_shim_refine_makes_the_numba_swaps(dt, rng):
+    from graft_array._cuda import refine as cref
+    from graft_array.testing import reference_refine
+
+    for B, n, r, k, tol in ((3, 100, 12, 12, 1.01), (2, 300, 40, 30, 1.05), (2, 64, 8, 8, 1.0), (1, 50, 6, 6, 2.0)):
+        V = rng.standard_normal((B, n, r)).astype(dt)
+        if B > 1:
+            V[1] *= 1e200 if dt is np.float64 else 1e30  # outside the band: the scaled copy
+        if B > 2:
+            V[2] = np.repeat(V[2, :, :1], r, axis=1)  # rank 1: not refined
+        piv, rank, _, _ = run_maxvol(V, k, method="deim")
+        got_piv = piv.copy()
+        conv, iters = _bounded(cref.emulate_refine, V, got_piv, rank, tol, 7)
+        want = run_maxvol(V, k, method="deim", refine=True, tol=tol, max_iters=7)
+        np.testing.assert_array_equal(got_piv, want[0])
+        np.testing.assert_array_equal(conv, want[2])
+        np.testing.assert_array_equal(iters, want[3])
+        if dt is np.float64 and rank[0] == k:
+            np.testing.assert_array_equal(got_piv[0], reference_refine(V[0, :, :k], piv[0], tol=tol, max_iters=7)[0])
+    assert cref.fits(1024, 64) and not cref.fits(1025, 4) and not cref.fits(100, 65)
+
+
+@needs_cxx
 def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     """The cuda entry's plan (DEIM, volume or the tournament, then the extension) with the kernels run by the
     shim, and the tall DEIM (more than 1024 rows) through the tournament kernel."""
@@ -313,6 +337,14 @@ def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     T = rng.standard_normal((2, 1500, 10))
     piv, ranks, _, _ = cmaxvol.run_maxvol(T, 10, method="deim", xp=np, device="cpu")
     np.testing.assert_array_equal(piv, run_maxvol(T, 10, method="deim")[0])
+    from graft_array._cuda import refine as cref
+
+    monkeypatch.setattr(cref, "refine", cref.emulate_refine)
+    for method in ("deim", "volume", "tournament"):
+        got = cmaxvol.run_maxvol(V, 10, method=method, refine=True, tol=1.01, max_iters=40, xp=np, device="cpu")
+        want = run_maxvol(V, 10, method=method, refine=True, tol=1.01, max_iters=40)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1:] == tuple(a.tolist() for a in want[1:])
 
 
 @needs_cxx
@@ -437,6 +469,22 @@ def test_gpu_tournament_and_tall_deim_equal_numba(rng):
     np.testing.assert_array_equal(piv.get(), run_maxvol(V, 32, method="tournament", tile_rows=4096)[0])
     piv, rank = ctour.tournament(cupy.asarray(V[:, :20_000]), 32, 20_000)
     np.testing.assert_array_equal(piv.get(), run_maxvol(V[:, :20_000], 32, method="deim")[0])
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_refine_equals_numba(rng):
+    import cupy
+
+    from graft_array._cuda import refine as cref
+
+    V = rng.standard_normal((30, 256, 24))
+    piv, rank, _, _ = run_maxvol(V, 24, method="deim")
+    got = cupy.asarray(piv)
+    conv, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 50)
+    want = run_maxvol(V, 24, method="deim", refine=True, tol=1.01, max_iters=50)
+    np.testing.assert_array_equal(got.get(), want[0])
+    np.testing.assert_array_equal(iters.get(), want[3])
 
 
 @pytest.mark.gpu

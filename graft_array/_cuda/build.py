@@ -31,6 +31,8 @@ RHO_SIZES = (32, 64)
 RECT_RANKS = (16, 64)  # also greedy volume's
 _TILE_ARGS = ("const {T}*", "int", "int", "int", "const long long*", "int", "int", "const double*", "double", "{T}*",
               "double*", "unsigned char*", "long long*", "int", "long long*")
+_REFINE_ARGS = ("const {T}*", "long long*", "const long long*", "int", "int", "int", "double", "int", "double",
+                "double*", "unsigned char*", "long long*")
 _VOLUME_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*")
 _NNLS_ARGS = ("const double*", "const double*", "const long long*", "int", "double", "double", "double*")
 _RECT_ARGS = ("const {T}*", "const long long*", "const long long*", "int", "int", "int", "long long*", "double*")
@@ -45,6 +47,8 @@ KERNELS = {
                       for suf, T in (("f32", "float"), ("f64", "double"))],
     "volume.cu": [(f"volume_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _VOLUME_ARGS))
                   for suf, T in (("f32", "float"), ("f64", "double")) for R in RECT_RANKS],
+    "refine.cu": [(f"refine_{suf}", tuple(a.format(T=T) for a in _REFINE_ARGS))
+                  for suf, T in (("f32", "float"), ("f64", "double"))],
     "rect.cu": [(f"rect_extend_{suf}_r{R}", tuple(a.format(T=T) for a in _RECT_ARGS))
                 for suf, T in (("f32", "float"), ("f64", "double")) for R in RECT_RANKS],
 }

@@ -69,6 +69,7 @@ def main(argv=None, prog="graft-array check-gpu"):
     from . import deim as cdeim
     from . import nnls as cnnls
     from . import rect as crect
+    from . import refine as cref
     from . import tournament as ctour
     from . import volume as cvol
 
@@ -84,6 +85,11 @@ def main(argv=None, prog="graft-array check-gpu"):
             tiles = max(2 * kk, 16)
             ok &= _compare(f"deim_tiles {name} tiles={tiles}", ctour.emulate_tournament(V, kk, tiles),
                            run_maxvol(V, kk, method="tournament", tile_rows=tiles)[:2])
+        for name, V, kk in _cases():
+            piv, rank, _, _ = run_maxvol(V, kk, method="deim")
+            conv, iters = cref.emulate_refine(V, piv, rank, 1.01, 20)
+            want = run_maxvol(V, kk, method="deim", refine=True, tol=1.01, max_iters=20)
+            ok &= _compare("refine " + name, (piv, iters), (want[0], want[3]))
         for name, K, b, gg in _gram_cases():
             ok &= _compare("rho_curve " + name, ccrit.emulate_rho_curve(K, b, gg), rho_curve(K, b, gg))
         for name, K, b, gg in _gram_cases():
@@ -151,6 +157,11 @@ def main(argv=None, prog="graft-array check-gpu"):
                 ok &= _compare(f"GPU rect_extend {name} -> k={k}", (got.get(), rank),
                                (_rect_batched(V, piv, rank, k), rank))
         for name, V, kk in _cases():
+            piv, rank, _, _ = run_maxvol(V, kk, method="deim")
+            got = cupy.asarray(piv)
+            _, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 20)
+            want = run_maxvol(V, kk, method="deim", refine=True, tol=1.01, max_iters=20)
+            ok &= _compare("GPU refine " + name, (got.get(), iters.get()), (want[0], want[3]))
             tiles = max(2 * kk, 16)
             piv, rank = ctour.tournament(cupy.asarray(V), kk, tiles)
             ok &= _compare(f"GPU deim_tiles {name} tiles={tiles}", (piv.get(), rank.get()),

@@ -1,16 +1,17 @@
 """The GPU entry of ``maxvol`` (backend "cuda"): the batched DEIM kernel where it applies, else the generic code.
 
-The kernels take every method without refinement where ``min(k, r) <= 64``:
+The kernels take every method where ``min(k, r) <= 64``:
 
 * ``"deim"``: batches of at most 1024 rows in one launch (a thread per row,
   rows in registers); taller ones as one tile of the tournament kernel (tall DEIM);
 * ``"tournament"``: one launch per level of the tree (the same tiles as the
   CPU path: ``tile_rows``, or :func:`graft_array._common.default_tile_rows`);
 * ``"volume"``: batches of at most 1024 rows and ``r <= 64``;
-* then for ``k > r`` the rectangular extension (batches of at most 1024 rows).
+* then for ``k > r`` the rectangular extension (batches of at most 1024 rows);
+* or, with ``refine=True`` (``k <= r``), Goreinov's swaps (batches of at most 1024 rows).
 
 No host synchronisation inside: the launches depend on the shapes only.
-Everything else (refine, the extension or volume on taller batches, k > 64)
+Everything else (the extension, refine or volume on taller batches, k > 64)
 runs the generic array-API code on the device until its kernel is written
 (issue 12).
 """
@@ -19,6 +20,7 @@ from .._agnostic import maxvol as _generic
 from .._common import default_tile_rows
 from . import deim as _deim
 from . import rect as _rect
+from . import refine as _refine
 from . import tournament as _tournament
 from . import volume as _volume
 from .interop import as_cupy, like, on_stream_of
@@ -29,9 +31,11 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     nb, n, r = V.shape
     kk = min(k, r)
     greedy = _tournament.fits(kk) if method in ("deim", "tournament") else _volume.fits(n, r)
-    if not (greedy and not refine and (k <= r or _rect.fits(n, r, k))):
+    if not (greedy and (k <= r or _rect.fits(n, r, k)) and (not refine or _refine.fits(n, k))):
         return _generic.run_maxvol(V, k, method=method, tile_rows=tile_rows, refine=refine, tol=tol,
                                    max_iters=max_iters, xp=xp, device=device)
+    import cupy
+
     with on_stream_of(V):
         Vc = as_cupy(V)
         if method == "deim" and _deim.fits(n, kk):
@@ -45,7 +49,10 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
             piv, rank = _volume.volume_batched(Vc, kk)
         if k > r:
             piv = _rect.rect_extend(Vc, piv, rank, k)
-    import cupy
-
+        conv = iters = None
+        if refine:  # k <= r (the caller's rule); piv (fresh, C-contiguous) is refined in place
+            conv, iters = _refine.refine(Vc, piv, rank, tol, max_iters)
     ranks = cupy.asnumpy(rank).tolist()  # one transfer for every batch (the caller warns on rank deficiency)
-    return like(piv, V), ranks, [True] * nb, [0] * nb  # a torch tensor in: a torch tensor out, zero-copy
+    conv = [True] * nb if conv is None else cupy.asnumpy(conv).tolist()
+    iters = [0] * nb if iters is None else cupy.asnumpy(iters).tolist()
+    return like(piv, V), ranks, conv, iters  # a torch tensor in: a torch tensor out, zero-copy

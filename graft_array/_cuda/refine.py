@@ -1,0 +1,60 @@
+"""Launcher of ``refine.cu``: Goreinov's maxvol swaps per batch, on the GPU or through the CPU shim."""
+
+import ctypes
+
+import numpy as np
+
+from . import build
+from .deim import _block
+
+MAX_ROWS = 1024
+MAX_K = 64
+
+
+def fits(n, k):
+    return 1 <= k <= MAX_K and k <= n <= MAX_ROWS
+
+
+def _suffix(dtype):
+    return {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+
+
+def refine(V, piv, rank, tol, max_iters):
+    """Refine the CuPy pivots ``piv`` (B, k) of V (B, n, r) in place where ``rank == k``; one launch.
+
+    Returns ``(converged (B,) bool, iterations (B,) int64)`` on the device (-1: singular start, untouched).
+    """
+    import cupy
+
+    B, n, r = V.shape
+    k = piv.shape[1]
+    V = cupy.ascontiguousarray(V)
+    conv = cupy.ones(B, dtype=cupy.uint8)
+    iters = cupy.zeros(B, dtype=cupy.int64)
+    if B:
+        scratch = cupy.empty((B, 2, k, k), dtype=cupy.float64)
+        build.function("refine.cu", "refine_" + _suffix(V.dtype))(
+            (B,), (_block(n),), (V, piv, cupy.ascontiguousarray(rank, dtype=cupy.int64), np.int32(n), np.int32(r),
+                                 np.int32(k), np.float64(tol), np.int32(max_iters),
+                                 np.float64(np.finfo(V.dtype).eps), scratch, conv, iters))
+    return conv.astype(cupy.bool_), iters
+
+
+def emulate_refine(V, piv, rank, tol, max_iters):
+    """The same kernel on NumPy arrays (``piv`` refined in place), run by the CPU shim."""
+    V = np.ascontiguousarray(V)
+    B, n, r = V.shape
+    k = piv.shape[1]
+    assert piv.flags.c_contiguous and piv.dtype == np.int64
+    rank = np.ascontiguousarray(rank, dtype=np.int64)
+    conv = np.ones(B, dtype=np.uint8)
+    iters = np.zeros(B, dtype=np.int64)
+    if B:
+        scratch = np.zeros((B, 2, k, k))
+        P = ctypes.c_void_p
+        getattr(build.emulator(), "emulate_refine_" + _suffix(V.dtype))(
+            ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), piv.ctypes.data_as(P),
+            rank.ctypes.data_as(P), ctypes.c_int(n), ctypes.c_int(r), ctypes.c_int(k), ctypes.c_double(float(tol)),
+            ctypes.c_int(int(max_iters)), ctypes.c_double(float(np.finfo(V.dtype).eps)), scratch.ctypes.data_as(P),
+            conv.ctypes.data_as(P), iters.ctypes.data_as(P))
+    return conv.astype(bool), iters
