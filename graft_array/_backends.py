@@ -97,7 +97,7 @@ ROUTINES = {
     },
     "omp": {
         "numba": "graft_array.strategies.gradmatch:gradmatch_plain_nb",
-        "cuda": None,
+        "cuda": "graft_array._cuda.gradmatch:pursuit",
         "array_api": "graft_array.strategies.gradmatch:gradmatch",
     },
 }

@@ -489,6 +489,27 @@ def test_gpu_refine_equals_numba(rng):
 
 @pytest.mark.gpu
 @gpu
+def test_gpu_gradmatch_pursuit_equals_numba(rng):
+    import cupy
+
+    from graft_array._cuda import gradmatch as cgm
+    from graft_array.strategies._batch import batch_gram_plain_nb
+    from graft_array.strategies.gradmatch import gradmatch_plain_nb
+
+    G = rng.standard_normal((20, 128, 16))
+    starts = np.arange(20, dtype=np.int64) * 128
+    order, w, _ = gradmatch_plain_nb(G, 32, 0.5, starts.view(np.uint64), np.uint64(3))
+    parts = [batch_gram_plain_nb(G[b]) for b in range(20)]
+    K, bv, gg = (cupy.asarray(np.stack([pt[i] for pt in parts])) for i in range(3))
+    from array_api_compat import array_namespace
+
+    got_order, got_w = cgm.finish(array_namespace(K), *cgm.pursuit(K, bv, gg, 32, 0.5), 32, 3, starts)
+    np.testing.assert_array_equal(got_order.get(), order)
+    np.testing.assert_allclose(got_w.get(), w, rtol=1e-12)
+
+
+@pytest.mark.gpu
+@gpu
 def test_gpu_rect_extension_equals_numba(rng):
     import cupy
 
@@ -587,7 +608,30 @@ def test_shim_facility_location_is_the_numba_one(rng):
 
 
 @needs_cxx
-@pytest.mark.parametrize("strategy", ["craig", "crest"])
+@given(st.integers(1, 3), st.integers(2, 150), st.integers(1, 30), st.integers(1, 64),
+       st.sampled_from([0.0, 1e-3, 0.5]), st.integers(0, 2**31))
+def test_shim_gradmatch_pursuit_is_the_numba_one(B, n, p, m, lam, seed):
+    from graft_array._cuda import gradmatch as cgm
+    from graft_array.strategies._batch import batch_gram_plain_nb
+    from graft_array.strategies.gradmatch import gradmatch_plain_nb
+
+    m = min(m, n)
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((B, n, p))
+    G[0, n - 1] = G[0, 0]  # a duplicate row
+    starts = np.arange(B, dtype=np.int64) * n
+    order, w, _ = gradmatch_plain_nb(G, m, lam, starts.view(np.uint64), np.uint64(seed))
+    parts = [batch_gram_plain_nb(G[b]) for b in range(B)]
+    K, bv, gg = (np.stack([pt[i] for pt in parts]) for i in range(3))
+    act, wa, q, chosen = _bounded(cgm.emulate_pursuit, K, bv, gg, m, lam)
+    got_order, got_w = cgm.finish(np, act, wa, q, chosen, m, seed, starts)
+    np.testing.assert_array_equal(got_order, order)
+    np.testing.assert_allclose(got_w, w, rtol=1e-12)  # the fill's mean and the normalisation sum in another order
+    assert (chosen.sum(axis=1) == q).all()
+
+
+@needs_cxx
+@pytest.mark.parametrize("strategy", ["craig", "crest", "gradmatch"])
 def test_baselines_through_the_cuda_plan_with_the_shim(strategy, monkeypatch, rng):
     import graft_array as ga
     import graft_array._select as sel
@@ -606,11 +650,18 @@ def test_baselines_through_the_cuda_plan_with_the_shim(strategy, monkeypatch, rn
                         lambda K, m: calls.append("fac") or cfac.emulate_facility_location(K, m))
     monkeypatch.setattr(ccrit, "rho_curve_like",
                         lambda K, b, gg: calls.append("rho") or ccrit.emulate_rho_curve(K, b, gg))
+    from graft_array._cuda import gradmatch as cgm
+
+    def pursuit_like(xp, K, b, gg, m, lam, seed, starts):
+        calls.append("omp")
+        return cgm.finish(xp, *cgm.emulate_pursuit(K, b, gg, m, lam), m, seed, starts)
+
+    monkeypatch.setattr(cgm, "gradmatch_like", pursuit_like)
     got = _bounded(lambda: ga.select(F, G, fraction=0.25, strategy=strategy, labels=labels, random_state=0,
                                      return_info=True, backend="cuda"), timeout=300)
     np.testing.assert_array_equal(got.indices, want.indices)
-    np.testing.assert_array_equal(got.weights, want.weights)
-    assert "fac" in calls and "rho" in calls
+    np.testing.assert_allclose(got.weights, want.weights, rtol=1e-12)
+    assert ("omp" if strategy == "gradmatch" else "fac") in calls and "rho" in calls
 
 
 @needs_cxx

@@ -42,6 +42,8 @@ KERNELS = {
                 for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS],
     "criterion.cu": [(f"rho_curve_k{K}", _RHO_ARGS) for K in RHO_SIZES],
     "facility.cu": [("facility_location", ("const double*", "int", "int", "double*", "long long*", "double*"))],
+    "gradmatch.cu": [("gradmatch_pursuit", ("const double*", "const double*", "const double*", "int", "int",
+                                            "double", "long long*", "double*", "long long*", "unsigned char*"))],
     "nnls.cu": [(f"nnls_weights_k{K}", _NNLS_ARGS) for K in RHO_SIZES],
     "tournament.cu": [(f"deim_tiles_{suf}", tuple(a.format(T=T) for a in _TILE_ARGS))
                       for suf, T in (("f32", "float"), ("f64", "double"))],

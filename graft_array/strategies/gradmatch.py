@@ -396,7 +396,23 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
 
     xp = array_namespace(F)
     K, bv, gg = full_gram(xp, grads, grads_kind)
-    order, weights = gradmatch(xp, K, bv, gg, m, lam, seed, starts)
+    cuda = name == "cuda" and _cuda_fits(K.shape[1], m)
+    if cuda:  # the pursuit kernel: one launch for every batch, then the fill on the device
+        from .._cuda.gradmatch import gradmatch_like
+
+        order, weights = gradmatch_like(xp, K, bv, gg, m, lam, seed, starts)
+    else:
+        order, weights = gradmatch(xp, K, bv, gg, m, lam, seed, starts)
     KS, bS = gather(xp, K, bv, order)
     sizes = xp.full((nb,), m, dtype=xp.int64, device=device_of(F))
+    if cuda:
+        from .._cuda.criterion import rho_curve_like
+
+        return order, sizes, rho_curve_like(KS, bS, gg)[0], weights
     return order, sizes, criterion.rho_curve(xp, KS, bS, gg)[0], weights
+
+
+def _cuda_fits(n, m):
+    from .._cuda.gradmatch import fits
+
+    return fits(n, m)
