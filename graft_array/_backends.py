@@ -60,6 +60,11 @@ ROUTINES = {
         "cuda": "graft_array._cuda.tournament:tournament",
         "array_api": "graft_array._agnostic.maxvol:_tournament",
     },
+    "tall_volume": {
+        "numba": "graft_array._numba.volume:_volume_rowpar",
+        "cuda": "graft_array._cuda.volume:volume_tall",
+        "array_api": "graft_array._agnostic.maxvol:_volume",
+    },
     "volume": {
         "numba": "graft_array._numba.volume:_volume_batched",
         "cuda": "graft_array._cuda.volume:volume_batched",

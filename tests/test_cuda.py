@@ -245,6 +245,29 @@ def test_shim_volume_is_the_numba_one_and_lapack_qrcp(dt, rng):
 
 
 @needs_cxx
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_shim_tall_volume_is_the_numba_one(dt, rng):
+    from graft_array._cuda import volume as cvol
+    from graft_array.testing import qrcp_pivots
+
+    for n, r, kk in ((3000, 16, 16), (2000, 40, 30), (1100, 5, 5)):
+        V = rng.standard_normal((n, r)).astype(dt)
+        piv, rank = _bounded(cvol.emulate_volume_tall, V, kk, timeout=300)
+        want_piv, want_rank, _, _ = run_maxvol(V[None], kk, method="volume")
+        np.testing.assert_array_equal(piv, want_piv[0])
+        np.testing.assert_array_equal(rank, want_rank)
+        np.testing.assert_array_equal(piv, qrcp_pivots(V.astype(np.float64), kk))
+    V = rng.standard_normal((2000, 12)).astype(dt)
+    V[:, 6:] = 0.0  # rank 6: fill rows
+    V[1000:] = V[:1000] + 1e-9  # near duplicates: geqp3's recomputation
+    piv, rank = _bounded(cvol.emulate_volume_tall, V, 12, timeout=300)
+    want_piv, want_rank, _, _ = run_maxvol(V[None], 12, method="volume")
+    np.testing.assert_array_equal(piv, want_piv[0])
+    np.testing.assert_array_equal(rank, want_rank)
+    assert cvol.fits_tall(10**8, 64) and not cvol.fits_tall(100, 65)
+
+
+@needs_cxx
 def test_shim_volume_recomputes_where_geqp3_does(rng):
     """Nearly dependent rows: the downdated norms fall below sqrt(eps) of their start and are recomputed."""
     from graft_array._cuda import volume as cvol
@@ -337,6 +360,9 @@ def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     T = rng.standard_normal((2, 1500, 10))
     piv, ranks, _, _ = cmaxvol.run_maxvol(T, 10, method="deim", xp=np, device="cpu")
     np.testing.assert_array_equal(piv, run_maxvol(T, 10, method="deim")[0])
+    monkeypatch.setattr(cvol, "volume_tall", cvol.emulate_volume_tall)
+    piv, ranks, _, _ = cmaxvol.run_maxvol(T, 10, method="volume", xp=np, device="cpu")
+    np.testing.assert_array_equal(piv, run_maxvol(T, 10, method="volume")[0])
     from graft_array._cuda import refine as cref
 
     monkeypatch.setattr(cref, "refine", cref.emulate_refine)
@@ -506,6 +532,18 @@ def test_gpu_gradmatch_pursuit_equals_numba(rng):
     got_order, got_w = cgm.finish(array_namespace(K), *cgm.pursuit(K, bv, gg, 32, 0.5), 32, 3, starts)
     np.testing.assert_array_equal(got_order.get(), order)
     np.testing.assert_allclose(got_w.get(), w, rtol=1e-12)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_tall_volume_equals_numba(rng):
+    import cupy
+
+    from graft_array._cuda import volume as cvol
+
+    V = rng.standard_normal((100_000, 32))
+    piv, rank = cvol.volume_tall(cupy.asarray(V), 32)
+    np.testing.assert_array_equal(piv.get(), run_maxvol(V[None], 32, method="volume")[0][0])
 
 
 @pytest.mark.gpu

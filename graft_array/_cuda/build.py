@@ -33,6 +33,14 @@ _TILE_ARGS = ("const {T}*", "int", "int", "int", "const long long*", "int", "int
               "double*", "unsigned char*", "long long*", "int", "long long*")
 _REFINE_ARGS = ("const {T}*", "long long*", "const long long*", "int", "int", "int", "double", "int", "double",
                 "double*", "unsigned char*", "long long*")
+_VOLUME_TALL_ARGS = (
+    ("init", ("const {T}*", "long long", "int", "const double*", "double*", "double*", "double*", "unsigned char*")),
+    ("scan", ("const {T}*", "long long", "int", "const double*", "const double*", "const int*", "double*", "double*",
+              "const double*", "const unsigned char*", "double*", "int*", "double*", "int*")),
+    ("commit", ("const {T}*", "long long", "int", "int", "double", "const double*", "double*", "int*",
+                "unsigned char*", "const double*", "const int*", "const double*", "const int*", "int", "int",
+                "long long*")),
+)
 _VOLUME_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*")
 _NNLS_ARGS = ("const double*", "const double*", "const long long*", "int", "double", "double", "double*")
 _RECT_ARGS = ("const {T}*", "const long long*", "const long long*", "int", "int", "int", "long long*", "double*")
@@ -48,7 +56,9 @@ KERNELS = {
     "tournament.cu": [(f"deim_tiles_{suf}", tuple(a.format(T=T) for a in _TILE_ARGS))
                       for suf, T in (("f32", "float"), ("f64", "double"))],
     "volume.cu": [(f"volume_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _VOLUME_ARGS))
-                  for suf, T in (("f32", "float"), ("f64", "double")) for R in RECT_RANKS],
+                  for suf, T in (("f32", "float"), ("f64", "double")) for R in RECT_RANKS]
+                 + [(f"volume_tall_{part}_{suf}", tuple(a.format(T=T) for a in args))
+                    for suf, T in (("f32", "float"), ("f64", "double")) for part, args in _VOLUME_TALL_ARGS],
     "refine.cu": [(f"refine_{suf}", tuple(a.format(T=T) for a in _REFINE_ARGS))
                   for suf, T in (("f32", "float"), ("f64", "double"))],
     "rect.cu": [(f"rect_extend_{suf}_r{R}", tuple(a.format(T=T) for a in _RECT_ARGS))

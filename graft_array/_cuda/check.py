@@ -85,6 +85,10 @@ def main(argv=None, prog="graft-array check-gpu"):
             tiles = max(2 * kk, 16)
             ok &= _compare(f"deim_tiles {name} tiles={tiles}", ctour.emulate_tournament(V, kk, tiles),
                            run_maxvol(V, kk, method="tournament", tile_rows=tiles)[:2])
+        for dt in (np.float32, np.float64):
+            T = np.random.default_rng(2).standard_normal((1500, 12)).astype(dt)
+            ok &= _compare(f"volume_tall {np.dtype(dt).name} 1500x12", cvol.emulate_volume_tall(T, 12),
+                           tuple(a[0] if a.ndim > 1 else a for a in run_maxvol(T[None], 12, method="volume")[:2]))
         for name, V, kk in _cases():
             piv, rank, _, _ = run_maxvol(V, kk, method="deim")
             conv, iters = cref.emulate_refine(V, piv, rank, 1.01, 20)

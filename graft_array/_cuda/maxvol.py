@@ -6,12 +6,13 @@ The kernels take every method where ``min(k, r) <= 64``:
   rows in registers); taller ones as one tile of the tournament kernel (tall DEIM);
 * ``"tournament"``: one launch per level of the tree (the same tiles as the
   CPU path: ``tile_rows``, or :func:`graft_array._common.default_tile_rows`);
-* ``"volume"``: batches of at most 1024 rows and ``r <= 64``;
+* ``"volume"``: ``r <= 64``; batches of at most 1024 rows in one launch, taller
+  ones by the tall kernels (``2 kk + 1`` launches per batch);
 * then for ``k > r`` the rectangular extension (batches of at most 1024 rows);
 * or, with ``refine=True`` (``k <= r``), Goreinov's swaps (batches of at most 1024 rows).
 
 No host synchronisation inside: the launches depend on the shapes only.
-Everything else (the extension, refine or volume on taller batches, k > 64)
+Everything else (the extension or refine on taller batches, k > 64)
 runs the generic array-API code on the device until its kernel is written
 (issue 12).
 """
@@ -30,8 +31,8 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     """Same contract as :func:`graft_array._agnostic.maxvol.run_maxvol` (V finite, (B, n, r))."""
     nb, n, r = V.shape
     kk = min(k, r)
-    greedy = _tournament.fits(kk) if method in ("deim", "tournament") else _volume.fits(n, r)
-    if not (greedy and (k <= r or _rect.fits(n, r, k)) and (not refine or _refine.fits(n, k))):
+    greedy = _tournament.fits(kk) if method in ("deim", "tournament") else _volume.fits_tall(n, r)
+    if not (nb and greedy and (k <= r or _rect.fits(n, r, k)) and (not refine or _refine.fits(n, k))):
         return _generic.run_maxvol(V, k, method=method, tile_rows=tile_rows, refine=refine, tol=tol,
                                    max_iters=max_iters, xp=xp, device=device)
     import cupy
@@ -45,8 +46,13 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         elif method == "tournament":
             tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
             piv, rank = _tournament.tournament(Vc, kk, max(tiles, kk + 1))  # the CPU kernel's guard
-        else:
+        elif _volume.fits(n, r):
             piv, rank = _volume.volume_batched(Vc, kk)
+        else:  # tall: 2 kk + 1 launches per batch (few batches of many rows)
+            parts = [_volume.volume_tall(Vc[b], kk) for b in range(nb)]  # nb >= 1 (n > 1024 rows)
+            xpc = cupy.get_array_module(parts[0][0])  # CuPy (NumPy under the tests' shim)
+            piv = xpc.stack([p for p, _ in parts])
+            rank = xpc.concatenate([q for _, q in parts])
         if k > r:
             piv = _rect.rect_extend(Vc, piv, rank, k)
         conv = iters = None

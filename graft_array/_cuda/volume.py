@@ -9,15 +9,23 @@ from .deim import _block
 
 MAX_ROWS = 1024
 MAX_COLS = max(build.RECT_RANKS)
+_TALL_THREADS = 256
 
 
 def fits(n, r):
     return 1 <= n <= MAX_ROWS and 1 <= r <= MAX_COLS
 
 
+def fits_tall(n, r):
+    return 1 <= n < 2**31 and 1 <= r <= MAX_COLS
+
+
+def _suffix(dtype):
+    return {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+
+
 def instance(dtype, r):
-    suf = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
-    return f"volume_batched_{suf}_r{next(R for R in build.RECT_RANKS if R >= r)}"
+    return f"volume_batched_{_suffix(dtype)}_r{next(R for R in build.RECT_RANKS if R >= r)}"
 
 
 def volume_batched(V, kk, *, fmad=True):
@@ -49,3 +57,86 @@ def emulate_volume_batched(V, kk):
            ctypes.c_int(kk), ctypes.c_double(float(np.finfo(V.dtype).eps)), piv.ctypes.data_as(P),
            rank.ctypes.data_as(P))
     return piv, rank
+
+
+def _tall_plan(n, threads, max_blocks):
+    return max(1, min(max_blocks, -(-n // threads)))
+
+
+def volume_tall(V, kk):
+    """``(piv (kk,) int64, rank (1,) int64)`` of one CuPy matrix V (n, r) of any height: 2 kk + 1 launches.
+
+    The launches depend on the shapes only (no host synchronisation): an
+    initial pass (norms), then per step a scan over every row and a one-block commit.
+    """
+    import cupy
+
+    n, r = V.shape
+    V = cupy.ascontiguousarray(V)
+    suf = _suffix(V.dtype)
+    stats = cupy.zeros(2, dtype=cupy.float64)
+    if n * r:
+        stats[0] = cupy.abs(V).max()
+    rho = cupy.empty(n, dtype=cupy.float64)
+    rho0 = cupy.empty(n, dtype=cupy.float64)
+    nrm = cupy.empty(n, dtype=cupy.float64)
+    sel = cupy.empty(n, dtype=cupy.uint8)
+    blocks = _tall_plan(n, _TALL_THREADS, 4096)
+    build.function("volume.cu", "volume_tall_init_" + suf)((blocks,), (_TALL_THREADS,),
+                                                           (V, np.int64(n), np.int32(r), stats, rho, rho0, nrm, sel))
+    stats[1] = nrm.max()
+    Q = cupy.zeros((kk, r), dtype=cupy.float64)
+    state = cupy.zeros(2, dtype=cupy.int32)
+    piv = cupy.empty(kk, dtype=cupy.int64)
+    pv = cupy.empty(blocks, dtype=cupy.float64)
+    pi = cupy.empty(blocks, dtype=cupy.int32)
+    pnv = cupy.empty(blocks, dtype=cupy.float64)
+    pni = cupy.empty(blocks, dtype=cupy.int32)
+    scan = build.function("volume.cu", "volume_tall_scan_" + suf)
+    commit = build.function("volume.cu", "volume_tall_commit_" + suf)
+    eps = np.float64(np.finfo(V.dtype).eps)
+    for j in range(kk):
+        scan((blocks,), (_TALL_THREADS,), (V, np.int64(n), np.int32(r), stats, Q, state, rho, rho0, nrm, sel,
+                                           pv, pi, pnv, pni))
+        commit((1,), (_TALL_THREADS,), (V, np.int64(n), np.int32(r), np.int32(kk), eps, stats, Q, state, sel,
+                                        pv, pi, pnv, pni, np.int32(blocks), np.int32(j), piv))
+    return piv, state[:1].astype(cupy.int64)
+
+
+def emulate_volume_tall(V, kk, threads=64, max_blocks=4):
+    """The same launches on one NumPy matrix, each run by the CPU shim."""
+    V = np.ascontiguousarray(V)
+    n, r = V.shape
+    lib = build.emulator()
+    suf = _suffix(V.dtype)
+    P = ctypes.c_void_p
+    stats = np.zeros(2)
+    stats[0] = np.abs(V).max() if n * r else 0.0
+    rho, rho0, nrm = np.zeros(n), np.zeros(n), np.zeros(n)
+    sel = np.zeros(n, dtype=np.uint8)
+    blocks = _tall_plan(n, threads, max_blocks)
+    g = (ctypes.c_uint(blocks), ctypes.c_uint(1), ctypes.c_uint(threads))
+    getattr(lib, "emulate_volume_tall_init_" + suf)(*g, V.ctypes.data_as(P), ctypes.c_longlong(n), ctypes.c_int(r),
+                                                   stats.ctypes.data_as(P), rho.ctypes.data_as(P),
+                                                   rho0.ctypes.data_as(P), nrm.ctypes.data_as(P),
+                                                   sel.ctypes.data_as(P))
+    stats[1] = nrm.max() if n else 0.0
+    Q = np.zeros((kk, r))
+    state = np.zeros(2, dtype=np.int32)
+    piv = np.zeros(kk, dtype=np.int64)
+    pv, pnv = np.zeros(blocks), np.zeros(blocks)
+    pi, pni = np.zeros(blocks, dtype=np.int32), np.zeros(blocks, dtype=np.int32)
+    scan = getattr(lib, "emulate_volume_tall_scan_" + suf)
+    commit = getattr(lib, "emulate_volume_tall_commit_" + suf)
+    eps = ctypes.c_double(float(np.finfo(V.dtype).eps))
+    for j in range(kk):
+        scan(*g, V.ctypes.data_as(P), ctypes.c_longlong(n), ctypes.c_int(r), stats.ctypes.data_as(P),
+             Q.ctypes.data_as(P), state.ctypes.data_as(P), rho.ctypes.data_as(P), rho0.ctypes.data_as(P),
+             nrm.ctypes.data_as(P), sel.ctypes.data_as(P), pv.ctypes.data_as(P), pi.ctypes.data_as(P),
+             pnv.ctypes.data_as(P), pni.ctypes.data_as(P))
+        commit(ctypes.c_uint(1), ctypes.c_uint(1), ctypes.c_uint(threads), V.ctypes.data_as(P), ctypes.c_longlong(n),
+               ctypes.c_int(r), ctypes.c_int(kk), eps, stats.ctypes.data_as(P), Q.ctypes.data_as(P),
+               state.ctypes.data_as(P), sel.ctypes.data_as(P), pv.ctypes.data_as(P), pi.ctypes.data_as(P),
+               pnv.ctypes.data_as(P), pni.ctypes.data_as(P), ctypes.c_int(blocks), ctypes.c_int(j),
+               piv.ctypes.data_as(P))
+    return piv, state[:1].astype(np.int64)
