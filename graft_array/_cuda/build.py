@@ -67,6 +67,24 @@ KERNELS = {
 ARCHS = ("sm_80", "sm_90")
 
 
+def suffix(dtype):
+    """The instances' dtype suffix: "f32" or "f64"."""
+    import numpy as np
+
+    return {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+
+
+def sized(prefix, sizes, k, dtype=None):
+    """The instance of the smallest template size >= k: ``prefix[_f32|_f64]_<letter><size>``; prefix ends with
+    the size's letter, e.g. ``sized("rho_curve_k", RHO_SIZES, 40) == "rho_curve_k64"``,
+    ``sized("deim_batched_r", DEIM_RANKS, 9, float32) == "deim_batched_f32_r16"``."""
+    size = next(s for s in sizes if s >= k)
+    if dtype is None:
+        return f"{prefix}{size}"
+    head, letter = prefix[:-2], prefix[-1]
+    return f"{head}_{suffix(dtype)}_{letter}{size}"
+
+
 def source(name):
     """The text of a source file of this package (``deim.cu``, ``common.cuh``, ``shim.h``)."""
     with open(os.path.join(HERE, name)) as fh:
@@ -179,6 +197,28 @@ def emulator():
     if res.returncode != 0:
         raise RuntimeError(f"the CUDA shim did not build ({' '.join(cmd)}):\n{res.stderr}")
     return ctypes.CDLL(lib)
+
+
+_C_TYPES = {"int": ctypes.c_int, "double": ctypes.c_double, "long long": ctypes.c_longlong}
+
+
+def emulate(kernel, grid, block, *args):
+    """Launch kernel instance ``kernel`` through the CPU shim: ``grid`` blocks (an int or (gx, gy)) of ``block``
+    threads (a multiple of 32). NumPy arrays go by pointer (they must be C-contiguous and of the kernel's
+    element type), numbers as the kernel's C parameter types (from :data:`KERNELS`)."""
+    types = next(a for kernels in KERNELS.values() for name, a in kernels if name == kernel)
+    if len(args) != len(types):
+        raise TypeError(f"{kernel} takes {len(types)} arguments; got {len(args)}")
+    conv = []
+    for t, a in zip(types, args):
+        if t.endswith("*"):
+            if not (hasattr(a, "ctypes") and a.flags.c_contiguous):
+                raise TypeError(f"{kernel}: a pointer argument ({t}) must be a C-contiguous NumPy array")
+            conv.append(a.ctypes.data_as(ctypes.c_void_p))
+        else:
+            conv.append(_C_TYPES[t](a))
+    gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
+    getattr(emulator(), "emulate_" + kernel)(ctypes.c_uint(gx), ctypes.c_uint(gy), ctypes.c_uint(block), *conv)
 
 
 # --------------------------------------------------------------------------- the GPU

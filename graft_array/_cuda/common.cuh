@@ -100,4 +100,34 @@ __device__ __forceinline__ double unit_scale(double m) {
     return ldexp(1.0, k);
 }
 
+// Each thread's row i of a batch V_b (n x r, row-major) as float64 into x[0..r), and its squared norm,
+// scaled by 2^j where the batch's max |entry| leaves the float64 band (graft_array._numba.simd._band_scale:
+// the norms are then those of the scaled rows). Returns the scale (1 inside the band). Every thread of
+// the block calls it (a block reduction); rows i >= n are left alone.
+template <typename T, int R>
+__device__ __forceinline__ double load_row64(const T* Vb, int i, int n, int r, double* x, double& sq, double* s_val) {
+    const bool live = i < n;
+    double s = 0.0, amax = 0.0;
+    if (live)
+        for (int c = 0; c < r; ++c) {
+            const double v = (double)Vb[(i64)i * r + c];
+            s = s + v * v;
+            amax = fabs(v) > amax ? fabs(v) : amax;
+        }
+    amax = block_max(amax, s_val);
+    const bool band = amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
+    const double sc = band ? 1.0 : unit_scale(amax);
+    if (live) {
+        double q = 0.0;
+        for (int c = 0; c < R; ++c) {
+            if (c >= r) break;
+            x[c] = band ? (double)Vb[(i64)i * r + c] : (double)Vb[(i64)i * r + c] * sc;
+            q = q + x[c] * x[c];
+        }
+        if (!band) s = q;
+    }
+    sq = s;
+    return sc;
+}
+
 }  // namespace graft

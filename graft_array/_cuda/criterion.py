@@ -1,7 +1,5 @@
 """Launcher of ``criterion.cu``'s rho curve: on CuPy arrays (the GPU), or on NumPy through the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from .._agnostic.criterion import SPAN_TOL
@@ -17,7 +15,7 @@ def fits(kk):
 
 
 def instance(kk):
-    return f"rho_curve_k{next(k for k in build.RHO_SIZES if k >= kk)}"
+    return build.sized("rho_curve_k", build.RHO_SIZES, kk)
 
 
 def rho_curve(K, b, gg, *, fmad=True):
@@ -44,11 +42,7 @@ def emulate_rho_curve(K, b, gg):
     rho = np.zeros((B, kk))
     skipped = np.zeros((B, kk), dtype=np.uint8)
     if B and kk:
-        fn = getattr(build.emulator(), "emulate_" + instance(kk))
-        P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P),
-           gg.ctypes.data_as(P),
-           ctypes.c_int(kk), ctypes.c_double(SPAN_TOL * SPAN_TOL), rho.ctypes.data_as(P), skipped.ctypes.data_as(P))
+        build.emulate(instance(kk), B, _THREADS, K, b, gg, kk, SPAN_TOL * SPAN_TOL, rho, skipped)
     return rho, skipped.astype(bool)
 
 

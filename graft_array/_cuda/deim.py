@@ -1,7 +1,5 @@
 """Launcher of ``deim.cu``'s batched DEIM: on a CuPy array (the GPU), or on NumPy through the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from . import build
@@ -17,9 +15,7 @@ def fits(n, kk):
 
 def instance(dtype, kk):
     """The kernel's C name for ``dtype`` (float32 / float64) and ``kk`` columns (the smallest R >= kk)."""
-    suf = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
-    R = next(R for R in build.DEIM_RANKS if R >= kk)
-    return f"deim_batched_{suf}_r{R}"
+    return build.sized("deim_batched_r", build.DEIM_RANKS, kk, dtype)
 
 
 def _block(n):
@@ -53,10 +49,5 @@ def emulate_deim_batched(V, kk):
     rank = np.zeros(B, dtype=np.int64)
     bad = np.zeros(B, dtype=np.int32)
     if B:
-        fn = getattr(build.emulator(), "emulate_" + instance(V.dtype, kk))
-        P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), ctypes.c_int(n),
-           ctypes.c_int(r),
-           ctypes.c_int(kk), ctypes.c_double(float(np.finfo(V.dtype).eps)), piv.ctypes.data_as(P),
-           rank.ctypes.data_as(P), bad.ctypes.data_as(P))
+        build.emulate(instance(V.dtype, kk), B, _block(n), V, n, r, kk, float(np.finfo(V.dtype).eps), piv, rank, bad)
     return piv, rank, bad

@@ -1,7 +1,5 @@
 """Launcher of ``facility.cu``: CRAIG's / CREST's facility location per batch, on the GPU or the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from .deim import _block
@@ -48,8 +46,5 @@ def emulate_facility_location(K, m):
     weights = np.zeros((B, m))
     if B:
         work = np.zeros((B, n, n))
-        P = ctypes.c_void_p
-        build.emulator().emulate_facility_location(
-            ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), K.ctypes.data_as(P), ctypes.c_int(n),
-            ctypes.c_int(m), work.ctypes.data_as(P), order.ctypes.data_as(P), weights.ctypes.data_as(P))
+        build.emulate("facility_location", B, _block(n), K, n, m, work, order, weights)
     return order, weights

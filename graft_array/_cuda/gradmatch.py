@@ -1,7 +1,5 @@
 """Launcher of ``gradmatch.cu``'s pursuit, and the fill that completes it, on the GPU or through the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from ..strategies.random import random_keys
@@ -45,11 +43,7 @@ def emulate_pursuit(K, b, gg, m, lam):
     q = np.zeros(B, dtype=np.int64)
     chosen = np.zeros((B, n), dtype=np.uint8)
     if B:
-        P = ctypes.c_void_p
-        build.emulator().emulate_gradmatch_pursuit(
-            ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), K.ctypes.data_as(P), b.ctypes.data_as(P),
-            gg.ctypes.data_as(P), ctypes.c_int(n), ctypes.c_int(m), ctypes.c_double(float(lam)),
-            act.ctypes.data_as(P), w.ctypes.data_as(P), q.ctypes.data_as(P), chosen.ctypes.data_as(P))
+        build.emulate("gradmatch_pursuit", B, _block(n), K, b, gg, n, m, float(lam), act, w, q, chosen)
     return act, w, q, chosen.astype(bool)
 
 

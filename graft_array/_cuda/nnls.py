@@ -1,7 +1,5 @@
 """Launcher of ``nnls.cu``'s weights: on CuPy arrays (the GPU), or on NumPy through the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from . import build
@@ -16,7 +14,7 @@ def fits(kk):
 
 
 def instance(kk):
-    return f"nnls_weights_k{next(k for k in build.RHO_SIZES if k >= kk)}"
+    return build.sized("nnls_weights_k", build.RHO_SIZES, kk)
 
 
 def nnls_weights(K, b, sizes, n, reg, *, fmad=True):
@@ -50,9 +48,5 @@ def emulate_nnls_weights(K, b, sizes, n, reg):
     B, kk = b.shape
     out = np.zeros((B, kk))
     if B and kk:
-        fn = getattr(build.emulator(), "emulate_" + instance(kk))
-        P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_THREADS), K.ctypes.data_as(P), b.ctypes.data_as(P),
-           sizes.ctypes.data_as(P), ctypes.c_int(kk), ctypes.c_double(float(n)), ctypes.c_double(float(reg)),
-           out.ctypes.data_as(P))
+        build.emulate(instance(kk), B, _THREADS, K, b, sizes, kk, float(n), float(reg), out)
     return out

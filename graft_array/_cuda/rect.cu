@@ -34,28 +34,10 @@ __device__ __forceinline__ void rect_extend(const T* __restrict__ V, const i64* 
     double* C = scratch + (i64)b * (extra + 1) * n;  // rows 0..extra-1: c_t; row extra: d_t
     double* dv = C + (i64)extra * n;
 
-    // squared row norms and the batch's max |entry| (graft_array._numba.simd._band_scale)
-    double sq = 0.0, amax = 0.0;
-    if (live) {
-        for (int c = 0; c < r; ++c) {
-            const double v = (double)Vb[(i64)i * r + c];
-            sq = sq + v * v;
-            amax = fabs(v) > amax ? fabs(v) : amax;
-        }
-    }
-    amax = block_max(amax, s_val);
-    const bool band = amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
-    const double sc = band ? 1.0 : unit_scale(amax);
     double x[R];
-    if (live) {
-        double q = 0.0;
-        for (int c = 0; c < R; ++c) {
-            if (c >= r) break;
-            x[c] = band ? (double)Vb[(i64)i * r + c] : (double)Vb[(i64)i * r + c] * sc;
-            q = q + x[c] * x[c];
-        }
-        if (!band) sq = q;
-    }
+    double sq;
+    const double sc = load_row64<T, R>(Vb, i, n, r, x, sq, s_val);  // the row, its norm, the band's scale
+    const bool band = sc == 1.0;
     const double nrm = live ? sqrt(sq) : -1.0;
     bool sel = false;
     for (int j = 0; j < r; ++j) {

@@ -1,7 +1,5 @@
 """Launcher of ``rect.cu``'s rectangular extension: on CuPy arrays (the GPU), or on NumPy through the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from . import build
@@ -16,8 +14,7 @@ def fits(n, r, k):
 
 
 def instance(dtype, r):
-    suf = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
-    return f"rect_extend_{suf}_r{next(R for R in build.RECT_RANKS if R >= r)}"
+    return build.sized("rect_extend_r", build.RECT_RANKS, r, dtype)
 
 
 def rect_extend(V, piv, rank, k, *, fmad=True):
@@ -49,9 +46,5 @@ def emulate_rect_extend(V, piv, rank, k):
     out = np.zeros((B, k), dtype=np.int64)
     scratch = np.zeros((B, k - r + 1, n))
     if B:
-        fn = getattr(build.emulator(), "emulate_" + instance(V.dtype, r))
-        P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), piv.ctypes.data_as(P),
-           rank.ctypes.data_as(P), ctypes.c_int(n), ctypes.c_int(r), ctypes.c_int(k), out.ctypes.data_as(P),
-           scratch.ctypes.data_as(P))
+        build.emulate(instance(V.dtype, r), B, _block(n), V, piv, rank, n, r, k, out, scratch)
     return out

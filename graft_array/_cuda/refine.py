@@ -1,7 +1,5 @@
 """Launcher of ``refine.cu``: Goreinov's maxvol swaps per batch, on the GPU or through the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from . import build
@@ -15,8 +13,7 @@ def fits(n, k):
     return 1 <= k <= MAX_K and k <= n <= MAX_ROWS
 
 
-def _suffix(dtype):
-    return {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+_suffix = build.suffix
 
 
 def refine(V, piv, rank, tol, max_iters):
@@ -51,10 +48,6 @@ def emulate_refine(V, piv, rank, tol, max_iters):
     iters = np.zeros(B, dtype=np.int64)
     if B:
         scratch = np.zeros((B, 2, k, k))
-        P = ctypes.c_void_p
-        getattr(build.emulator(), "emulate_refine_" + _suffix(V.dtype))(
-            ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), piv.ctypes.data_as(P),
-            rank.ctypes.data_as(P), ctypes.c_int(n), ctypes.c_int(r), ctypes.c_int(k), ctypes.c_double(float(tol)),
-            ctypes.c_int(int(max_iters)), ctypes.c_double(float(np.finfo(V.dtype).eps)), scratch.ctypes.data_as(P),
-            conv.ctypes.data_as(P), iters.ctypes.data_as(P))
+        build.emulate("refine_" + _suffix(V.dtype), B, _block(n), V, piv, rank, n, r, k, float(tol), int(max_iters),
+                      float(np.finfo(V.dtype).eps), scratch, conv, iters)
     return conv.astype(bool), iters

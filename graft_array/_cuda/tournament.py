@@ -8,8 +8,6 @@ levels depends on n and tile_rows only, never on the data, so the host needs no
 synchronisation between the launches.
 """
 
-import ctypes
-
 import numpy as np
 
 from . import build
@@ -36,8 +34,7 @@ def _levels(n, kk, tile_rows):
         m = nxt
 
 
-def _suffix(dtype):
-    return {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+_suffix = build.suffix
 
 
 def tournament(V, kk, tile_rows):
@@ -71,20 +68,16 @@ def emulate_tournament(V, kk, tile_rows, threads=64):
     B, n, r = V.shape
     amax = np.abs(V).reshape(B, n * r).max(axis=1).astype(np.float64) if n * r else np.zeros(B)
     cand = np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int64), (B, n)))
-    fn = getattr(build.emulator(), "emulate_deim_tiles_" + _suffix(V.dtype))
+    kernel = "deim_tiles_" + _suffix(V.dtype)
     eps = float(np.finfo(V.dtype).eps)
     rank = np.zeros(B, dtype=np.int64)
-    P = ctypes.c_void_p
     for m, tiles, nxt in _levels(n, kk, tile_rows):
         rows = tiles * tile_rows if tiles > 1 else m
         work = np.zeros(B * rows * kk, dtype=V.dtype)
         norms = np.zeros(B * rows)
         alive = np.zeros(B * rows, dtype=np.uint8)
         out = np.zeros((B, nxt), dtype=np.int64)
-        fn(ctypes.c_uint(B), ctypes.c_uint(tiles), ctypes.c_uint(threads), V.ctypes.data_as(P), ctypes.c_int(n),
-           ctypes.c_int(r), ctypes.c_int(kk), cand.ctypes.data_as(P), ctypes.c_int(m),
-           ctypes.c_int(tile_rows if tiles > 1 else m), amax.ctypes.data_as(P), ctypes.c_double(eps),
-           work.ctypes.data_as(P), norms.ctypes.data_as(P), alive.ctypes.data_as(P), out.ctypes.data_as(P),
-           ctypes.c_int(nxt), rank.ctypes.data_as(P))
+        build.emulate(kernel, (B, tiles), threads, V, n, r, kk, cand, m, tile_rows if tiles > 1 else m, amax, eps,
+                      work, norms, alive, out, nxt, rank)
         cand = out
     return cand, rank

@@ -27,26 +27,9 @@ __device__ __forceinline__ void volume_batched(const T* __restrict__ V, int n, i
     const bool live = i < n;
     const T* Vb = V + (i64)b * n * r;
 
-    double sq = 0.0, amax = 0.0;
-    if (live)
-        for (int c = 0; c < r; ++c) {
-            const double v = (double)Vb[(i64)i * r + c];
-            sq = sq + v * v;
-            amax = fabs(v) > amax ? fabs(v) : amax;
-        }
-    amax = block_max(amax, s_val);
-    const bool band = amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
-    const double sc = band ? 1.0 : unit_scale(amax);
     double x[R];
-    if (live) {
-        double q = 0.0;
-        for (int c = 0; c < R; ++c) {
-            if (c >= r) break;
-            x[c] = band ? (double)Vb[(i64)i * r + c] : (double)Vb[(i64)i * r + c] * sc;
-            q = q + x[c] * x[c];
-        }
-        if (!band) sq = q;
-    }
+    double sq;
+    load_row64<T, R>(Vb, i, n, r, x, sq, s_val);  // the row, its squared norm (scaled outside the band)
     double rho = sq, rho0 = sq;
     const double nrm = live ? sqrt(sq) : -1.0;
     const double tol = (double)(n > r ? n : r) * eps * block_max(live ? nrm : 0.0, s_val);

@@ -1,7 +1,5 @@
 """Launcher of ``volume.cu``'s greedy volume: on a CuPy array (the GPU), or on NumPy through the CPU shim."""
 
-import ctypes
-
 import numpy as np
 
 from . import build
@@ -20,12 +18,11 @@ def fits_tall(n, r):
     return 1 <= n < 2**31 and 1 <= r <= MAX_COLS
 
 
-def _suffix(dtype):
-    return {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+_suffix = build.suffix
 
 
 def instance(dtype, r):
-    return f"volume_batched_{_suffix(dtype)}_r{next(R for R in build.RECT_RANKS if R >= r)}"
+    return build.sized("volume_batched_r", build.RECT_RANKS, r, dtype)
 
 
 def volume_batched(V, kk, *, fmad=True):
@@ -50,12 +47,7 @@ def emulate_volume_batched(V, kk):
     piv = np.zeros((B, kk), dtype=np.int64)
     rank = np.zeros(B, dtype=np.int64)
     if B:
-        fn = getattr(build.emulator(), "emulate_" + instance(V.dtype, r))
-        P = ctypes.c_void_p
-        fn(ctypes.c_uint(B), ctypes.c_uint(1), ctypes.c_uint(_block(n)), V.ctypes.data_as(P), ctypes.c_int(n),
-           ctypes.c_int(r),
-           ctypes.c_int(kk), ctypes.c_double(float(np.finfo(V.dtype).eps)), piv.ctypes.data_as(P),
-           rank.ctypes.data_as(P))
+        build.emulate(instance(V.dtype, r), B, _block(n), V, n, r, kk, float(np.finfo(V.dtype).eps), piv, rank)
     return piv, rank
 
 
@@ -107,36 +99,23 @@ def emulate_volume_tall(V, kk, threads=64, max_blocks=4):
     """The same launches on one NumPy matrix, each run by the CPU shim."""
     V = np.ascontiguousarray(V)
     n, r = V.shape
-    lib = build.emulator()
     suf = _suffix(V.dtype)
-    P = ctypes.c_void_p
     stats = np.zeros(2)
     stats[0] = np.abs(V).max() if n * r else 0.0
     rho, rho0, nrm = np.zeros(n), np.zeros(n), np.zeros(n)
     sel = np.zeros(n, dtype=np.uint8)
     blocks = _tall_plan(n, threads, max_blocks)
-    g = (ctypes.c_uint(blocks), ctypes.c_uint(1), ctypes.c_uint(threads))
-    getattr(lib, "emulate_volume_tall_init_" + suf)(*g, V.ctypes.data_as(P), ctypes.c_longlong(n), ctypes.c_int(r),
-                                                   stats.ctypes.data_as(P), rho.ctypes.data_as(P),
-                                                   rho0.ctypes.data_as(P), nrm.ctypes.data_as(P),
-                                                   sel.ctypes.data_as(P))
+    build.emulate("volume_tall_init_" + suf, blocks, threads, V, n, r, stats, rho, rho0, nrm, sel)
     stats[1] = nrm.max() if n else 0.0
     Q = np.zeros((kk, r))
     state = np.zeros(2, dtype=np.int32)
     piv = np.zeros(kk, dtype=np.int64)
     pv, pnv = np.zeros(blocks), np.zeros(blocks)
     pi, pni = np.zeros(blocks, dtype=np.int32), np.zeros(blocks, dtype=np.int32)
-    scan = getattr(lib, "emulate_volume_tall_scan_" + suf)
-    commit = getattr(lib, "emulate_volume_tall_commit_" + suf)
-    eps = ctypes.c_double(float(np.finfo(V.dtype).eps))
+    eps = float(np.finfo(V.dtype).eps)
     for j in range(kk):
-        scan(*g, V.ctypes.data_as(P), ctypes.c_longlong(n), ctypes.c_int(r), stats.ctypes.data_as(P),
-             Q.ctypes.data_as(P), state.ctypes.data_as(P), rho.ctypes.data_as(P), rho0.ctypes.data_as(P),
-             nrm.ctypes.data_as(P), sel.ctypes.data_as(P), pv.ctypes.data_as(P), pi.ctypes.data_as(P),
-             pnv.ctypes.data_as(P), pni.ctypes.data_as(P))
-        commit(ctypes.c_uint(1), ctypes.c_uint(1), ctypes.c_uint(threads), V.ctypes.data_as(P), ctypes.c_longlong(n),
-               ctypes.c_int(r), ctypes.c_int(kk), eps, stats.ctypes.data_as(P), Q.ctypes.data_as(P),
-               state.ctypes.data_as(P), sel.ctypes.data_as(P), pv.ctypes.data_as(P), pi.ctypes.data_as(P),
-               pnv.ctypes.data_as(P), pni.ctypes.data_as(P), ctypes.c_int(blocks), ctypes.c_int(j),
-               piv.ctypes.data_as(P))
+        build.emulate("volume_tall_scan_" + suf, blocks, threads, V, n, r, stats, Q, state, rho, rho0, nrm, sel,
+                      pv, pi, pnv, pni)
+        build.emulate("volume_tall_commit_" + suf, 1, threads, V, n, r, kk, eps, stats, Q, state, sel, pv, pi, pnv,
+                      pni, blocks, j, piv)
     return piv, state[:1].astype(np.int64)
