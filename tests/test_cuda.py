@@ -306,6 +306,7 @@ def test_shim_tournament_and_tall_deim_are_the_numba_ones(dt, rng):
         np.testing.assert_array_equal(piv[0], lu_pivots(V[0]))
     levels = ctour._levels(1000, 8, 64)
     assert levels[-1][1] == 1 and [lv[0] for lv in levels] == [1000, 128, 16]
+    assert ctour.fits_tiles(65535 * 16, 8, 16) and not ctour.fits_tiles(65535 * 16 + 1, 8, 16)
 
 
 @needs_cxx
@@ -491,9 +492,9 @@ def test_gpu_tournament_and_tall_deim_equal_numba(rng):
     from graft_array._cuda import tournament as ctour
 
     V = rng.standard_normal((2, 200_000, 32)).astype(np.float32)
-    piv, rank = ctour.tournament(cupy.asarray(V), 32, 4096)
+    piv, rank = ctour.tournament(cupy.asarray(V), 32, 4096, fmad=False)
     np.testing.assert_array_equal(piv.get(), run_maxvol(V, 32, method="tournament", tile_rows=4096)[0])
-    piv, rank = ctour.tournament(cupy.asarray(V[:, :20_000]), 32, 20_000)
+    piv, rank = ctour.tournament(cupy.asarray(V[:, :20_000]), 32, 20_000, fmad=False)
     np.testing.assert_array_equal(piv.get(), run_maxvol(V[:, :20_000], 32, method="deim")[0])
 
 
@@ -507,7 +508,7 @@ def test_gpu_refine_equals_numba(rng):
     V = rng.standard_normal((30, 256, 24))
     piv, rank, _, _ = run_maxvol(V, 24, method="deim")
     got = cupy.asarray(piv)
-    conv, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 50)
+    conv, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 50, fmad=False)
     want = run_maxvol(V, 24, method="deim", refine=True, tol=1.01, max_iters=50)
     np.testing.assert_array_equal(got.get(), want[0])
     np.testing.assert_array_equal(iters.get(), want[3])
@@ -529,7 +530,7 @@ def test_gpu_gradmatch_pursuit_equals_numba(rng):
     K, bv, gg = (cupy.asarray(np.stack([pt[i] for pt in parts])) for i in range(3))
     from array_api_compat import array_namespace
 
-    got_order, got_w = cgm.finish(array_namespace(K), *cgm.pursuit(K, bv, gg, 32, 0.5), 32, 3, starts)
+    got_order, got_w = cgm.finish(array_namespace(K), *cgm.pursuit(K, bv, gg, 32, 0.5, fmad=False), 32, 3, starts)
     np.testing.assert_array_equal(got_order.get(), order)
     np.testing.assert_allclose(got_w.get(), w, rtol=1e-12)
 
@@ -542,7 +543,7 @@ def test_gpu_tall_volume_equals_numba(rng):
     from graft_array._cuda import volume as cvol
 
     V = rng.standard_normal((100_000, 32))
-    piv, rank = cvol.volume_tall(cupy.asarray(V), 32)
+    piv, rank = cvol.volume_tall(cupy.asarray(V), 32, fmad=False)
     np.testing.assert_array_equal(piv.get(), run_maxvol(V[None], 32, method="volume")[0][0])
 
 

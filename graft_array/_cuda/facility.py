@@ -12,7 +12,7 @@ def fits(n, m):
     return 1 <= m <= n <= MAX_ROWS
 
 
-def facility_location(K, m):
+def facility_location(K, m, *, fmad=True):
     """``(order (B, m) int64, weights (B, m) float64)`` from the CuPy Grams K (B, n, n) float64; one launch."""
     import cupy
 
@@ -24,8 +24,8 @@ def facility_location(K, m):
     weights = cupy.empty((B, m), dtype=cupy.float64)
     if B:
         work = cupy.empty((B, n, n), dtype=cupy.float64)
-        build.function("facility.cu", "facility_location")((B,), (_block(n),), (K, np.int32(n), np.int32(m), work,
-                                                                                   order, weights))
+        fn = build.function("facility.cu", "facility_location", fmad=fmad)
+        fn((B,), (_block(n),), (K, np.int32(n), np.int32(m), work, order, weights))
     return order, weights
 
 

@@ -104,7 +104,9 @@ __device__ __forceinline__ void gradmatch_pursuit(const double* __restrict__ K, 
         const int j = block_argmax(live ? c : neg_inf(), i, s_val, s_idx, &best, neg_inf());
         if (i == j) S.stop = chosen ? 1 : 0;
         __syncthreads();
-        if (S.stop) break;
+        const int again = S.stop;
+        __syncthreads();  // every thread has read S.stop before thread 0 may set it below
+        if (again) break;
         if (i == 0) {
             S.newest = 0;
             const double kjj = Kb[(i64)j * n + j];

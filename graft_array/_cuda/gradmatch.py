@@ -14,7 +14,7 @@ def fits(n, m):
     return 1 <= m <= min(n, MAX_M) and n <= MAX_ROWS
 
 
-def pursuit(K, b, gg, m, lam):
+def pursuit(K, b, gg, m, lam, *, fmad=True):
     """``(act (B, m) int64, w (B, m), q (B,) int64, chosen (B, n) bool)`` of CuPy Grams; one launch."""
     import cupy
 
@@ -27,8 +27,8 @@ def pursuit(K, b, gg, m, lam):
     q = cupy.empty(B, dtype=cupy.int64)
     chosen = cupy.empty((B, n), dtype=cupy.uint8)
     if B:
-        build.function("gradmatch.cu", "gradmatch_pursuit")((B,), (_block(n),), (K, b, gg, np.int32(n), np.int32(m),
-                                                                                   np.float64(lam), act, w, q, chosen))
+        fn = build.function("gradmatch.cu", "gradmatch_pursuit", fmad=fmad)
+        fn((B,), (_block(n),), (K, b, gg, np.int32(n), np.int32(m), np.float64(lam), act, w, q, chosen))
     return act, w, q, chosen.astype(cupy.bool_)
 
 

@@ -1,6 +1,7 @@
 """CuPy views of the caller's device arrays and back (DLPack, zero-copy), and the stream to launch on."""
 
 import contextlib
+import warnings
 
 
 def as_cupy(x):
@@ -23,18 +24,34 @@ def like(y, x):
     return torch.from_dlpack(y)
 
 
+@contextlib.contextmanager
 def on_stream_of(x):
-    """A context in which CuPy launches on the stream the caller's work is ordered on.
+    """A context in which CuPy launches on ``x``'s device and on the stream the caller's work is ordered on.
 
-    For a CUDA torch tensor: torch's current stream on the tensor's device (as
-    an external CuPy stream), so that the kernels run after the work that
-    produced ``x`` and before what torch does next with the results. For a
-    CuPy array: CuPy's own current stream (nothing changes).
+    For a CUDA torch tensor: its device, and torch's current stream there (as
+    a CuPy stream), so that the kernels run after the work that produced ``x``
+    and before what torch does next with the results. For a CuPy array: its
+    device, and CuPy's own current stream. Anything else: nothing changes.
     """
-    if not (type(x).__module__.split(".")[0] == "torch" and x.device.type == "cuda"):
-        return contextlib.nullcontext()
+    kind = type(x).__module__.split(".")[0]
+    if kind == "cupy":
+        with x.device:
+            yield
+        return
+    if not (kind == "torch" and x.device.type == "cuda"):
+        yield
+        return
     import cupy
     import torch
 
-    stream = torch.cuda.current_stream(x.device)
-    return cupy.cuda.ExternalStream(stream.cuda_stream, x.device.index)
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    ts = torch.cuda.current_stream(x.device)
+    with cupy.cuda.Device(dev):
+        try:  # CuPy >= 14: the CUDA stream protocol
+            stream = cupy.cuda.Stream.from_external(ts)
+        except (AttributeError, TypeError):  # older CuPy, or a torch stream without __cuda_stream__
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                stream = cupy.cuda.ExternalStream(ts.cuda_stream, dev)
+        with stream:
+            yield

@@ -31,7 +31,15 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     """Same contract as :func:`graft_array._agnostic.maxvol.run_maxvol` (V finite, (B, n, r))."""
     nb, n, r = V.shape
     kk = min(k, r)
-    greedy = _tournament.fits(kk) if method in ("deim", "tournament") else _volume.fits_tall(n, r)
+    tiles = None
+    if method == "tournament":
+        tiles = max(default_tile_rows(n, kk) if tile_rows is None else int(tile_rows), kk + 1)  # the CPU guard
+    if method == "deim":
+        greedy = _tournament.fits(kk) and (_deim.fits(n, kk) or _tournament.fits_tiles(n, kk, n))
+    elif method == "tournament":
+        greedy = _tournament.fits(kk) and _tournament.fits_tiles(n, kk, tiles)
+    else:
+        greedy = _volume.fits_tall(n, r)
     if not (nb and greedy and (k <= r or _rect.fits(n, r, k)) and (not refine or _refine.fits(n, k))):
         return _generic.run_maxvol(V, k, method=method, tile_rows=tile_rows, refine=refine, tol=tol,
                                    max_iters=max_iters, xp=xp, device=device)
@@ -44,8 +52,7 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         elif method == "deim":  # tall: one tile of every row
             piv, rank = _tournament.tournament(Vc, kk, n)
         elif method == "tournament":
-            tiles = default_tile_rows(n, kk) if tile_rows is None else int(tile_rows)
-            piv, rank = _tournament.tournament(Vc, kk, max(tiles, kk + 1))  # the CPU kernel's guard
+            piv, rank = _tournament.tournament(Vc, kk, tiles)
         elif _volume.fits(n, r):
             piv, rank = _volume.volume_batched(Vc, kk)
         else:  # tall: 2 kk + 1 launches per batch (few batches of many rows)
@@ -58,7 +65,11 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         conv = iters = None
         if refine:  # k <= r (the caller's rule); piv (fresh, C-contiguous) is refined in place
             conv, iters = _refine.refine(Vc, piv, rank, tol, max_iters)
-    ranks = cupy.asnumpy(rank).tolist()  # one transfer for every batch (the caller warns on rank deficiency)
-    conv = [True] * nb if conv is None else cupy.asnumpy(conv).tolist()
-    iters = [0] * nb if iters is None else cupy.asnumpy(iters).tolist()
+        # one transfer for every batch, on the kernels' stream (the caller warns on rank deficiency)
+        xpc = cupy.get_array_module(rank)
+        if conv is None:
+            ranks, conv, iters = cupy.asnumpy(rank).tolist(), [True] * nb, [0] * nb
+        else:
+            host = cupy.asnumpy(xpc.stack([rank, conv.astype(xpc.int64), iters]))
+            ranks, conv, iters = host[0].tolist(), host[1].astype(bool).tolist(), host[2].tolist()
     return like(piv, V), ranks, conv, iters  # a torch tensor in: a torch tensor out, zero-copy

@@ -16,8 +16,16 @@ MAX_COLS = 64
 _THREADS = 256
 
 
+MAX_TILES = 65535  # the tiles go on the grid's y dimension
+
+
 def fits(kk):
     return 1 <= kk <= MAX_COLS
+
+
+def fits_tiles(n, kk, tile_rows):
+    """Whether every level's tiles fit the grid (a small ``tile_rows`` on a tall matrix may not)."""
+    return all(tiles <= MAX_TILES for _, tiles, _ in _levels(n, kk, tile_rows))
 
 
 def _levels(n, kk, tile_rows):
@@ -37,15 +45,21 @@ def _levels(n, kk, tile_rows):
 _suffix = build.suffix
 
 
-def tournament(V, kk, tile_rows):
-    """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r) (finite), one launch per level."""
+def tournament(V, kk, tile_rows, *, fmad=True):
+    """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r) (finite), one launch per level.
+
+    Needs :func:`fits_tiles` (else ValueError) and B >= 1.
+    """
     import cupy
 
     B, n, r = V.shape
+    if B == 0 or not fits_tiles(n, kk, tile_rows):
+        raise ValueError(f"tournament: {B} batches of {n} rows in tiles of {tile_rows}: no batch, or more than "
+                         f"{MAX_TILES} tiles in a level")
     V = cupy.ascontiguousarray(V)
     amax = cupy.abs(V).reshape(B, n * r).max(axis=1).astype(cupy.float64) if n * r else cupy.zeros(B)
     cand = cupy.ascontiguousarray(cupy.broadcast_to(cupy.arange(n, dtype=cupy.int64), (B, n)))
-    fn = build.function("tournament.cu", "deim_tiles_" + _suffix(V.dtype))
+    fn = build.function("tournament.cu", "deim_tiles_" + _suffix(V.dtype), fmad=fmad)
     eps = float(np.finfo(V.dtype).eps)
     rank = cupy.zeros(B, dtype=cupy.int64)
     for m, tiles, nxt in _levels(n, kk, tile_rows):

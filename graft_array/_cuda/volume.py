@@ -55,7 +55,7 @@ def _tall_plan(n, threads, max_blocks):
     return max(1, min(max_blocks, -(-n // threads)))
 
 
-def volume_tall(V, kk):
+def volume_tall(V, kk, *, fmad=True):
     """``(piv (kk,) int64, rank (1,) int64)`` of one CuPy matrix V (n, r) of any height: 2 kk + 1 launches.
 
     The launches depend on the shapes only (no host synchronisation): an
@@ -74,7 +74,7 @@ def volume_tall(V, kk):
     nrm = cupy.empty(n, dtype=cupy.float64)
     sel = cupy.empty(n, dtype=cupy.uint8)
     blocks = _tall_plan(n, _TALL_THREADS, 4096)
-    build.function("volume.cu", "volume_tall_init_" + suf)((blocks,), (_TALL_THREADS,),
+    build.function("volume.cu", "volume_tall_init_" + suf, fmad=fmad)((blocks,), (_TALL_THREADS,),
                                                            (V, np.int64(n), np.int32(r), stats, rho, rho0, nrm, sel))
     stats[1] = nrm.max()
     Q = cupy.zeros((kk, r), dtype=cupy.float64)
@@ -84,8 +84,8 @@ def volume_tall(V, kk):
     pi = cupy.empty(blocks, dtype=cupy.int32)
     pnv = cupy.empty(blocks, dtype=cupy.float64)
     pni = cupy.empty(blocks, dtype=cupy.int32)
-    scan = build.function("volume.cu", "volume_tall_scan_" + suf)
-    commit = build.function("volume.cu", "volume_tall_commit_" + suf)
+    scan = build.function("volume.cu", "volume_tall_scan_" + suf, fmad=fmad)
+    commit = build.function("volume.cu", "volume_tall_commit_" + suf, fmad=fmad)
     eps = np.float64(np.finfo(V.dtype).eps)
     for j in range(kk):
         scan((blocks,), (_TALL_THREADS,), (V, np.int64(n), np.int32(r), stats, Q, state, rho, rho0, nrm, sel,
