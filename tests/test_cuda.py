@@ -410,6 +410,16 @@ def test_lockstep_block_argmax_is_the_first_largest(values, r):
     assert best == max(values) and p == values.index(max(values))
 
 
+@given(st.lists(st.integers(-1, 3), min_size=1, max_size=300), st.sampled_from([32, 64, 256]))
+def test_lockstep_strided_argmax_is_the_first_largest(values, threads):
+    best, p = lockstep.strided_argmax(values, threads)
+    live = [v for v in values if v >= 0]
+    if live:
+        assert best == max(values) and p == values.index(max(values))
+    else:
+        assert best == -1.0
+
+
 @given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 12), st.integers(0, 2**31),
        st.sampled_from([np.float32, np.float64]))
 def test_lockstep_deim_equals_numba_and_the_reference(B, n, r, seed, dt):

@@ -40,6 +40,20 @@ def block_argmax(v, i):
     return float(bv[0]), int(bi[0])
 
 
+def strided_argmax(values, threads):
+    """The tile kernels' search (tournament.cu, volume.cu's tall scan): each of ``threads`` threads scans rows
+    t, t + threads, ... in order keeping its first largest, then ``block_argmax`` over the threads' winners.
+    Inactive rows carry -1. Returns (best value, row)."""
+    v = np.asarray(values, dtype=np.float64)
+    bv = np.full(threads, -1.0)
+    bi = np.full(threads, 0x7FFFFFFF, dtype=np.int64)
+    for t in range(threads):
+        for i in range(t, v.shape[0], threads):
+            if v[i] > bv[t]:
+                bv[t], bi[t] = v[i], i
+    return block_argmax(bv, bi)
+
+
 def deim_batched(V, kk):
     """``deim.cu``'s batched DEIM on a NumPy array (B, n, r): ``(piv, rank, bad)``, as the kernel computes them."""
     V = np.asarray(V)
