@@ -822,3 +822,14 @@ def test_gpu_torch_tensors_in_and_out_on_torch_stream(rng):
     s.synchronize()
     assert out.device.type == "cuda" and out.dtype == torch.int64
     np.testing.assert_array_equal(out.cpu().numpy(), ga.maxvol(V, 24))
+
+
+def test_gpu_session_script_parses_and_runs_its_steps():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_session.sh"
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    text = script.read_text()
+    for step in ("check-gpu", "-m gpu", "bench_gpu.py --out"):
+        assert step in text
