@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .._agnostic import criterion as _generic
 from .._agnostic.criterion import SPAN_TOL
 from . import build
 from .interop import as_cupy, like, on_stream_of
@@ -51,3 +52,11 @@ def rho_curve_like(K, b, gg):
     with on_stream_of(K):
         rho, skipped = rho_curve(as_cupy(K), as_cupy(b), as_cupy(gg))
     return like(rho, K), like(skipped, K)
+
+
+def rho_curve_on(name, xp, K, b, gg):
+    """rho(m) (B, kk) of the Grams K (B, kk, kk) on backend ``name``: this kernel (one launch for every batch)
+    for "cuda" where it fits, else the generic array-API code."""
+    if name == "cuda" and fits(K.shape[1]):
+        return rho_curve_like(K, b, gg)[0]
+    return _generic.rho_curve(xp, K, b, gg)[0]

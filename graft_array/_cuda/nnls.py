@@ -3,14 +3,10 @@
 import numpy as np
 
 from . import build
+from .criterion import fits  # noqa: F401  (the criterion's sizes: both take the selected rows)
 from .interop import as_cupy, like, on_stream_of
 
-MAX_K = max(build.RHO_SIZES)
 _THREADS = 64
-
-
-def fits(kk):
-    return 1 <= kk <= MAX_K
 
 
 def instance(kk):

@@ -14,7 +14,6 @@ any namespace: :func:`facility_location` on the Grams, vectorised over batches.
 import numpy as np
 from numba import njit, prange
 
-from .._agnostic import criterion
 from .._agnostic.criterion import _dev, _mT, _take_rows
 from .._numba.criterion import _EPS
 from ._batch import (
@@ -240,29 +239,13 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
 
     xp = array_namespace(F)
     K, bv, gg = full_gram(xp, grads, grads_kind)
-    n = K.shape[1]
-    if name == "cuda" and _cuda_fits(n, m):  # the facility-location kernel: one launch for every batch
-        from .._cuda.facility import facility_location_like
+    from .._cuda import facility as cfac
+    from .._cuda.criterion import rho_curve_on
 
-        order, weights = facility_location_like(K, m)
+    if name == "cuda" and cfac.fits(K.shape[1], m):  # the facility-location kernel: one launch for every batch
+        order, weights = cfac.facility_location_like(K, m)
     else:
         order, weights = facility_location(xp, K, m)
     KS, bS = gather(xp, K, bv, order)
     sizes = xp.full((nb,), m, dtype=xp.int64, device=device_of(F))
-    if name == "cuda" and m <= _cuda_rho_max():
-        from .._cuda.criterion import rho_curve_like
-
-        return order, sizes, rho_curve_like(KS, bS, gg)[0], weights
-    return order, sizes, criterion.rho_curve(xp, KS, bS, gg)[0], weights
-
-
-def _cuda_fits(n, m):
-    from .._cuda.facility import fits
-
-    return fits(n, m)
-
-
-def _cuda_rho_max():
-    from .._cuda.criterion import MAX_K
-
-    return MAX_K
+    return order, sizes, rho_curve_on(name, xp, KS, bS, gg), weights

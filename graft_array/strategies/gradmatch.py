@@ -13,7 +13,6 @@ vectorised over batches.
 import numpy as np
 from numba import njit, prange
 
-from .._agnostic import criterion
 from .._agnostic.criterion import SPAN_TOL, _dev, _take_rows
 from ._batch import (
     batch_gram_last_layer_nb,
@@ -396,23 +395,13 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
 
     xp = array_namespace(F)
     K, bv, gg = full_gram(xp, grads, grads_kind)
-    cuda = name == "cuda" and _cuda_fits(K.shape[1], m)
-    if cuda:  # the pursuit kernel: one launch for every batch, then the fill on the device
-        from .._cuda.gradmatch import gradmatch_like
+    from .._cuda import gradmatch as cgm
+    from .._cuda.criterion import rho_curve_on
 
-        order, weights = gradmatch_like(xp, K, bv, gg, m, lam, seed, starts)
+    if name == "cuda" and cgm.fits(K.shape[1], m):  # the pursuit kernel, one launch; the fill on the device
+        order, weights = cgm.gradmatch_like(xp, K, bv, gg, m, lam, seed, starts)
     else:
         order, weights = gradmatch(xp, K, bv, gg, m, lam, seed, starts)
     KS, bS = gather(xp, K, bv, order)
     sizes = xp.full((nb,), m, dtype=xp.int64, device=device_of(F))
-    if cuda:
-        from .._cuda.criterion import rho_curve_like
-
-        return order, sizes, rho_curve_like(KS, bS, gg)[0], weights
-    return order, sizes, criterion.rho_curve(xp, KS, bS, gg)[0], weights
-
-
-def _cuda_fits(n, m):
-    from .._cuda.gradmatch import fits
-
-    return fits(n, m)
+    return order, sizes, rho_curve_on(name, xp, KS, bS, gg), weights

@@ -123,20 +123,18 @@ def run_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
         K, bv, gg = criterion.gram_plain(xp, grads[0], pivots, gmax)
     else:
         K, bv, gg = criterion.gram_last_layer(xp, grads[0], grads[1], pivots, gmax)
-    if name == "cuda" and K.shape[1] <= _cuda_rho_max():  # the criterion kernel: one launch for every batch
-        from .._cuda.criterion import rho_curve_like
+    from .._cuda.criterion import rho_curve_on
 
-        residuals, _ = rho_curve_like(K, bv, gg)
-    else:
-        residuals, _ = criterion.rho_curve(xp, K, bv, gg)
+    residuals = rho_curve_on(name, xp, K, bv, gg)
     sizes = _sizes(xp, residuals, lo, hi, opts["tol"])
 
     def fit(sizes):
         sz = xp.asarray(np.asarray(sizes, dtype=np.int64), device=dev)
-        if name == "cuda" and K.shape[1] <= _cuda_rho_max():  # the weights kernel: one launch for every batch
-            from .._cuda.nnls import nnls_weights_like
+        if name == "cuda":
+            from .._cuda import nnls as cnnls
 
-            return _scale_weights(xp, nnls_weights_like(K, bv, sz, n, opts["weight_reg"]), sz, n)
+            if cnnls.fits(K.shape[1]):  # the weights kernel: one launch for every batch
+                return _scale_weights(xp, cnnls.nnls_weights_like(K, bv, sz, n, opts["weight_reg"]), sz, n)
         rows = []
         for b in range(nb):  # Lawson-Hanson is sequential per batch; the generic twin loops
             m = int(sizes[b])
@@ -145,13 +143,6 @@ def run_generic(F, grads, grads_kind, r, hi, lo, opts, solver, seed, name):
         return _scale_weights(xp, xp.stack(rows), sz, n)
 
     return pivots, sizes, residuals, (np.sqrt(_host(gg)), unit_exponents(gmax, np.float64)), fit
-
-
-def _cuda_rho_max():
-    """The largest selection (rows per batch) the criterion and weight kernels take."""
-    from .._cuda.criterion import MAX_K
-
-    return MAX_K
 
 
 def _sizes(xp, residuals, lo, hi, tol):
