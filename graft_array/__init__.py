@@ -16,6 +16,8 @@ __all__ = [
     "select",
     "Selection",
     "LastLayerGrads",
+    "ColmState",
+    "cross_covariance_error",
     "which_backend",
     "GradientRankWarning",
     "BackendUnavailableError",
@@ -23,3 +25,15 @@ __all__ = [
     "RankDeficiencyWarning",
     "__version__",
 ]
+
+
+def __getattr__(name):  # the family's helpers load their strategy module (and Numba) on first use only
+    if name == "ColmState":
+        from .strategies.colm import ColmState
+
+        return ColmState
+    if name == "cross_covariance_error":
+        from .strategies.clipcov import cross_covariance_error
+
+        return cross_covariance_error
+    raise AttributeError(f"module 'graft_array' has no attribute {name!r}")

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _family
 from ._backends import resolve
 from ._common import METHODS, STRATEGIES
 from ._exceptions import GradientRankWarning
@@ -114,6 +115,11 @@ def select(
     offsets=None,
     labels=None,
     budget="call",
+    groups=None,
+    sources=None,
+    hessian_diag=None,
+    scores=None,
+    strategy_params=None,
     return_info=False,
     random_state=None,
     backend="auto",
@@ -350,14 +356,17 @@ def select(
         gradmatch_lambda=check_real(gradmatch_lambda, "gradmatch_lambda", _FUNC, low=0.0),
         budget=_check_budget(budget),
     )
+    return_info = check_bool(return_info, "return_info", _FUNC)
+    rng = check_random_state(random_state, "random_state", _FUNC)
+    seed = int(rng.integers(2**63))  # one test matrix for every batch, whatever the chunking
+    opts["seed"], opts["strategy_params"] = seed, strategy_params
+    extra = dict(groups=groups, sources=sources, hessian_diag=hessian_diag, scores=scores)
+    features, grads, labels = _family.prepare(opts, features, grads, labels, extra, mask)
     _check_strategy(opts["strategy"], grads, min_size, max_size)
     opts["split"] = None  # features=None with LastLayerGrads: the number of residual columns of [E | H]
     if features is None:
         features, opts["split"] = _gradient_features(grads)
     opts["source"] = "grads" if features is grads or opts["split"] is not None else "features"
-    return_info = check_bool(return_info, "return_info", _FUNC)
-    rng = check_random_state(random_state, "random_state", _FUNC)
-    seed = int(rng.integers(2**63))  # one test matrix for every batch, whatever the chunking
     if labels is not None:
         return _select_labelled(features, grads, mask, labels, offsets, min_size, max_size, opts, seed, backend,
                                 return_info)
@@ -733,12 +742,17 @@ def _select_labelled(features, grads, mask, labels, offsets, min_size, max_size,
     Gall = tuple(xp.concat(list(g), axis=0) for g in gparts)
     total = _call_budget(opts, N)
     width = max(int(F.shape[0]) for F in batches)
+    quotas, finish = None, None
+    if opts["strategy"] == "colm":  # per source: Adam-normalised gradients on the source's top coordinates
+        from .strategies import colm
+
+        Gall, grads_kind, quotas, finish = colm.prepare(xp, Gall, grads_kind, lab, total, opts["params"])
     chunks, cmaps, cstarts, fracs, groups, budgets, clabels = [], [], [], [], [], {}, []
     cgrads = tuple([] for _ in Gall)
     for c in np.unique(lab):
         rows_c = np.flatnonzero(lab == c)
         n_c = int(rows_c.size)
-        k_c = min(n_c, max(1, -(-total * n_c // N)))  # ceil(k n_c / N), at least 1
+        k_c = min(n_c, max(1, -(-total * n_c // N))) if quotas is None else quotas[int(c)]  # ceil(k n_c / N), >= 1
         budgets[int(c)] = k_c
         for part in np.array_split(rows_c, -(-n_c // width)):  # near-equal chunks of at most `width` rows
             take = xp.asarray(part, device=dev)
@@ -750,9 +764,15 @@ def _select_labelled(features, grads, mask, labels, offsets, min_size, max_size,
             fracs.append(k_c / n_c)
             groups.append(int(c))
             clabels.append(int(c))
-    return _select_lists(chunks, cgrads, grads_kind, cmaps, cstarts, like, min_size, max_size,
-                         opts, seed, backend, return_info, fractions=fracs, groups=groups,
-                         budgets=budgets, batch_labels=clabels)
+    out = _select_lists(chunks, cgrads, grads_kind, cmaps, cstarts, like, min_size, max_size,
+                        opts, seed, backend, return_info or finish is not None, fractions=fracs, groups=groups,
+                        budgets=budgets, batch_labels=clabels)
+    if finish is None:
+        return out
+    picked = np.asarray(_host_array(out.indices), dtype=np.int64)
+    sorter = np.argsort(gidx)
+    finish(sorter[np.searchsorted(gidx, picked, sorter=sorter)])  # the rows of the call that were selected
+    return out if return_info else out.indices
 
 
 def _check_labels(labels, features, mask, batches, local):

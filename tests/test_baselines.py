@@ -37,7 +37,8 @@ def _split(s, nb):
 
 
 def test_strategies_tuple():
-    assert STRATEGIES == ("graft", "random", "craig", "gradmatch", "crest")
+    assert STRATEGIES[:5] == ("graft", "random", "craig", "gradmatch", "crest")
+    assert set(STRATEGIES[5:]) == {"adacore", "colm", "sas", "clipcov", "mkdt", "pdd"}
 
 
 # --------------------------------------------------------------------------------------
@@ -457,7 +458,8 @@ _X = np.ones((4, 3))
     "args,kwargs,exc,match",
     [
         ((_X,), {"strategy": "glister"}, ValueError,
-         r"The 'strategy' parameter of select must be one of 'graft', 'random', 'craig', 'gradmatch', 'crest'\. "
+         r"The 'strategy' parameter of select must be one of 'graft', 'random', 'craig', 'gradmatch', 'crest', "
+         r"'adacore', 'colm', 'sas', 'clipcov', 'mkdt', 'pdd'\. "
          r"Got 'glister' instead\."),
         ((_X,), {"strategy": None}, ValueError, r"'strategy' parameter of select must be one of"),
         ((_X,), {"strategy": "craig"}, ValueError, r"strategy='craig' needs per-sample gradients: pass 'grads'"),
@@ -548,13 +550,29 @@ def test_registry_drives_select_and_the_adapters():
     assert STRATEGIES == strategies.NAMES == tuple(strategies.REGISTRY)
     X = np.random.default_rng(0).standard_normal((2, 30, 4))
     G = np.random.default_rng(1).standard_normal((2, 30, 40))
+    halves = np.repeat(np.arange(2), 30)  # two equal sources / groups, one per batch
+    family = {
+        "adacore": dict(hessian_diag=np.abs(G)),
+        "colm": dict(sources=halves.reshape(2, 30)),
+        "sas": dict(groups=halves.reshape(2, 30)),
+        "clipcov": dict(groups=halves.reshape(2, 30)),
+        "mkdt": dict(scores=np.arange(60.0).reshape(2, 30)),
+        "pdd": dict(scores=np.arange(60.0).reshape(2, 30)),
+    }
     for name, spec in strategies.REGISTRY.items():
         assert callable(strategies.load(name).run)
-        s = ga.select(X, G, strategy=name, fraction=0.2, random_state=0, return_info=True)
-        assert int(np.sum(s.sizes)) == 12
+        kw = family.get(name, {})
+        feats = (X, X[..., ::-1]) if name == "clipcov" else X
+        s = ga.select(feats, G if spec.takes_grads else None, strategy=name, fraction=0.2, random_state=0,
+                      return_info=True, **kw)
+        assert int(np.sum(s.sizes)) == 12 == len(s.indices) == len(np.unique(s.indices))
+        assert set(kw) <= set(spec.inputs) | {"hessian_diag"}
         if spec.needs_grads:
-            with pytest.raises(ValueError, match=f"strategy='{name}' needs per-sample gradients"):
-                ga.select(X, strategy=name)
+            with pytest.raises(ValueError, match=f"strategy='{name}' needs"):
+                ga.select(X, strategy=name, **kw)
+        if not spec.takes_grads:
+            with pytest.raises(ValueError, match=f"strategy='{name}' does not read per-sample gradients"):
+                ga.select(feats, G, strategy=name, **kw)
         if not spec.adaptive_size:
             with pytest.raises(ValueError, match=r"'min_size' parameter of select applies to strategy='graft' only"):
-                ga.select(X, G, strategy=name, min_size=2)
+                ga.select(feats, G if spec.takes_grads else None, strategy=name, min_size=2, **kw)

@@ -25,8 +25,8 @@ from ._batch import (
     rho_along_nb,
 )
 
-__all__ = ["DUPLICATE_ULPS", "facility_location_plain_nb", "facility_location_last_layer_nb", "distances",
-           "facility_location", "run"]
+__all__ = ["DUPLICATE_ULPS", "facility_on_gram_nb", "facility_location_plain_nb", "facility_location_last_layer_nb",
+           "distances", "cosine_similarities", "facility_location", "run"]
 
 #: a squared distance d_ij^2 = K_ii + K_jj - 2 K_ij <= DUPLICATE_ULPS * eps * (K_ii + K_jj) is the Gram's
 #: round-off, not a distance: equal rows whose products a BLAS rounded differently are exactly 0 apart
@@ -57,6 +57,27 @@ def _similarities_nb(K):
     for i in range(n):
         for j in range(n):
             K[i, j] = dmax - K[i, j]
+
+
+@njit(cache=True, nogil=True)
+def _cosine_similarities_nb(K):
+    """In place: the Gram K (n, n) becomes s_ij = (1 + cos_ij) / 2 in [0, 1] (CoLM's cosine, shifted).
+
+    cos_ij = K_ij / sqrt(K_ii K_jj), clipped to [-1, 1]; a zero row has cosine 0
+    with every other row and 1 with itself. The affine map keeps the similarities
+    non-negative, as the greedy's empty-set value 0 needs; it leaves every
+    greedy choice of the plain cosine unchanged (the gains only scale by 1/2).
+    """
+    n = K.shape[0]
+    inv = np.empty(n)
+    for i in range(n):
+        inv[i] = 1.0 / np.sqrt(K[i, i]) if K[i, i] > 0.0 else 0.0
+    for i in range(n):
+        for j in range(i):
+            c = min(1.0, max(-1.0, K[i, j] * inv[i] * inv[j]))
+            K[i, j] = 0.5 + 0.5 * c
+            K[j, i] = K[i, j]
+        K[i, i] = 1.0
 
 
 @njit(cache=True, nogil=True)
@@ -147,19 +168,34 @@ def facility_location_one_nb(S, m, lazy, order, w):
         w[assign[i]] += 1.0
 
 
+@njit(cache=True, nogil=True)
+def facility_on_gram_nb(K, bv, gg, m, lazy, cosine, order, w, rho):
+    """One batch from its gradient Gram K (n, n), b = K 1 and ||g||^2: rows, cluster sizes and rho(m) along them.
+
+    K is overwritten (by the similarities).
+    """
+    Kg = K.copy()
+    if cosine:
+        _cosine_similarities_nb(K)
+    else:
+        _similarities_nb(K)
+    facility_location_one_nb(K, m, lazy, order, w)
+    rho_along_nb(Kg, bv, gg, order, rho)
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def facility_location_plain_nb(G, m, lazy):
-    """CRAIG on plain gradient rows G (B, n, p): (order (B, m), weights (B, m), rho (B, m))."""
+def facility_location_plain_nb(G, m, lazy, cosine=False):
+    """CRAIG on plain gradient rows G (B, n, p): (order (B, m), weights (B, m), rho (B, m)).
+
+    ``cosine``: CoLM's similarities (:func:`_cosine_similarities_nb`) instead of dmax - d.
+    """
     nb = G.shape[0]
     order = np.empty((nb, m), dtype=np.int64)
     w = np.empty((nb, m))
     rho = np.empty((nb, m))
     for bi in prange(nb):
         K, bv, gg = batch_gram_plain_nb(G[bi])
-        Kg = K.copy()
-        _similarities_nb(K)
-        facility_location_one_nb(K, m, lazy, order[bi], w[bi])
-        rho_along_nb(Kg, bv, gg, order[bi], rho[bi])
+        facility_on_gram_nb(K, bv, gg, m, lazy, cosine, order[bi], w[bi], rho[bi])
     return order, w, rho
 
 
@@ -172,10 +208,7 @@ def facility_location_last_layer_nb(E, H, m, lazy):
     rho = np.empty((nb, m))
     for bi in prange(nb):
         K, bv, gg = batch_gram_last_layer_nb(E[bi], H[bi])
-        Kg = K.copy()
-        _similarities_nb(K)
-        facility_location_one_nb(K, m, lazy, order[bi], w[bi])
-        rho_along_nb(Kg, bv, gg, order[bi], rho[bi])
+        facility_on_gram_nb(K, bv, gg, m, lazy, False, order[bi], w[bi], rho[bi])
     return order, w, rho
 
 
@@ -193,18 +226,32 @@ def distances(xp, K):
     return 0.5 * (d + _mT(xp, d))  # exactly symmetric (a matrix product need not be)
 
 
-def facility_location(xp, K, m):
+def cosine_similarities(xp, K):
+    """(1 + cos_ij) / 2 (B, n, n) from the Grams K: the twin of :func:`_cosine_similarities_nb`."""
+    diag = xp.linalg.diagonal(K)
+    inv = xp.where(diag > 0.0, 1.0 / xp.sqrt(xp.where(diag > 0.0, diag, xp.ones_like(diag))), xp.zeros_like(diag))
+    c = xp.clip(K * inv[:, :, None] * inv[:, None, :], -1.0, 1.0)
+    c = 0.5 * (c + _mT(xp, c))  # exactly symmetric
+    eye = xp.eye(K.shape[1], dtype=xp.bool, device=_dev(K))[None, :, :]
+    return xp.where(eye, xp.ones_like(c), 0.5 + 0.5 * c)
+
+
+def facility_location(xp, K, m, cosine=False):
     """CRAIG on the gradient Grams K (B, n, n): (order (B, m) int64, weights (B, m) float64).
 
     Plain greedy (every gain re-evaluated at every step), ties to the lowest
     index; the Numba twin's lazy greedy gives the same rows. Weights: how many
     rows of the batch have each selected row as their most similar one (ties
-    to the earliest selected).
+    to the earliest selected). ``cosine``: CoLM's similarities
+    (:func:`cosine_similarities`) instead of dmax - d.
     """
     nb, n, _ = K.shape
-    d = distances(xp, K)
-    dmax = xp.max(xp.reshape(d, (nb, n * n)), axis=1)
-    S = dmax[:, None, None] - d
+    if cosine:
+        S = cosine_similarities(xp, K)
+    else:
+        d = distances(xp, K)
+        dmax = xp.max(xp.reshape(d, (nb, n * n)), axis=1)
+        S = dmax[:, None, None] - d
     cur = xp.zeros((nb, n), dtype=xp.float64, device=_dev(K))
     assign = xp.zeros((nb, n), dtype=xp.int64, device=_dev(K))
     chosen = xp.zeros((nb, n), dtype=xp.bool, device=_dev(K))
@@ -225,13 +272,16 @@ def facility_location(xp, K, m):
     return xp.astype(order, xp.int64), weights
 
 
-def run(F, grads, grads_kind, m, opts, seed, starts, name):
-    """Facility location of every batch of a stack: (order (B, m), sizes (B,), rho (B, m), weights (B, m))."""
+def run(F, grads, grads_kind, m, opts, seed, starts, name, cosine=False):
+    """Facility location of every batch of a stack: (order (B, m), sizes (B,), rho (B, m), weights (B, m)).
+
+    ``cosine`` (plain rows only): CoLM's similarities instead of CRAIG's dmax - d.
+    """
     nb = F.shape[0]
     if name == "numba":
         parts = tuple(np.ascontiguousarray(g) for g in grads)
         if grads_kind == "plain":
-            order, weights, rho = facility_location_plain_nb(parts[0], m, True)
+            order, weights, rho = facility_location_plain_nb(parts[0], m, True, cosine)
         else:
             order, weights, rho = facility_location_last_layer_nb(parts[0], parts[1], m, True)
         return order, np.full(nb, m, dtype=np.int64), rho, weights
@@ -242,10 +292,10 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
     from .._cuda import facility as cfac
     from .._cuda.criterion import rho_curve_on
 
-    if name == "cuda" and cfac.fits(K.shape[1], m):  # the facility-location kernel: one launch for every batch
+    if name == "cuda" and not cosine and cfac.fits(K.shape[1], m):  # the kernel: one launch for every batch
         order, weights = cfac.facility_location_like(K, m)
     else:
-        order, weights = facility_location(xp, K, m)
+        order, weights = facility_location(xp, K, m, cosine)
     KS, bS = gather(xp, K, bv, order)
     sizes = xp.full((nb,), m, dtype=xp.int64, device=device_of(F))
     return order, sizes, rho_curve_on(name, xp, KS, bS, gg), weights

@@ -1,0 +1,145 @@
+"""``strategy="clipcov"``: ClipCov (Joshi et al., AISTATS 2024), image-caption pairs for data-efficient CLIP.
+
+ClipCov keeps the pairs whose subset preserves the cross-covariance of the two
+embeddings, C = (1/n) sum_i x_i t_i^T, within each latent group (``groups``, or
+k-means clusters of the image embeddings). The reference code's greedy scores
+each pair by its own image-caption similarity plus its cross-similarity to the
+group, minus its similarity to the pairs already picked. We run that greedy on
+the objective itself: for a subset S of k pairs with uniform weights,
+
+    || (1/k) sum_{i in S} x_i t_i^T - C ||_F^2
+        = (1/k^2) sum_{i,j in S} K_ij - (2/(k n)) sum_{i in S, j} K_ij + const,
+
+with K_ij = <x_i, x_j> <t_i, t_j> (the inner product of x_i t_i^T and
+x_j t_j^T). Adding pair s to S (|S| growing to k) changes it by
+-(1/k^2) ((2k/n) sum_j K_sj - K_ss - 2 sum_{i in S} K_is): the gain
+(2k/n) sum_j K_sj - K_ss - 2 sum_{i in S} K_is is the reference's three terms
+(cross-similarity to the group, the pair's own term, the penalty), each with
+the weight the objective gives it. Ties go to the lowest index. Weights are
+uniform (n / m). :func:`cross_covariance_error` reports the objective.
+
+``features=(image_emb, text_emb)`` reaches the kernels as [X | T]; memory
+n x n within one batch or chunk only. Numba: :func:`clipcov_nb`; any
+namespace: :func:`clipcov`.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["clipcov_nb", "clipcov", "cross_covariance_error", "run"]
+
+
+@njit(cache=True, nogil=True)
+def _pair_gram_nb(F, split):
+    """K_ij = <x_i, x_j> <t_i, t_j> (n, n) of one batch [X | T] (n, d + d'), float64."""
+    n, w = F.shape
+    K = np.empty((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            sx = 0.0
+            for a in range(split):
+                sx += np.float64(F[i, a]) * np.float64(F[j, a])
+            st = 0.0
+            for a in range(split, w):
+                st += np.float64(F[i, a]) * np.float64(F[j, a])
+            K[i, j] = sx * st
+            K[j, i] = K[i, j]
+    return K
+
+
+@njit(cache=True, nogil=True)
+def greedy_cross_covariance_nb(K, m, order):
+    """The greedy of the module's docstring on K (n, n): m rows into ``order``."""
+    n = K.shape[0]
+    base = np.empty(n)
+    pen = np.zeros(n)
+    for i in range(n):
+        s = 0.0
+        for j in range(n):
+            s += K[i, j]
+        base[i] = (2.0 * m / n) * s - K[i, i]
+    chosen = np.zeros(n, dtype=np.bool_)
+    for t in range(m):
+        best, k = -np.inf, -1
+        for i in range(n):
+            g = base[i] - 2.0 * pen[i]
+            if not chosen[i] and g > best:
+                best, k = g, i
+        order[t] = k
+        chosen[k] = True
+        for i in range(n):
+            pen[i] += K[k, i]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def clipcov_nb(F, split, m):
+    """ClipCov's rows (B, m) of every batch [X | T] of a stack F (B, n, d + d')."""
+    nb = F.shape[0]
+    order = np.empty((nb, m), dtype=np.int64)
+    for bi in prange(nb):
+        greedy_cross_covariance_nb(_pair_gram_nb(F[bi], split), m, order[bi])
+    return order
+
+
+def pair_gram(xp, F, split):
+    """K (B, n, n) of every batch: the twin of :func:`_pair_gram_nb`."""
+    from .._agnostic.criterion import _mT
+
+    X = xp.astype(F[..., :split], xp.float64)
+    T = xp.astype(F[..., split:], xp.float64)
+    K = (X @ _mT(xp, X)) * (T @ _mT(xp, T))
+    return 0.5 * (K + _mT(xp, K))
+
+
+def clipcov(xp, F, split, m):
+    """ClipCov's rows (B, m) of every batch, any namespace (vectorised over batches)."""
+    from .._namespace import device_of
+
+    K = pair_gram(xp, F, split)
+    nb, n, _ = K.shape
+    base = (2.0 * m / n) * xp.sum(K, axis=2) - xp.linalg.diagonal(K)
+    pen = xp.zeros_like(base)
+    chosen = xp.zeros((nb, n), dtype=xp.bool, device=device_of(F))
+    idx = xp.arange(n, dtype=xp.int64, device=device_of(F))[None, :]
+    cols = []
+    for _ in range(m):
+        g = base - 2.0 * pen
+        k = xp.argmax(xp.where(chosen, xp.full_like(g, -np.inf), g), axis=1)
+        cols.append(k)
+        hit = idx == k[:, None]
+        chosen = xp.logical_or(chosen, hit)
+        pen = pen + xp.sum(xp.where(hit[:, :, None], K, xp.zeros_like(K)), axis=1)
+    return xp.astype(xp.stack(cols, axis=1), xp.int64)
+
+
+def cross_covariance_error(image_emb, text_emb, indices, weights=None):
+    """||C_S - C||_F / ||C||_F: how far a subset's image-caption cross-covariance is from the full data's.
+
+    C = (1/n) sum_i x_i t_i^T over the n rows of ``image_emb`` / ``text_emb``
+    (NumPy-convertible, (n, d) and (n, d')); C_S = sum_{j} w_j x_sj t_sj^T /
+    sum_j w_j over the selected rows ``indices`` (uniform ``weights`` by
+    default). Computed in float64 on the host: d x d' memory.
+    """
+    X = np.asarray(image_emb, dtype=np.float64)
+    T = np.asarray(text_emb, dtype=np.float64)
+    idx = np.asarray(indices, dtype=np.int64)
+    w = np.ones(idx.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    C = X.T @ T / X.shape[0]
+    CS = (X[idx] * w[:, None]).T @ T[idx] / w.sum()
+    return float(np.linalg.norm(CS - C) / np.linalg.norm(C))
+
+
+def run(F, grads, grads_kind, m, opts, seed, starts, name):
+    """ClipCov on every batch of a stack: (order (B, m), sizes (B,), rho NaN (B, m), weights n / m (B, m))."""
+    nb, n = F.shape[0], F.shape[1]
+    split = opts["pair_split"]
+    if name == "numba":
+        order = clipcov_nb(np.ascontiguousarray(F), split, m)
+        return order, np.full(nb, m, dtype=np.int64), np.full((nb, m), np.nan), np.full((nb, m), n / m)
+    from .._namespace import array_namespace, device_of
+
+    xp = array_namespace(F)
+    dev = device_of(F)
+    return (clipcov(xp, F, split, m), xp.full((nb,), m, dtype=xp.int64, device=dev),
+            xp.full((nb, m), float("nan"), dtype=xp.float64, device=dev),
+            xp.full((nb, m), n / m, dtype=xp.float64, device=dev))

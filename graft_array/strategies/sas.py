@@ -1,0 +1,140 @@
+"""``strategy="sas"``: SAS (Joshi & Mirzasoleiman, ICML 2023), subsets for contrastive self-supervised learning.
+
+The examples that contribute most to contrastive learning are those most similar
+to the rest of their latent class. Within each latent group (``groups``, or
+k-means clusters of the embeddings: :func:`graft_array._family.kmeans_labels`),
+on one batch or class chunk of embeddings x_i (the ``features``):
+
+* D_ij = max(0, cos(x_i, x_j)), the cosine similarities thresholded at 0
+  (D_ii = 1; a zero embedding has similarity 0 with everything);
+* ``penalty=True`` (default, the paper's greedy): repeatedly take the row of
+  largest gain sum_j D_ij - sum_{s in S} D_si (central, and not redundant with
+  what is already chosen), ties to the lowest index;
+* ``penalty=False`` (the reference code): a bug there zeroes the redundancy
+  term, so its greedy ranks by the total similarity sum_j D_ij alone (most
+  central first, ties to the lowest index). Offered to reproduce it.
+
+Weights are uniform (n / m): contrastive training uses the subset as it is.
+Memory: n x n within one batch or chunk only. Numba: :func:`sas_nb`; any
+namespace: :func:`sas`.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["sas_nb", "sas", "run"]
+
+
+@njit(cache=True, nogil=True)
+def cosine_gram_nb(X):
+    """max(0, cos(x_i, x_j)) (n, n) of one batch's rows X (n, d), float64; 1 on the diagonal of non-zero rows."""
+    n, d = X.shape
+    inv = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for a in range(d):
+            s += np.float64(X[i, a]) * np.float64(X[i, a])
+        inv[i] = 1.0 / np.sqrt(s) if s > 0.0 else 0.0
+    D = np.empty((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            s = 0.0
+            for a in range(d):
+                s += np.float64(X[i, a]) * np.float64(X[j, a])
+            c = min(1.0, s * inv[i] * inv[j]) if i != j else (1.0 if inv[i] > 0.0 else 0.0)
+            D[i, j] = c if c > 0.0 else 0.0
+            D[j, i] = D[i, j]
+    return D
+
+
+@njit(cache=True, nogil=True)
+def greedy_central_nb(D, m, penalty, order):
+    """SAS's greedy on similarities D (n, n): m rows into ``order`` (see the module's docstring)."""
+    n = D.shape[0]
+    gain = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for j in range(n):
+            s += D[i, j]
+        gain[i] = s
+    chosen = np.zeros(n, dtype=np.bool_)
+    for t in range(m):
+        best, k = -np.inf, -1
+        for i in range(n):
+            if not chosen[i] and gain[i] > best:
+                best, k = gain[i], i
+        order[t] = k
+        chosen[k] = True
+        if penalty:
+            for i in range(n):
+                gain[i] -= D[k, i]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sas_nb(F, m, penalty):
+    """SAS's rows (B, m) of every batch of embeddings F (B, n, d)."""
+    nb = F.shape[0]
+    order = np.empty((nb, m), dtype=np.int64)
+    for bi in prange(nb):
+        greedy_central_nb(cosine_gram_nb(F[bi]), m, penalty, order[bi])
+    return order
+
+
+def cosine_gram(xp, F):
+    """max(0, cos) (B, n, n) of every batch: the twin of :func:`cosine_gram_nb`."""
+    from .._agnostic.criterion import _mT
+
+    X = xp.astype(F, xp.float64)
+    sq = xp.sum(X * X, axis=2)
+    inv = xp.where(sq > 0.0, 1.0 / xp.sqrt(xp.where(sq > 0.0, sq, xp.ones_like(sq))), xp.zeros_like(sq))
+    G = X @ _mT(xp, X)
+    c = xp.clip(G * inv[:, :, None] * inv[:, None, :], -1.0, 1.0)
+    c = 0.5 * (c + _mT(xp, c))
+    n = F.shape[1]
+    eye = xp.eye(n, dtype=xp.bool, device=_dev(F))[None, :, :]
+    c = xp.where(eye, xp.where(inv > 0.0, xp.ones_like(inv), xp.zeros_like(inv))[:, :, None], c)
+    return xp.where(c > 0.0, c, xp.zeros_like(c))
+
+
+def _dev(x):
+    from .._namespace import device_of
+
+    return device_of(x)
+
+
+def greedy_central(xp, D, m, penalty):
+    """SAS's greedy on (B, n, n) similarities, vectorised over batches: (B, m) int64."""
+    nb, n, _ = D.shape
+    gain = xp.sum(D, axis=2)
+    chosen = xp.zeros((nb, n), dtype=xp.bool, device=_dev(D))
+    cols = []
+    idx = xp.arange(n, dtype=xp.int64, device=_dev(D))[None, :]
+    for _ in range(m):
+        k = xp.argmax(xp.where(chosen, xp.full_like(gain, -np.inf), gain), axis=1)  # first maximum
+        cols.append(k)
+        hit = idx == k[:, None]
+        chosen = xp.logical_or(chosen, hit)
+        if penalty:
+            gain = gain - xp.sum(xp.where(hit[:, :, None], D, xp.zeros_like(D)), axis=1)
+    return xp.astype(xp.stack(cols, axis=1), xp.int64)
+
+
+def sas(xp, F, m, penalty):
+    """SAS's rows (B, m) of every batch of embeddings F (B, n, d), any namespace."""
+    return greedy_central(xp, cosine_gram(xp, F), m, penalty)
+
+
+def run(F, grads, grads_kind, m, opts, seed, starts, name):
+    """SAS on every batch of a stack: (order (B, m), sizes (B,), rho NaN (B, m), weights n / m (B, m))."""
+    nb, n = F.shape[0], F.shape[1]
+    penalty = opts["params"]["penalty"]
+    if name == "numba":
+        order = sas_nb(np.ascontiguousarray(F), m, penalty)
+        return order, np.full(nb, m, dtype=np.int64), np.full((nb, m), np.nan), np.full((nb, m), n / m)
+    from .._namespace import array_namespace
+
+    xp = array_namespace(F)
+    dev = _dev(F)
+    return (sas(xp, F, m, penalty), xp.full((nb,), m, dtype=xp.int64, device=dev),
+            xp.full((nb, m), float("nan"), dtype=xp.float64, device=dev),
+            xp.full((nb, m), n / m, dtype=xp.float64, device=dev))
