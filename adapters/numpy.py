@@ -90,6 +90,14 @@ def select_dataset(
     labels : None or int array-like (n_samples,)
         Class labels (or any strata): each call's budget is split per class and
         selected within each class (select's ``labels``).
+        The family's row-aligned inputs of :func:`graft_array.select`
+        (``groups``, ``sources``, ``scores``: (n_samples,); ``hessian_diag``:
+        laid out like the gradients) go in ``select_kwargs`` over the whole
+        dataset and are cut like the rows. With ``strategy="clipcov"``, ``X``
+        is the pair ``(image_emb, text_emb)``. Without ``groups``, SAS and
+        ClipCov find their k-means groups in each call's rows (pass ``groups``
+        for dataset-wide latent classes). A :class:`graft_array.ColmState` in
+        ``strategy_params`` moves on from call to call.
     progress : bool, default=True
         Show a tqdm progress bar (on stderr).
     random_state : None, non-negative int or numpy.random.Generator
@@ -114,7 +122,12 @@ def select_dataset(
     for bad in ("offsets", "return_info", "mask"):
         if bad in select_kwargs:
             raise TypeError(f"{_FUNC} sets '{bad}' itself; do not pass it.")
-    n = _length(X, "X")
+    pair = isinstance(X, tuple) and select_kwargs.get("strategy") == "clipcov"  # (image_emb, text_emb)
+    if pair:
+        if len(X) != 2 or _length(X[1], "X[1]") != _length(X[0], "X[0]"):
+            raise ValueError(f"{_FUNC} with strategy='clipcov' expects X = (image_emb, text_emb) with one caption "
+                             "embedding per image embedding.")
+    n = _length(X[0] if pair else X, "X")
     if n == 0:
         raise ValueError(f"{_FUNC} expects 'X' with at least one row; got 0 rows.")
     batch_size = check_int(batch_size, "batch_size", _FUNC, low=1)
@@ -134,6 +147,16 @@ def select_dataset(
         lab = np.asarray(labels)
         if lab.shape != (n,):
             raise ValueError(f"{_FUNC} expects 'labels' with one label per row of 'X' ({n},); got shape {lab.shape}.")
+    rowwise = {}  # the family's row-aligned inputs of select, cut like the rows
+    for name in ("groups", "sources", "scores", "hessian_diag"):
+        value = select_kwargs.pop(name, None)
+        if value is None or isinstance(value, str):
+            if value is not None:
+                select_kwargs[name] = value  # hessian_diag="softmax"
+            continue
+        if _length(value, name) != n:
+            raise ValueError(f"{_FUNC} expects '{name}' to have one row per row of 'X' ({n}); got {len(value)}.")
+        rowwise[name] = value
     fraction = check_real(fraction, "fraction", _FUNC, low=0.0, high=1.0, low_inclusive=False)
     rng = check_random_state(random_state, "random_state", _FUNC)
     state = rng.bit_generator.state
@@ -151,7 +174,7 @@ def select_dataset(
     with tqdm(total=n, desc="GRAFT selection", unit="sample", disable=not progress, leave=False) as bar:
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            F = _rows(X, lo, hi, "X")
+            F = tuple(_rows(x, lo, hi, f"X[{i}]") for i, x in enumerate(X)) if pair else _rows(X, lo, hi, "X")
             full = (hi - lo) // batch_size
             chunks = []
             if full:
@@ -159,7 +182,10 @@ def select_dataset(
             if lo + full * batch_size < hi:
                 chunks.append((lo + full * batch_size, hi, 1))
             for a, b, nb in chunks:
-                Fb = F[a - lo:b - lo].reshape(nb, (b - a) // nb, F.shape[1])
+                if pair:
+                    Fb = tuple(f[a - lo:b - lo].reshape(nb, (b - a) // nb, f.shape[1]) for f in F)
+                else:
+                    Fb = F[a - lo:b - lo].reshape(nb, (b - a) // nb, F.shape[1])
                 g = tuple(_rows(p, a, b, nm).reshape(nb, (b - a) // nb, -1) for p, nm in zip(parts, names))
                 if isinstance(grads, LastLayerGrads):
                     g = LastLayerGrads(*g)
@@ -173,6 +199,9 @@ def select_dataset(
                     kw["budget"] = int(round(fraction * b)) - int(round(fraction * a))
                 if lab is not None:
                     kw["labels"] = lab[a:b].reshape(nb, (b - a) // nb)
+                for name, value in rowwise.items():
+                    part = _rows(value, a, b, name) if name == "hessian_diag" else np.asarray(value[a:b])
+                    kw[name] = part.reshape((nb, (b - a) // nb) + part.shape[1:])
                 s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True, random_state=replay(), **kw)
                 idx_out.append(np.asarray(s.indices))
                 w_out.append(np.asarray(s.weights))

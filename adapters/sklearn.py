@@ -104,10 +104,12 @@ class GraftSampler(BaseEstimator):
 
     Parameters
     ----------
-    strategy : {"graft", "random", "craig", "gradmatch", "crest"}, default="graft"
+    strategy : str, default="graft"
         Selection rule of :func:`graft_array.select`: GRAFT, or a baseline with
         the same API (uniform random rows, CRAIG's facility location,
-        GradMatch's OMP fit of the batch gradient). The baselines take exactly
+        GradMatch's OMP fit of the batch gradient, CREST, and the family:
+        "adacore", "colm", "sas", "mkdt", "pdd", whose row-aligned inputs go
+        to :meth:`fit`; "clipcov" selects image-caption pairs and is refused). The baselines take exactly
         ``round(fraction * n_b)`` rows per batch; "craig" and "gradmatch" need
         gradients (``y`` for the proxy, or ``sample_gradients``). ``rank``,
         ``method``, ``tol``, ``band``, ``weight_reg``, ``min_size``,
@@ -155,6 +157,9 @@ class GraftSampler(BaseEstimator):
         select's ``budget``: ``"call"`` selects ``round(fraction * n_samples)``
         rows in all, GRAFT's gradient-aware sizes spreading them over the
         batches; ``"batch"`` lets every batch's criterion pick its own size.
+    strategy_params : None or dict, default=None
+        select's ``strategy_params`` (the family's options, e.g. SAS's
+        ``penalty``, CoLM's ``dims``).
     random_state : None, non-negative int, numpy RandomState or Generator, default=None
         Seeds the shuffle and the randomized low-rank solver (one
         ``numpy.random.Generator`` made from it: the permutation is drawn first,
@@ -222,7 +227,9 @@ class GraftSampler(BaseEstimator):
         gradmatch_lambda=0.5,
         class_balance="auto",
         budget="call",
+        strategy_params=None,
     ):
+        self.strategy_params = strategy_params
         self.class_balance = class_balance
         self.budget = budget
         self.strategy = strategy
@@ -265,7 +272,13 @@ class GraftSampler(BaseEstimator):
             gradmatch_lambda=check_real(self.gradmatch_lambda, "gradmatch_lambda", owner, low=0.0),
             solver=check_option(self.solver, "solver", owner, SOLVERS),
             backend=check_option(self.backend, "backend", owner, _BACKENDS),
+            strategy_params=self.strategy_params,
         )
+        if opts["strategy"] == "clipcov":
+            raise ValueError(
+                f"{owner} selects rows of one matrix X; strategy='clipcov' selects image-caption pairs: call "
+                "graft_array.select(features=(image_emb, text_emb), strategy='clipcov') or select_dataset on them."
+            )
         if not (isinstance(self.class_balance, (bool, np.bool_)) or self.class_balance == "auto"):
             raise ValueError(
                 f"The 'class_balance' parameter of {owner} must be 'auto', True or False. "
@@ -434,7 +447,7 @@ class GraftSampler(BaseEstimator):
 
     # -- fit -----------------------------------------------------------------------------------
 
-    def fit(self, X, y=None, *, sample_gradients=None):
+    def fit(self, X, y=None, *, sample_gradients=None, groups=None, sources=None, scores=None, hessian_diag=None):
         """Select rows of ``X``.
 
         Parameters
@@ -445,6 +458,14 @@ class GraftSampler(BaseEstimator):
             Targets for the gradient proxy (ignored when ``sample_gradients`` is given).
         sample_gradients : None, array-like (n_samples, p) or :class:`graft_array.LastLayerGrads`
             Per-sample gradients; overrides the proxy.
+        groups, sources, scores : None or array-like (n_samples,)
+            The family's row-aligned inputs of :func:`graft_array.select` (SAS's
+            latent groups, CoLM's sources, MKDT's / PDD's scores). Without
+            ``groups``, SAS runs within the classes of ``y`` under class
+            balance, else within k-means groups.
+        hessian_diag : None, "softmax" or array-like laid out like the gradients
+            AdaCore's preconditioner; with a classifier proxy and none given,
+            "softmax" (its p(1 - p)).
 
         Returns
         -------
@@ -463,6 +484,25 @@ class GraftSampler(BaseEstimator):
         else:
             grads, source, self.proxy_ = None, "none", None
         labels = self._class_labels(yc)
+        from ..strategies import REGISTRY
+
+        if not REGISTRY[opts["strategy"]].takes_grads:  # SAS, MKDT, PDD read the rows / the scores only
+            grads = None
+        extra = {}
+        for nm, value in (("groups", groups), ("sources", sources), ("scores", scores)):
+            if value is not None:
+                arr = np.asarray(value)
+                if arr.shape != (n,):
+                    raise ValueError(f"The '{nm}' parameter of {type(self).__name__}.fit must have one entry per "
+                                     f"row of 'X' ({n},). Got shape {arr.shape} instead.")
+                extra[nm] = arr
+        if extra.keys() & {"groups", "sources"}:
+            labels = None  # they are the classes the selection runs in
+        if hessian_diag is None and opts["strategy"] == "adacore" and source == "proxy" and self.proxy_ is not None \
+                and hasattr(self.proxy_, "predict_proba"):
+            hessian_diag = "softmax"
+        if hessian_diag is not None:
+            extra["hessian_diag"] = hessian_diag if isinstance(hessian_diag, str) else np.asarray(hessian_diag)
 
         perm = rng.permutation(n).astype(np.int64) if shuffle else None
         cuts = list(range(0, n, batch_size))
@@ -485,6 +525,7 @@ class GraftSampler(BaseEstimator):
             min_size=None if min_size is None else min(min_size, nmax),
             max_size=None if max_size is None else min(max_size, nmax),
             labels=None if labels is None else batches(labels[0]),
+            **{nm: v if isinstance(v, str) else batches(v) for nm, v in extra.items()},
             return_info=True,
             random_state=rng,
             **opts,

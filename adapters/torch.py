@@ -163,6 +163,49 @@ def _check_features(features, func):
     )
 
 
+def _stack_or_list(parts, pack):
+    """Per-batch NumPy int arrays: one stacked (B, n) array, or a list."""
+    arrs = [t.numpy() for t in parts]
+    return np.stack(arrs) if pack is torch.stack else arrs
+
+
+#: the strategies GraftEpochSampler runs (clipcov selects image-caption pairs: no classifier pass gives them)
+_SAMPLER_FAMILY = ("adacore", "colm", "sas", "mkdt", "pdd")
+
+
+def _family_strategy(select_kwargs, sketch, sources, class_balance, strata, func):
+    """The sampler's strategy, after the checks of its family-specific inputs."""
+    st = select_kwargs.get("strategy", "graft")
+    for nm in ("hessian_diag", "sources", "groups", "scores"):
+        if nm in select_kwargs:
+            raise TypeError(
+                f"{func} computes select's '{nm}' itself (adacore: the EMA of p(1 - p); colm: from 'sources'; "
+                f"mkdt / pdd: the per-sample loss); do not pass it."
+            )
+    if st == "clipcov":
+        raise ValueError(
+            f"{func} runs a classifier's selection pass; strategy='clipcov' selects image-caption pairs: call "
+            "graft_array.select(features=(image_emb, text_emb), strategy='clipcov') on the pairs' embeddings."
+        )
+    if (st == "colm") != (sources is not None):
+        raise ValueError(
+            f"The 'sources' parameter of {func} is needed by, and only by, strategy='colm'. Got "
+            f"sources={'None' if sources is None else _describe(sources)} with strategy={st!r}."
+        )
+    if st == "colm" and (class_balance or strata is not None):
+        raise ValueError(f"{func}: strategy='colm' selects per source; class_balance and strata do not apply.")
+    if st in ("mkdt", "pdd") and sketch.loss not in LOSSES:
+        raise ValueError(f"{func}: strategy={st!r} scores samples by their loss, which needs loss='cross_entropy' "
+                         f"or 'mse'; got loss={sketch.loss!r}.")
+    if st == "adacore" and sketch.loss != "cross_entropy":
+        raise ValueError(f"{func}: strategy='adacore' preconditions by the softmax cross-entropy Hessian p(1 - p); "
+                         f"got loss={sketch.loss!r}. Call graft_array.select(..., hessian_diag=...) with yours.")
+    if st == "sas" and sketch.features != "embeddings":
+        raise ValueError(f"{func}: strategy='sas' ranks embeddings; pass features='embeddings'. Got "
+                         f"features={sketch.features!r}.")
+    return st
+
+
 def _check_select_kwargs(kwargs, func):
     for bad in _RESERVED:
         if bad in kwargs:
@@ -845,6 +888,20 @@ class GraftEpochSampler(Sampler):
         backend); e.g. ``strategy="craig"`` runs a baseline through the same
         machinery. ``labels`` is set by ``class_balance`` / ``strata``.
 
+        The family (see :func:`graft_array.select`): ``strategy="adacore"``
+        takes as ``hessian_diag`` the exponential average over passes of each
+        sample's softmax cross-entropy Hessian diagonal p(1 - p) (``hessian_beta``,
+        bias-corrected by the sample's number of passes; ``loss="cross_entropy"``);
+        ``"colm"`` selects per source (``sources``) with one
+        :class:`graft_array.ColmState` kept across passes; ``"mkdt"`` /
+        ``"pdd"`` keep the samples of highest loss (the per-sample training loss
+        is the score); ``"sas"`` ranks the embeddings (``features="embeddings"``).
+        ``"clipcov"`` needs image-caption pairs: call select on them.
+    sources : sequence of int (N,) or None
+        ``strategy="colm"`` only: the source id of each dataset item.
+    hessian_beta : float in [0, 1], default=0.9
+        ``strategy="adacore"``: the decay of the per-sample Hessian average.
+
     Attributes
     ----------
     indices : LongTensor
@@ -874,7 +931,7 @@ class GraftEpochSampler(Sampler):
                  collate_fn=None, num_workers=0, device=None, batches_per_call=64, forward_batch_size=None,
                  channels_last=False, shuffle=True, shuffle_pass=False, pool_fraction="auto", labels=None,
                  class_balance=False, exclude_learned=False, learned_window=5, learned_threshold=0.1, strata=None,
-                 progress=True, seed=0, **select_kwargs):
+                 sources=None, hessian_beta=0.9, progress=True, seed=0, **select_kwargs):
         func = type(self).__name__
         try:
             self._n = len(dataset)
@@ -940,6 +997,19 @@ class GraftEpochSampler(Sampler):
                 f"The 'strata' parameter of {func} bins the candidates by their per-sample loss, which needs "
                 f"loss='cross_entropy' or 'mse'; got loss={self._sketch.loss!r}."
             )
+        self._strategy = _family_strategy(select_kwargs, self._sketch, sources, self.class_balance, self.strata, func)
+        self._sources = None
+        if sources is not None:
+            self._sources = _int_labels(sources, self._n)
+            if self._sources is None:
+                raise ValueError(
+                    f"The 'sources' parameter of {func} must be None or one non-negative int source id per dataset "
+                    f"item ({self._n},). Got {_describe(sources)} instead."
+                )
+        self.hessian_beta = check_real(hessian_beta, "hessian_beta", func, low=0.0, high=1.0)
+        self._hess = None  # adacore: per-sample EMA of the logit Hessian diagonal (n, C), and its updates per sample
+        self._hess_count = None
+        self._colm_state = None  # colm: the selector's moments across passes
         self.progress = check_bool(progress, "progress", func)
         self.seed = check_int(seed, "seed", func, low=0)
         self.unpack, self.collate_fn = _loader_callables(unpack, collate_fn, func)
@@ -1205,7 +1275,8 @@ class GraftEpochSampler(Sampler):
                             num_workers=self.num_workers, drop_last=False, generator=gen)
         rng = np.random.default_rng([self.seed, sel_epoch])
         seed = int(rng.integers(2**63))  # one seed for the whole pass (the same on every rank)
-        need_loss = sk.loss in LOSSES and (self.strata is not None or self.exclude_learned)
+        scored = self._strategy in ("mkdt", "pdd")  # the per-sample loss is the score
+        need_loss = sk.loss in LOSSES and (self.strata is not None or self.exclude_learned or scored)
         blind = sk.select_kwargs.get("strategy") == "random" and not need_loss  # no forward needed
         gradients = sk.features == "gradients" and not blind
         bs, S = self.batch_size, self.strata
@@ -1225,6 +1296,11 @@ class GraftEpochSampler(Sampler):
             kw = dict(sk.select_kwargs)
             if frac > self.fraction and kw.get("strategy", "graft") == "graft" and "rank" not in kw:
                 kw["rank"] = rank  # a pool's larger in-pool fraction keeps the rank of a pass over every sample
+            ids = torch.cat([torch.arange(o, o + n_b) for o, n_b in zip(offs, lens)])
+            ids = ids if cands is None else cands[ids]  # the call's rows as dataset indices
+            self._family_inputs(kw, call, ids, lens, pack)
+            if self._strategy in ("mkdt", "pdd", "sas"):  # they read the scores / the embeddings only
+                grads = None
             labels = call.get("cls")
             if S is not None:
                 bins = torch.split(_quantile_bins(torch.cat(call["loss"]), S), lens)
@@ -1295,6 +1371,31 @@ class GraftEpochSampler(Sampler):
         if cands is not None:  # candidate positions -> dataset indices
             idx = cands[idx]
         return idx, torch.cat(w_out), losses
+
+    def _family_inputs(self, kw, call, ids, lens, pack):
+        """The family's inputs of one select call (dataset indices ``ids`` of its rows), into ``kw``."""
+        st = self._strategy
+        if st == "adacore":  # the EMA over passes of each sample's p(1 - p) = |e|(1 - |e|) (softmax cross-entropy)
+            e = torch.cat(call["e"]).to("cpu", torch.float64)
+            q = e.abs() * (1.0 - e.abs())
+            if self._hess is None:
+                self._hess = torch.zeros((self._n, e.shape[1]), dtype=torch.float64)
+                self._hess_count = torch.zeros(self._n, dtype=torch.int64)
+            b = self.hessian_beta
+            self._hess[ids] = b * self._hess[ids] + (1.0 - b) * q
+            self._hess_count[ids] += 1
+            avg = self._hess[ids] / (1.0 - b ** self._hess_count[ids].to(torch.float64))[:, None]  # bias-corrected
+            dev = call["e"][0].device
+            kw["hessian_diag"] = pack([t.to(dev, call["e"][0].dtype) for t in torch.split(avg, lens)])
+        elif st == "colm":
+            if self._colm_state is None:
+                from graft_array import ColmState
+
+                self._colm_state = ColmState()
+            kw["strategy_params"] = dict(kw.get("strategy_params") or {}, state=self._colm_state)
+            kw["sources"] = _stack_or_list(torch.split(torch.as_tensor(self._sources)[ids], lens), pack)
+        elif st in ("mkdt", "pdd"):
+            kw["scores"] = pack([t.to(torch.float64) for t in call["loss"]])
 
     # ---- what the training loop sees
 

@@ -100,8 +100,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="override the per-model epochs")
     ap.add_argument("--refresh-every", type=int, default=None, help="override the epochs between selection passes")
     ap.add_argument("--methods", nargs="+", choices=training.METHODS,
-                    default=[m for m in training.METHODS if m != "graft-batch"],
-                    help="default: all but graft-batch (the per-batch mode, several times slower)")
+                    default=[m for m in training.METHODS if m != "graft-batch" and m not in training.FAMILY_METHODS],
+                    help="default: all but graft-batch (the per-batch mode, several times slower) and the opt-in "
+                         "family members (adacore, mkdt)")
     ap.add_argument("--dataset", choices=("fashion-mnist", "digits"), default="fashion-mnist")
     ap.add_argument("--quick", action="store_true", help="digits, 1 seed, 2 epochs (a smoke run)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))

@@ -245,6 +245,36 @@ def select(
       decides when to select again live in
       :class:`graft_array.adapters.crest.CrestSampler`.
 
+    The rest of GRAFT's family (each module's docstring, under
+    ``graft_array.strategies``, states every choice and how it departs from
+    the reference code), each with ``round(fraction * n)`` rows per batch or,
+    with classes, ``ceil(k n_c / N)`` per class as above:
+
+    * ``"adacore"`` (Pooladzandi et al., ICML 2022): CRAIG's facility location
+      on the Hessian-preconditioned gradients g_i / (|D_i| + delta), delta =
+      ``damping`` times the batch's mean |D| (``hessian_diag`` gives D; with
+      :class:`LastLayerGrads`, the logit diagonal q laid out like the
+      residuals, D_i = q_i (x) [h_i^2; 1], or ``"softmax"`` for
+      q = |e|(1 - |e|) = p(1 - p)); cluster-size weights.
+    * ``"colm"`` (Nguyen et al., 2024): per source (``sources``): small
+      sources whole, the rest by facility location with cosine similarities on
+      the gradients normalised as Adam would step with them (moments in a
+      :class:`graft_array.ColmState` passed in ``strategy_params``, updated in
+      place) and cut to each source's ``dims`` top coordinates.
+    * ``"sas"`` (Joshi & Mirzasoleiman, ICML 2023): within each latent group
+      (``groups``, else k-means of the features), the most central embeddings
+      by thresholded cosine similarity, redundancy-penalised (``penalty``).
+      Uniform weights. No ``grads``.
+    * ``"clipcov"`` (Joshi et al., AISTATS 2024): ``features=(image_emb,
+      text_emb)``; per latent group, the greedy that keeps the subset's
+      image-caption cross-covariance closest to the group's
+      (:func:`graft_array.cross_covariance_error` reports it). Uniform weights.
+      No ``grads``.
+    * ``"mkdt"`` / ``"pdd"``: the selectors inside two dataset distillation
+      methods, the rows of highest ``scores`` (a distillation loss; a
+      forgetting count), ties to the lowest index. Uniform weights. No
+      ``grads``. The synthesis of images is out of scope.
+
     With ``features=None`` the low-rank step runs on the per-sample gradients
     themselves: V spans the dominant directions of the batch's gradients (for
     :class:`LastLayerGrads` from their Gram <e_i, e_j>(<h_i, h_j> + 1), never
@@ -272,8 +302,9 @@ def select(
         native copy (same result as the native array); a tensor that requires
         grad is detached. NumPy masked arrays (use ``mask``), sparse and meta
         tensors are refused. Inputs are never modified.
-    strategy : {"graft", "random", "craig", "gradmatch", "crest"}, default="graft"
-        GRAFT, or a baseline with the same API (see above).
+    strategy : {"graft", "random", "craig", "gradmatch", "crest", "adacore", "colm", "sas", "clipcov", "mkdt", \
+"pdd"}, default="graft"
+        GRAFT, or a baseline or family member with the same API (see above).
     fraction : float in (0, 1], default=0.25
         The budget: the share of the call's rows selected (GRAFT with
         ``budget="call"``: exactly ``round(fraction * N)`` rows over the call;
@@ -326,6 +357,24 @@ def select(
         a pass its exact share). ``"batch"``: every batch keeps its own
         criterion's size (each between the band's ends; the total is not
         controlled). Only GRAFT with ``grads`` uses it.
+    groups : None or int array laid out like the rows
+        ``"sas"`` / ``"clipcov"``: the latent classes (default: k-means of the
+        embeddings with ``strategy_params["n_groups"]`` clusters, seeded by
+        ``random_state``). Taken as ``labels``; give one of the two.
+    sources : None or int array laid out like the rows
+        ``"colm"``: the data source of each row (required). Taken as ``labels``.
+    hessian_diag : None, "softmax", or an array laid out like ``grads`` (like ``grads.residuals`` for LastLayerGrads)
+        ``"adacore"``: the per-sample Hessian diagonal (required; its absolute
+        value is used).
+    scores : None or float array laid out like the rows ((n,), (batch, n) or a list)
+        ``"mkdt"`` / ``"pdd"``: one score per row, the highest kept (required).
+    strategy_params : None or dict
+        The family's options, each with a default: ``"adacore"``: ``damping``
+        (1e-3); ``"colm"``: ``small_sources`` ("auto", an int k or a list of
+        ids), ``dims`` (2560), ``beta1`` (0.9), ``beta2`` (0.999), ``eps``
+        (1e-8), ``state`` (None or a :class:`graft_array.ColmState`);
+        ``"sas"``: ``penalty`` (True), ``n_groups`` (10); ``"clipcov"``:
+        ``n_groups`` (10). Any other key raises ValueError.
     offsets : None or int array (batch,)
         Dataset position of each batch's row 0: indices become ``offsets[b] + i``.
         Non-negative, with ``offsets[b] + n`` (n: the padded length of a stacked

@@ -17,7 +17,7 @@ import sys
 import time
 
 from .datasets import DataNotFoundError
-from .training import METHODS
+from .training import FAMILY_METHODS, METHODS
 
 DEFAULTS = {
     "digits": dict(epochs=20, refresh_every=2, batch_size=64, lr=2e-3, fractions=(0.1, 0.3)),
@@ -37,8 +37,9 @@ def add_arguments(p):
     p.add_argument("--data-dir", default=None,
                    help="directory of the Fashion-MNIST IDX files (default: the Debian package's)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
-                   help=f"any of {', '.join(METHODS)} (default: all)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
+                   default=[m for m in METHODS if m not in FAMILY_METHODS],
+                   help=f"any of {', '.join(METHODS)} (default: all but {', '.join(FAMILY_METHODS)})")
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="subset fractions (default per dataset)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--epochs", type=int, default=None, help="epochs for every method (default per dataset)")

@@ -22,6 +22,9 @@ each epoch trains on differs:
 * ``random``, ``craig``, ``gradmatch``: epoch mode over every sample, with
   ``select(..., strategy=...)`` (``random`` skips the forward pass: it needs no
   gradients).
+* ``adacore``, ``mkdt`` (opt-in, ``FAMILY_METHODS``): epoch mode with
+  ``strategy="adacore"`` (the sampler's running p(1 - p) as the Hessian
+  diagonal) and ``strategy="mkdt"`` (the samples of highest training loss).
 * ``crest``: :class:`graft_array.adapters.crest.CrestSampler`: coresets of random
   pools re-mixed into batches, re-selected when its quadratic model of the loss
   stops predicting it (its ``after_step`` hook after every step).
@@ -58,6 +61,7 @@ import numpy as np
 __all__ = [
     "METHODS",
     "EPOCH_METHODS",
+    "FAMILY_METHODS",
     "load_data",
     "make_model",
     "RunResult",
@@ -70,8 +74,11 @@ __all__ = [
     "energy_tracker",
 ]
 
-METHODS = ("full", "graft", "graft-emb", "graft-batch", "random", "craig", "gradmatch", "crest")
-EPOCH_METHODS = ("graft", "graft-emb", "random", "craig", "gradmatch")  # the GraftEpochSampler ones
+METHODS = ("full", "graft", "graft-emb", "graft-batch", "random", "craig", "gradmatch", "crest", "adacore", "mkdt")
+EPOCH_METHODS = ("graft", "graft-emb", "random", "craig", "gradmatch", "adacore", "mkdt")  # the GraftEpochSampler ones
+#: family members that train a classifier (opt-in in the demo and the grids: --methods adacore mkdt); "mkdt" keeps
+#: the samples of highest training loss (MKDT's initialisation rule applied to the training subset)
+FAMILY_METHODS = ("adacore", "mkdt")
 
 
 # --------------------------------------------------------------------------- data and models
@@ -496,7 +503,7 @@ def plot_results(rows, path, *, title=""):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip(METHODS, "*oPsD^vX"))
+    markers = dict(zip(METHODS, "*oPsD^vXhp"))
     for method in METHODS:
         rs = [r for r in rows if r["method"] == method]
         if not rs:

@@ -27,7 +27,7 @@ def test_demo_smoke_run(tmp_path, capsys):
     np_state = np.random.get_state()[1].copy()
     rows = demo.run(demo.build_parser().parse_args(
         ["--seeds", "1", "--epochs", "2", "--fractions", "0.3", "--plot", str(png), "--json", str(js), "--quiet",
-         "--no-energy"]))
+         "--no-energy", "--methods", *training.METHODS]))
     out = capsys.readouterr().out
     for method in training.METHODS:
         assert any(line.startswith(method + " ") for line in out.splitlines()), (method, out)
