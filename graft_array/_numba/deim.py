@@ -766,14 +766,18 @@ def _deim_batched(V, kk, eps, nthreads):
         b1 = (ch + 1) * nb // nch
         for b in range(b0, b1):
             Vb = V[b]
-            vmax, ok = _absmax_finite(Vb.reshape(n * r))
+            if kk == r:  # one read of the batch: transposed, max |V_b| and the finiteness flag together
+                vmax, ok = _load_cols_max(Vb, rows, n, kk, W)
+            else:
+                vmax, ok = _absmax_finite(Vb.reshape(n * r))
             if not ok:
                 bad[b] = True
                 rank_out[b] = 0
                 for j in range(kk):
                     piv_out[b, j] = j
                 continue
-            _load_cols(Vb, rows, n, kk, W)
+            if kk != r:
+                _load_cols(Vb, rows, n, kk, W)
             sc = _elim_scale(W, vmax)
             if sc != 1.0:  # far from 1: eliminate on V_b 2^-e (exact)
                 _scale_cols(W, kk, n, sc)

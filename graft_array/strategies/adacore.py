@@ -37,8 +37,8 @@ batch at a time (they do not factorise once delta > 0), never for the whole call
 import numpy as np
 from numba import njit, prange
 
-from ._batch import batch_gram_plain_nb, full_gram, gather
-from .facility import facility_location, facility_on_gram_nb
+from ._batch import batch_gram_plain_nb, full_gram
+from .facility import facility_on_gram_nb, on_grams
 
 __all__ = ["precondition_plain_nb", "precondition_last_layer_nb", "precondition", "run"]
 
@@ -162,7 +162,6 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
         kernel = _adacore_plain_nb if grads_kind == "plain" else _adacore_last_layer_nb
         order, weights, rho = kernel(*parts, m, damping)
         return order, np.full(nb, m, dtype=np.int64), rho, weights
-    from .._cuda.criterion import rho_curve_on
     from .._namespace import array_namespace
 
     xp = array_namespace(F)
@@ -172,10 +171,7 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
     outs = []
     for b0 in range(0, nb, step):
         P = precondition(xp, tuple(g[b0:b0 + step, ...] for g in parts), grads_kind, damping)
-        K, bv, gg = full_gram(xp, (P,), "plain")
-        order, weights = facility_location(xp, K, m)
-        KS, bS = gather(xp, K, bv, order)
-        outs.append((order, rho_curve_on(name, xp, KS, bS, gg), weights))
+        outs.append(on_grams(xp, *full_gram(xp, (P,), "plain"), m, name))
     order, rho, weights = (xp.concat([o[i] for o in outs], axis=0) for i in range(3))
     sizes = xp.full((nb,), m, dtype=xp.int64, device=_device(F))
     return order, sizes, rho, weights

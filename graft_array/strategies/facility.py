@@ -26,7 +26,7 @@ from ._batch import (
 )
 
 __all__ = ["DUPLICATE_ULPS", "facility_on_gram_nb", "facility_location_plain_nb", "facility_location_last_layer_nb",
-           "distances", "cosine_similarities", "facility_location", "run"]
+           "distances", "cosine_similarities", "facility_location", "on_grams", "run"]
 
 #: a squared distance d_ij^2 = K_ii + K_jj - 2 K_ij <= DUPLICATE_ULPS * eps * (K_ii + K_jj) is the Gram's
 #: round-off, not a distance: equal rows whose products a BLAS rounded differently are exactly 0 apart
@@ -288,14 +288,22 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name, cosine=False):
     from .._namespace import array_namespace, device_of
 
     xp = array_namespace(F)
-    K, bv, gg = full_gram(xp, grads, grads_kind)
+    order, rho, weights = on_grams(xp, *full_gram(xp, grads, grads_kind), m, name, cosine)
+    return order, xp.full((nb,), m, dtype=xp.int64, device=device_of(F)), rho, weights
+
+
+def on_grams(xp, K, bv, gg, m, name, cosine=False):
+    """(order, rho, weights) of facility location on the Grams K (B, n, n), b (B, n), gg (B,), any namespace.
+
+    On the cuda backend the facility-location kernel runs every batch in one
+    launch where it fits (CRAIG's similarities), else the generic code.
+    """
     from .._cuda import facility as cfac
     from .._cuda.criterion import rho_curve_on
 
-    if name == "cuda" and not cosine and cfac.fits(K.shape[1], m):  # the kernel: one launch for every batch
+    if name == "cuda" and not cosine and cfac.fits(K.shape[1], m):
         order, weights = cfac.facility_location_like(K, m)
     else:
         order, weights = facility_location(xp, K, m, cosine)
     KS, bS = gather(xp, K, bv, order)
-    sizes = xp.full((nb,), m, dtype=xp.int64, device=device_of(F))
-    return order, sizes, rho_curve_on(name, xp, KS, bS, gg), weights
+    return order, rho_curve_on(name, xp, KS, bS, gg), weights
