@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import graft_array as ga
-from graft_array import LastLayerGrads
 from graft_array.adapters.numpy import select_dataset
 
 N, B = 600, 100
@@ -17,7 +16,7 @@ def _data(seed=0):
     return rng, X, G
 
 
-def _one_call(X, **kw):
+def _one_call(X):
     """select over all of X as (N / B) batches of B rows in one call, as select_dataset's single call makes it."""
     return X.reshape(N // B, B, -1)
 
