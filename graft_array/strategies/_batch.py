@@ -13,7 +13,8 @@ from .._agnostic.criterion import _dev, _mT, _take_rows
 from .._numba.checks import abs_max, unit_scale
 from .._numba.criterion import _gram_last_layer_one, _gram_plain_one, _rho_one
 
-__all__ = ["batch_gram_plain_nb", "batch_gram_last_layer_nb", "rho_along_nb", "full_gram", "gather", "onehot"]
+__all__ = ["batch_gram_plain_nb", "batch_gram_last_layer_nb", "rho_along_nb", "full_gram", "gather", "onehot",
+           "unweighted"]
 
 
 @njit(cache=True, nogil=True)
@@ -78,3 +79,18 @@ def gather(xp, K, b, order):
 
 def onehot(xp, j, n):
     return xp.arange(n, dtype=xp.int64, device=_dev(j))[None, :] == j[:, None]
+
+
+def unweighted(order, n):
+    """The result of a strategy without gradients for its rows ``order`` (B, m) of batches of n rows.
+
+    (order, sizes m (B,), rho NaN (B, m), weights n / m (B, m)), in ``order``'s namespace and device.
+    """
+    from .._namespace import array_namespace, device_of
+
+    xp = array_namespace(order)
+    dev = device_of(order)
+    nb, m = order.shape
+    return (order, xp.full((nb,), m, dtype=xp.int64, device=dev),
+            xp.full((nb, m), float("nan"), dtype=xp.float64, device=dev),
+            xp.full((nb, m), n / m, dtype=xp.float64, device=dev))

@@ -8,6 +8,8 @@ count for PDD) and reach the strategy as a one-column gradient (see
 namespace.
 """
 
+from ._batch import unweighted
+
 __all__ = ["top_scores", "run"]
 
 
@@ -18,12 +20,7 @@ def top_scores(xp, S, m):
 
 def run(F, grads, grads_kind, m, opts, seed, starts, name):
     """(order (B, m), sizes (B,), rho NaN (B, m), weights n / m (B, m)) from the scores in ``grads[0][..., 0]``."""
-    from .._namespace import array_namespace, device_of
+    from .._namespace import array_namespace
 
-    nb, n = F.shape[0], F.shape[1]
     S = grads[0][..., 0]
-    xp = array_namespace(S)
-    dev = device_of(S)
-    return (top_scores(xp, S, m), xp.full((nb,), m, dtype=xp.int64, device=dev),
-            xp.full((nb, m), float("nan"), dtype=xp.float64, device=dev),
-            xp.full((nb, m), n / m, dtype=xp.float64, device=dev))
+    return unweighted(top_scores(array_namespace(S), S, m), F.shape[1])

@@ -26,6 +26,8 @@ namespace: :func:`clipcov`.
 import numpy as np
 from numba import njit, prange
 
+from ._batch import unweighted
+
 __all__ = ["clipcov_nb", "clipcov", "cross_covariance_error", "run"]
 
 
@@ -131,15 +133,9 @@ def cross_covariance_error(image_emb, text_emb, indices, weights=None):
 
 def run(F, grads, grads_kind, m, opts, seed, starts, name):
     """ClipCov on every batch of a stack: (order (B, m), sizes (B,), rho NaN (B, m), weights n / m (B, m))."""
-    nb, n = F.shape[0], F.shape[1]
     split = opts["pair_split"]
     if name == "numba":
-        order = clipcov_nb(np.ascontiguousarray(F), split, m)
-        return order, np.full(nb, m, dtype=np.int64), np.full((nb, m), np.nan), np.full((nb, m), n / m)
-    from .._namespace import array_namespace, device_of
+        return unweighted(clipcov_nb(np.ascontiguousarray(F), split, m), F.shape[1])
+    from .._namespace import array_namespace
 
-    xp = array_namespace(F)
-    dev = device_of(F)
-    return (clipcov(xp, F, split, m), xp.full((nb,), m, dtype=xp.int64, device=dev),
-            xp.full((nb, m), float("nan"), dtype=xp.float64, device=dev),
-            xp.full((nb, m), n / m, dtype=xp.float64, device=dev))
+    return unweighted(clipcov(array_namespace(F), F, split, m), F.shape[1])

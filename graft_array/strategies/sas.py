@@ -22,6 +22,8 @@ namespace: :func:`sas`.
 import numpy as np
 from numba import njit, prange
 
+from ._batch import unweighted
+
 __all__ = ["sas_nb", "sas", "run"]
 
 
@@ -126,15 +128,9 @@ def sas(xp, F, m, penalty):
 
 def run(F, grads, grads_kind, m, opts, seed, starts, name):
     """SAS on every batch of a stack: (order (B, m), sizes (B,), rho NaN (B, m), weights n / m (B, m))."""
-    nb, n = F.shape[0], F.shape[1]
     penalty = opts["params"]["penalty"]
     if name == "numba":
-        order = sas_nb(np.ascontiguousarray(F), m, penalty)
-        return order, np.full(nb, m, dtype=np.int64), np.full((nb, m), np.nan), np.full((nb, m), n / m)
+        return unweighted(sas_nb(np.ascontiguousarray(F), m, penalty), F.shape[1])
     from .._namespace import array_namespace
 
-    xp = array_namespace(F)
-    dev = _dev(F)
-    return (sas(xp, F, m, penalty), xp.full((nb,), m, dtype=xp.int64, device=dev),
-            xp.full((nb, m), float("nan"), dtype=xp.float64, device=dev),
-            xp.full((nb, m), n / m, dtype=xp.float64, device=dev))
+    return unweighted(sas(array_namespace(F), F, m, penalty), F.shape[1])
