@@ -122,6 +122,7 @@ def prepare(opts, features, grads, labels, extra, mask):
                     f"select takes one of 'labels' and '{nm}' (with strategy={strategy!r} the {nm} are the classes "
                     f"the selection runs in). Got both."
                 )
+            _check_ids(extra[nm], nm, features if features is not None else _grad_rows(grads))
             labels = extra[nm]
     if strategy == "colm" and labels is None:
         raise ValueError("select with strategy='colm' needs 'sources' (the source id of each sample). Got None.")
@@ -137,6 +138,48 @@ def prepare(opts, features, grads, labels, extra, mask):
         if features is None:
             features = grads
     return features, grads, labels
+
+
+def _grad_rows(grads):
+    """What lays out the rows when features=None: the gradients (the residuals of LastLayerGrads)."""
+    from ._select import LastLayerGrads
+
+    return grads.residuals if isinstance(grads, LastLayerGrads) else grads
+
+
+def _check_ids(value, nm, ref):
+    """``sources`` / ``groups``: one integer per row of ``ref`` (an array, or a list of per-batch arrays).
+
+    Checked here, before they travel as ``labels``, so that the message names the argument the caller gave;
+    anything else (an unusable ``ref``) is left to select's own checks.
+    """
+    if isinstance(ref, (list, tuple)):
+        if not all(is_array(r) for r in ref):
+            return
+        if not isinstance(value, (list, tuple)) or len(value) != len(ref):
+            raise TypeError(
+                f"The '{nm}' parameter of select must be a list of {len(ref)} int arrays (one per batch of "
+                f"'features') when 'features' is a list. Got {describe(value)} instead."
+            )
+        for b, (v, r) in enumerate(zip(value, ref)):
+            _check_id_array(v, f"{nm}[{b}]", (int(r.shape[0]),), f"features[{b}]")
+    elif is_array(ref):
+        _check_id_array(value, nm, tuple(int(k) for k in ref.shape[:-1]), "features")
+
+
+def _check_id_array(value, nm, shape, ref_nm):
+    try:
+        arr = np.asarray(to_numpy_view(value) if is_array(value) else value)
+    except ValueError:  # a ragged nested list
+        arr = None
+    if arr is None or arr.shape != shape:
+        got = "a ragged nested list" if arr is None else f"shape {arr.shape}"
+        raise ValueError(
+            f"The '{nm}' parameter of select must hold one int id per row of '{ref_nm}' (shape {shape}). Got "
+            f"{got} instead."
+        )
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"The '{nm}' parameter of select must hold integers (ids). Got dtype {arr.dtype} instead.")
 
 
 def _pair(features):

@@ -275,6 +275,12 @@ def select(
       forgetting count), ties to the lowest index. Uniform weights. No
       ``grads``. The synthesis of images is out of scope.
 
+    Ties go to the lowest index wherever they are exact in floating point.
+    The Numba kernels compute equal rows' similarities identically; the
+    generic path takes its Grams from a matrix product, whose BLAS may round
+    two equal rows' products differently, so there a later copy of a row can
+    come first.
+
     With ``features=None`` the low-rank step runs on the per-sample gradients
     themselves: V spans the dominant directions of the batch's gradients (for
     :class:`LastLayerGrads` from their Gram <e_i, e_j>(<h_i, h_j> + 1), never

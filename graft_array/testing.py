@@ -534,3 +534,349 @@ def reference_quadratic_trigger(L0, g, h, delta, L_true, tau):
 
 
 __all__ += ["reference_crest_select", "reference_quadratic_trigger"]
+
+
+# --------------------------------------------------------------------------------------
+# the family behind select(strategy=...): AdaCore, CoLM, SAS, ClipCov, MKDT / PDD
+# (written from the strategies' docstrings; plain loops, float64, exactly rounded sums)
+# --------------------------------------------------------------------------------------
+def _fsum_dot(a, b):
+    """<a, b> of two 1-D float64 vectors, exactly rounded (order-free: exact ties stay ties)."""
+    import math
+
+    return math.fsum(float(x) * float(y) for x, y in zip(a, b))
+
+
+def _pick(t, gains, chosen, follow, rtol):
+    """Step t of a greedy: the largest gain (ties to the lowest index), or ``follow[t]`` checked against it.
+
+    ``gains``: {row: (gain, scale)} over the unselected rows, each gain one exactly rounded sum and ``scale`` the
+    sum of its terms' magnitudes. With ``follow``, the followed row must be unselected and within ``rtol`` times
+    the largest scale of the best gain (a tie up to rounding); an AssertionError says where it is not.
+    """
+    best, best_i = -np.inf, -1
+    for i in sorted(gains):
+        if gains[i][0] > best:
+            best, best_i = gains[i][0], i
+    if follow is None:
+        return best_i
+    j = int(follow[t])
+    tol = rtol * max(sc for _, sc in gains.values())
+    assert j not in chosen and j in gains, f"step {t}: row {j} is not a candidate"
+    assert gains[j][0] >= best - tol, (
+        f"step {t}: row {j} has gain {gains[j][0]!r}, the best is row {best_i} with {best!r} (tolerance {tol:.3g})")
+    return j
+
+
+def reference_facility_location(S, m, *, follow=None, rtol=0.0):
+    """Plain greedy facility location on a similarity matrix S (n, n) with s_ij >= 0: ``(indices, weights)``.
+
+    F(S) = sum_i max_{j in S} s_ij (0 for the empty set). Each of the m steps
+    evaluates every unselected column's gain sum_i max(0, s_ij - cur_i) (one
+    exactly rounded sum: gains equal in exact arithmetic compare equal) and takes
+    the largest (ties to the lowest index). Weight of a selected j: the number of
+    rows i whose most similar selected row is j (ties to the earliest selected).
+
+    ``follow``: an order to check instead (a step may take any row whose gain is
+    within ``rtol`` times the gains' scale of the best, a tie up to rounding);
+    AssertionError where it is not a greedy order. The weights are then those of
+    ``follow``.
+    """
+    import math
+
+    S = np.asarray(S, dtype=np.float64)
+    n = S.shape[0]
+    cur = [0.0] * n
+    chosen = []
+    for t in range(m):
+        gains = {}
+        for j in range(n):
+            if j not in chosen:
+                terms = [max(0.0, S[i, j] - cur[i]) for i in range(n)]
+                gains[j] = (math.fsum(terms), math.fsum(abs(S[i, j]) + abs(cur[i]) for i in range(n)))
+        j = _pick(t, gains, chosen, follow, rtol)
+        chosen.append(j)
+        for i in range(n):
+            cur[i] = max(cur[i], S[i, j])
+    w = np.zeros(m)
+    for i in range(n):
+        best, best_t = -np.inf, -1
+        for t, j in enumerate(chosen):
+            if S[i, j] > best:
+                best, best_t = S[i, j], t
+        w[best_t] += 1.0
+    return np.array(chosen, dtype=np.int64), w
+
+
+def _dmax_minus_distance(P):
+    """s_ij = dmax - ||p_i - p_j|| (CRAIG's similarities) of rows P (n, p), by explicit differences."""
+    import math
+
+    n = P.shape[0]
+    D = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i):
+            D[i, j] = D[j, i] = math.sqrt(math.fsum((P[i] - P[j]) ** 2))
+    return D.max(initial=0.0) - D
+
+
+def reference_adacore(G, D, m, damping=1e-3, *, follow=None, rtol=0.0):
+    """One batch of ``select(..., strategy="adacore")`` on plain rows G, D (n, p): ``(indices, weights)``.
+
+    p_ia = g_ia / (|D_ia| + delta), delta = damping * mean |D| over the batch (1 when
+    that mean is 0); then CRAIG on the rows p_i: s_ij = dmax - ||p_i - p_j||, plain
+    greedy facility location (:func:`reference_facility_location`; ``follow`` and
+    ``rtol`` as there).
+    """
+    import math
+
+    G = np.asarray(G, dtype=np.float64)
+    D = np.asarray(D, dtype=np.float64)
+    n, p = G.shape
+    mean = math.fsum(abs(float(x)) for x in D.ravel()) / (n * p) if n * p else 0.0
+    delta = damping * mean if mean > 0 else 1.0
+    P = np.empty((n, p))
+    for i in range(n):
+        for a in range(p):
+            P[i, a] = G[i, a] / (abs(D[i, a]) + delta)
+    return reference_facility_location(_dmax_minus_distance(P), m, follow=follow, rtol=rtol)
+
+
+def reference_adacore_last_layer(E, Q, H, m, damping=1e-3, *, follow=None, rtol=0.0):
+    """AdaCore on last-layer gradients: residuals E (n, C), their Hessian diagonal Q (n, C), embeddings H (n, h).
+
+    The gradient of row i is g_i[c, a] = e_ic x_ia with x_i = [h_i; 1], its Hessian
+    diagonal D_i[c, a] = |q_ic| x_ia^2; then :func:`reference_adacore`'s rule on
+    those C (h + 1) coordinates. Returns ``(indices, weights)``.
+    """
+    E = np.asarray(E, dtype=np.float64)
+    Q = np.asarray(Q, dtype=np.float64)
+    H = np.asarray(H, dtype=np.float64)
+    n, C = E.shape
+    X = np.concatenate([H, np.ones((n, 1))], axis=1)
+    w = X.shape[1]
+    G = np.empty((n, C * w))
+    D = np.empty((n, C * w))
+    for i in range(n):
+        for c in range(C):
+            for a in range(w):
+                G[i, c * w + a] = E[i, c] * X[i, a]
+                D[i, c * w + a] = abs(Q[i, c]) * (X[i, a] * X[i, a])
+    return reference_adacore(G, D, m, damping, follow=follow, rtol=rtol)
+
+
+def reference_class_chunks(labels, k, width=None, quotas=None):
+    """How select splits a labelled call: ``[(label, rows, m), ...]``, class after class (ascending label).
+
+    Class c (n_c of the N rows) gets ``quotas[c]`` rows, or min(n_c, max(1, ceil(k
+    n_c / N))); its rows (in order) are cut into ceil(n_c / width) near-equal
+    chunks (the first ones one row longer), each chunk of n rows taking
+    min(n, max(1, round(k_c / n_c * n))) rows.
+    """
+    labels = np.asarray(labels).ravel()
+    N = labels.shape[0]
+    out = []
+    for c in sorted(set(labels.tolist())):
+        rows = [i for i in range(N) if labels[i] == c]
+        n_c = len(rows)
+        k_c = min(n_c, max(1, -(-k * n_c // N))) if quotas is None else quotas[c]
+        w = n_c if width is None else width
+        parts = -(-n_c // w)
+        q, r = divmod(n_c, parts)
+        start = 0
+        for p in range(parts):
+            size = q + (1 if p < r else 0)
+            chunk = np.array(rows[start:start + size], dtype=np.int64)
+            start += size
+            out.append((c, chunk, min(size, max(1, int(round(k_c / n_c * size))))))
+    return out
+
+
+def reference_colm(G, sources, k, small_sources="auto", dims=2560, beta1=0.9, beta2=0.999, eps=1e-8, m=None,
+                   v=None, t=0, *, follow=None, rtol=0.0):
+    """One call of ``select(..., strategy="colm")`` on one batch of gradient rows G (N, p).
+
+    ``k``: the call's budget. Returns ``(picked, small, (m, v, t))``: ``picked[c] = (rows, weights)``
+    for every source c (ascending): a small source's rows in order, weight 1 each;
+    a large source's rows in greedy order with cluster-size weights; ``small``: the set
+    of small sources. Then the
+    selector moments after the call: g = the mean raw gradient of all picked rows,
+    m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2 (m, v = 0 when ``m`` is None),
+    t' = t + 1.
+
+    1. small sources: "auto": n_s S <= k (S sources); an int q: the q smallest
+       (ties to the lower id); a list: those ids.
+    2. u_i = m_hat / (sqrt(v_hat) + eps) with m_i = b1 m + (1 - b1) g_i,
+       v_i = b2 v + (1 - b2) g_i^2, hats: divided by 1 - b^(t + 1).
+    3. per large source: the min(dims, p) coordinates of largest |mean_i u_i| over
+       the source (ties to the lower coordinate).
+    4. per large source: ceil(R n_s / N_large) rows (R = k - the small sources' rows,
+       at least 1, at most n_s) by facility location with s_ij = (1 + cos_ij) / 2
+       (a cosine within 16 eps of 1 counts as 1).
+
+    ``follow``: {source: its rows (indices of G) in an order to check}, ``rtol``: see
+    :func:`reference_facility_location`.
+    """
+    import math
+
+    G = np.asarray(G, dtype=np.float64)
+    src = np.asarray(sources).ravel()
+    N, p = G.shape
+    ids = sorted(set(src.tolist()))
+    rows_of = {c: [i for i in range(N) if src[i] == c] for c in ids}
+    count = {c: len(rows_of[c]) for c in ids}
+    if isinstance(small_sources, str):
+        small = {c for c in ids if count[c] * len(ids) <= k}
+    elif isinstance(small_sources, int):
+        small = set(sorted(ids, key=lambda c: (count[c], c))[:small_sources])
+    else:
+        small = {c for c in ids if c in [int(x) for x in small_sources]}
+    R = max(0, k - sum(count[c] for c in small))
+    n_large = sum(count[c] for c in ids if c not in small)
+    fresh = m is None
+    m0 = np.zeros(p) if fresh else np.asarray(m, dtype=np.float64)
+    v0 = np.zeros(p) if fresh else np.asarray(v, dtype=np.float64)
+    t1 = t + 1
+    picked, every = {}, []
+    for c in ids:
+        rows = rows_of[c]
+        if c in small:
+            picked[c] = (np.array(rows, dtype=np.int64), np.ones(len(rows)))
+            every += rows
+            continue
+        U = np.empty((len(rows), p))
+        for r, i in enumerate(rows):
+            for a in range(p):
+                mh = (beta1 * m0[a] + (1.0 - beta1) * G[i, a]) / (1.0 - beta1**t1)
+                vh = (beta2 * v0[a] + (1.0 - beta2) * G[i, a] * G[i, a]) / (1.0 - beta2**t1)
+                U[r, a] = mh / (math.sqrt(vh) + eps)
+        score = [abs(math.fsum(U[:, a]) / len(rows)) for a in range(p)]
+        keep = sorted(range(p), key=lambda a: (-score[a], a))[:min(dims, p)]
+        Uk = U[:, keep]
+        nr = len(rows)
+        norm = [math.sqrt(_fsum_dot(Uk[r], Uk[r])) for r in range(nr)]
+        S = np.empty((nr, nr))
+        for a in range(nr):
+            for b in range(nr):
+                if a == b:
+                    cos = 1.0
+                elif norm[a] > 0 and norm[b] > 0:
+                    cos = min(1.0, max(-1.0, _fsum_dot(Uk[a], Uk[b]) / (norm[a] * norm[b])))
+                    cos = 1.0 if cos >= 1.0 - 16.0 * np.finfo(np.float64).eps else cos  # parallel: an exact tie
+                else:
+                    cos = 0.0
+                S[a, b] = 0.5 + 0.5 * cos
+        budget = min(nr, max(1, -(-R * nr // n_large)))
+        order = None
+        if follow is not None:
+            where = {i: r for r, i in enumerate(rows)}
+            order = [where[int(i)] for i in follow[c]]
+        idx, w = reference_facility_location(S, budget, follow=order, rtol=rtol)
+        picked[c] = (np.array(rows, dtype=np.int64)[idx], w)
+        every += [rows[j] for j in idx]
+    g = np.array([math.fsum(G[i, a] for i in every) / len(every) for a in range(p)])
+    m1 = (1.0 - beta1) * g if fresh else beta1 * m0 + (1.0 - beta1) * g
+    v1 = (1.0 - beta2) * g * g if fresh else beta2 * v0 + (1.0 - beta2) * g * g
+    return picked, small, (m1, v1, t1)
+
+
+def _greedy_lowest(terms_of, n, m, follow=None, rtol=0.0):
+    """m steps of: the unselected row of largest gain, ties to the lowest index (``follow``: see :func:`_pick`).
+
+    ``terms_of(i, chosen)``: the terms whose exactly rounded sum is row i's gain.
+    """
+    import math
+
+    chosen = []
+    for t in range(m):
+        gains = {}
+        for i in range(n):
+            if i not in chosen:
+                terms = terms_of(i, chosen)
+                gains[i] = (math.fsum(terms), math.fsum(abs(x) for x in terms))
+        chosen.append(_pick(t, gains, chosen, follow, rtol))
+    return np.array(chosen, dtype=np.int64)
+
+
+def reference_sas(X, m, penalty=True, *, follow=None, rtol=0.0):
+    """One batch (or group chunk) of ``select(..., strategy="sas")`` on embeddings X (n, d): ``(indices, weights)``.
+
+    D_ij = max(0, cos(x_i, x_j)) (D_ii = 1, 0 for a zero row; a zero row has
+    similarity 0 with everything). Greedy: the unselected row of largest
+    sum_j D_ij - sum_{s in S} D_si (``penalty``) or sum_j D_ij, ties to the lowest
+    index (``follow``, ``rtol``: see :func:`reference_facility_location`). Weights n / m.
+    """
+    import math
+
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    norm = [math.sqrt(_fsum_dot(X[i], X[i])) for i in range(n)]
+    D = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if norm[i] == 0 or norm[j] == 0:
+                D[i, j] = 0.0
+            elif i == j:
+                D[i, j] = 1.0
+            else:
+                D[i, j] = max(0.0, min(1.0, _fsum_dot(X[i], X[j]) / (norm[i] * norm[j])))
+    def terms(i, chosen):  # summed exactly: gains equal in exact arithmetic compare equal
+        return list(D[i]) + ([-D[s, i] for s in chosen] if penalty else [])
+
+    return _greedy_lowest(terms, n, m, follow, rtol), np.full(m, n / m)
+
+
+def reference_clipcov(X, T, m, *, follow=None, rtol=0.0):
+    """One batch (or group chunk) of ``select(..., strategy="clipcov")``: pairs (x_i, t_i), ``(indices, weights)``.
+
+    K_ij = <x_i, x_j> <t_i, t_j>; greedy on the gain (2 m / n) sum_j K_sj - K_ss -
+    2 sum_{i in S} K_is, ties to the lowest index (``follow``, ``rtol``: see
+    :func:`reference_facility_location`). Weights n / m.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64)
+    n = X.shape[0]
+    K = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            K[i, j] = _fsum_dot(X[i], X[j]) * _fsum_dot(T[i], T[j])
+
+    c = 2.0 * m / n
+
+    def terms(s, chosen):  # summed exactly: gains equal in exact arithmetic compare equal
+        return [c * K[s, j] for j in range(n)] + [-K[s, s]] + [-2.0 * K[i, s] for i in chosen]
+
+    return _greedy_lowest(terms, n, m, follow, rtol), np.full(m, n / m)
+
+
+def reference_cross_covariance_error(X, T, indices, weights=None):
+    """||C_S - C||_F / ||C||_F by outer products: C = (1/n) sum_i x_i t_i^T, C_S = sum_j w_j x_sj t_sj^T / sum_j w_j."""
+    import math
+
+    X = np.asarray(X, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64)
+    idx = [int(i) for i in np.asarray(indices).ravel()]
+    w = [1.0] * len(idx) if weights is None else [float(x) for x in np.asarray(weights).ravel()]
+    C = np.zeros((X.shape[1], T.shape[1]))
+    for i in range(X.shape[0]):
+        C += np.outer(X[i], T[i])
+    C /= X.shape[0]
+    CS = np.zeros_like(C)
+    for j, i in enumerate(idx):
+        CS += w[j] * np.outer(X[i], T[i])
+    CS /= math.fsum(w)
+    return math.sqrt(math.fsum(((CS - C) ** 2).ravel())) / math.sqrt(math.fsum((C**2).ravel()))
+
+
+def reference_top_scores(scores, m):
+    """MKDT / PDD on one batch (or class chunk): the m rows of largest score, largest first, ties to the lowest
+    index; weights n / m. Returns ``(indices, weights)``."""
+    s = [float(x) for x in np.asarray(scores).ravel()]
+    n = len(s)
+    order = sorted(range(n), key=lambda i: (-s[i], i))[:m]
+    return np.array(order, dtype=np.int64), np.full(m, n / m)
+
+
+__all__ += ["reference_facility_location", "reference_adacore", "reference_adacore_last_layer",
+            "reference_class_chunks", "reference_colm", "reference_sas", "reference_clipcov",
+            "reference_cross_covariance_error", "reference_top_scores"]

@@ -9,8 +9,9 @@ written down:
   We take p_i = g_i / (|D_i| + delta), elementwise, with D_i the Hessian diagonal
   the caller gives (``hessian_diag``). Its absolute value, as AdaHessian does:
   the diagonal of a non-convex loss can be negative, and a preconditioner must
-  not flip a direction. ``delta = damping * mean |D|`` over the batch (1 when
-  that mean is 0): a relative damping, so that scaling every D by c > 0 scales
+  not flip a direction. ``delta = damping * mean |D|`` over the batch the
+  facility location runs on (the class chunk with ``labels``, so each class is
+  damped at its own curvature scale; 1 when that mean is 0): a relative damping, so that scaling every D by c > 0 scales
   every p_i by about 1/c and leaves the rows unchanged, and no coordinate whose
   curvature vanishes blows up.
 * **Softmax cross-entropy.** For the last layer, the Hessian of the loss in the

@@ -19,7 +19,10 @@ different sizes (``sources``), as CoLM's code does:
 3. **Top coordinates per source.** For each large source, the ``dims``
    coordinates of largest |mean u_i| over the source (ties to the lower
    coordinate); the others are dropped.
-4. **Facility location per source** on those coordinates, with CoLM's cosine
+4. **Facility location per source** (a source longer than the call's largest
+   batch is cut into near-equal chunks, each with the source's share, as
+   ``labels`` does; the chunks' rounded shares can add up to a row or two
+   more than the source's budget) on those coordinates, with CoLM's cosine
    similarity (the shared kernel, :mod:`graft_array.strategies.facility`, with
    s_ij = (1 + cos_ij) / 2, which leaves every greedy choice of the plain cosine
    unchanged), budget per large source proportional to its size
@@ -40,7 +43,7 @@ __all__ = ["ColmState", "prepare", "run"]
 
 
 class ColmState:
-    """CoLM's selector moments across calls: m, v (p,) float64 and the step t (see :mod:`graft_array.strategies.colm`).
+    """CoLM's selector moments across calls: m, v (p,) NumPy float64 and the step t (:mod:`graft_array.strategies.colm`).
 
     Create one, pass it as ``select(..., strategy="colm", strategy_params={"state": state})`` on every call;
     ``select`` updates it in place after each selection. :meth:`reset` forgets it.
@@ -118,8 +121,8 @@ def prepare(xp, parts, grads_kind, lab, total, params):
             f"coordinates, but these gradients have {p}. Pass a fresh ColmState (or call state.reset())."
         )
     fresh = state is None or state.m is None
-    m0 = 0.0 if fresh else xp.asarray(state.m, device=_dev(parts[0]))
-    v0 = 0.0 if fresh else xp.asarray(state.v, device=_dev(parts[0]))
+    m0 = 0.0 if fresh else xp.asarray(state.m, dtype=xp.float64, device=_dev(parts[0]))
+    v0 = 0.0 if fresh else xp.asarray(state.v, dtype=xp.float64, device=_dev(parts[0]))
     t = (0 if state is None else state.t) + 1
     dims = min(params["dims"], p)
     blocks, order = [], []
@@ -139,7 +142,10 @@ def prepare(xp, parts, grads_kind, lab, total, params):
     def finish(positions):
         if state is None or len(positions) == 0:
             return
-        g = xp.mean(_explicit(xp, parts, grads_kind, np.asarray(positions, dtype=np.int64)), axis=0)
+        from .._agnostic.criterion import _host
+
+        # kept as NumPy float64 on the host: one state serves NumPy, torch and CuPy calls alike
+        g = _host(xp.mean(_explicit(xp, parts, grads_kind, np.asarray(positions, dtype=np.int64)), axis=0))
         state.m = (1.0 - b1) * g if fresh else b1 * state.m + (1.0 - b1) * g
         state.v = (1.0 - b2) * g * g if fresh else b2 * state.v + (1.0 - b2) * g * g
         state.t = t
@@ -148,5 +154,18 @@ def prepare(xp, parts, grads_kind, lab, total, params):
 
 
 def run(F, grads, grads_kind, m, opts, seed, starts, name):
-    """CoLM's facility location of every source chunk of a stack (cosine similarities, cluster-size weights)."""
-    return facility.run(F, grads, grads_kind, m, opts, seed, starts, name, cosine=True)
+    """CoLM's facility location of every source chunk of a stack (cosine similarities, cluster-size weights).
+
+    A chunk taken whole (a small source) weighs 1 a row: the cluster sizes would hand a row whose normalised
+    gradient is parallel to an earlier one's (cosine 1 up to round-off, common at Adam's first step, where
+    u_i ~ sign(g_i)) to that row, leaving it weight 0.
+    """
+    order, sizes, rho, weights = facility.run(F, grads, grads_kind, m, opts, seed, starts, name, cosine=True)
+    if m == F.shape[1]:
+        if name == "numba":
+            weights = np.ones_like(weights)
+        else:
+            from .._namespace import array_namespace
+
+            weights = array_namespace(weights).ones_like(weights)
+    return order, sizes, rho, weights

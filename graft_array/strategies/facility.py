@@ -63,8 +63,9 @@ def _similarities_nb(K):
 def _cosine_similarities_nb(K):
     """In place: the Gram K (n, n) becomes s_ij = (1 + cos_ij) / 2 in [0, 1] (CoLM's cosine, shifted).
 
-    cos_ij = K_ij / sqrt(K_ii K_jj), clipped to [-1, 1]; a zero row has cosine 0
-    with every other row and 1 with itself. The affine map keeps the similarities
+    cos_ij = K_ij / sqrt(K_ii K_jj), clipped to [-1, 1], and exactly 1 from
+    1 - ``DUPLICATE_ULPS`` eps on (parallel rows, whatever the Gram's round-off,
+    tie exactly); a zero row has cosine 0 with every other row and 1 with itself. The affine map keeps the similarities
     non-negative, as the greedy's empty-set value 0 needs; it leaves every
     greedy choice of the plain cosine unchanged (the gains only scale by 1/2).
     """
@@ -75,6 +76,8 @@ def _cosine_similarities_nb(K):
     for i in range(n):
         for j in range(i):
             c = min(1.0, max(-1.0, K[i, j] * inv[i] * inv[j]))
+            if c >= 1.0 - DUPLICATE_ULPS * _EPS:  # parallel rows (round-off of the Gram): exactly 1, a true tie
+                c = 1.0
             K[i, j] = 0.5 + 0.5 * c
             K[j, i] = K[i, j]
         K[i, i] = 1.0
@@ -232,6 +235,7 @@ def cosine_similarities(xp, K):
     inv = xp.where(diag > 0.0, 1.0 / xp.sqrt(xp.where(diag > 0.0, diag, xp.ones_like(diag))), xp.zeros_like(diag))
     c = xp.clip(K * inv[:, :, None] * inv[:, None, :], -1.0, 1.0)
     c = 0.5 * (c + _mT(xp, c))  # exactly symmetric
+    c = xp.where(c >= 1.0 - DUPLICATE_ULPS * 2.220446049250313e-16, xp.ones_like(c), c)  # parallel rows: exactly 1
     eye = xp.eye(K.shape[1], dtype=xp.bool, device=_dev(K))[None, :, :]
     return xp.where(eye, xp.ones_like(c), 0.5 + 0.5 * c)
 

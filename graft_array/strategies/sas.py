@@ -6,7 +6,12 @@ k-means clusters of the embeddings: :func:`graft_array._family.kmeans_labels`),
 on one batch or class chunk of embeddings x_i (the ``features``):
 
 * D_ij = max(0, cos(x_i, x_j)), the cosine similarities thresholded at 0
-  (D_ii = 1; a zero embedding has similarity 0 with everything);
+  (D_ii = 1; a zero embedding has similarity 0 with everything). A cosine
+  within ``DUPLICATE_ULPS`` eps of 1 is round-off and counts as 1, and
+  cos_ij = <x_i, x_j> (1/||x_i|| 1/||x_j||) is formed symmetrically in i and j:
+  equal embeddings get equal rows of D, so their gains tie exactly and the
+  lowest index wins (the Numba kernel; the generic twin's Gram comes from a
+  matrix product, whose rounding may differ between equal rows);
 * ``penalty=True`` (default, the paper's greedy): repeatedly take the row of
   largest gain sum_j D_ij - sum_{s in S} D_si (central, and not redundant with
   what is already chosen), ties to the lowest index;
@@ -24,7 +29,11 @@ from numba import njit, prange
 
 from ._batch import unweighted
 
-__all__ = ["sas_nb", "sas", "run"]
+__all__ = ["DUPLICATE_ULPS", "sas_nb", "sas", "run"]
+
+#: a cosine >= 1 - DUPLICATE_ULPS * eps is the round-off of equal (or parallel) embeddings: it counts as 1
+DUPLICATE_ULPS = 16.0
+_NEAR_ONE = 1.0 - DUPLICATE_ULPS * 2.220446049250313e-16
 
 
 @njit(cache=True, nogil=True)
@@ -43,7 +52,9 @@ def cosine_gram_nb(X):
             s = 0.0
             for a in range(d):
                 s += np.float64(X[i, a]) * np.float64(X[j, a])
-            c = min(1.0, s * inv[i] * inv[j]) if i != j else (1.0 if inv[i] > 0.0 else 0.0)
+            c = s * (inv[i] * inv[j]) if i != j else (1.0 if inv[i] > 0.0 else 0.0)
+            if c >= _NEAR_ONE:  # equal rows: exactly the diagonal's 1
+                c = 1.0
             D[i, j] = c if c > 0.0 else 0.0
             D[j, i] = D[i, j]
     return D
@@ -90,8 +101,9 @@ def cosine_gram(xp, F):
     sq = xp.sum(X * X, axis=2)
     inv = xp.where(sq > 0.0, 1.0 / xp.sqrt(xp.where(sq > 0.0, sq, xp.ones_like(sq))), xp.zeros_like(sq))
     G = X @ _mT(xp, X)
-    c = xp.clip(G * inv[:, :, None] * inv[:, None, :], -1.0, 1.0)
+    c = G * (inv[:, :, None] * inv[:, None, :])
     c = 0.5 * (c + _mT(xp, c))
+    c = xp.where(c >= _NEAR_ONE, xp.ones_like(c), c)
     n = F.shape[1]
     eye = xp.eye(n, dtype=xp.bool, device=_dev(F))[None, :, :]
     c = xp.where(eye, xp.where(inv > 0.0, xp.ones_like(inv), xp.zeros_like(inv))[:, :, None], c)
