@@ -43,7 +43,7 @@ __all__ = ["ColmState", "prepare", "run"]
 
 
 class ColmState:
-    """CoLM's selector moments across calls: m, v (p,) NumPy float64 and the step t (:mod:`graft_array.strategies.colm`).
+    """CoLM's selector moments across calls: m, v (p,) NumPy float64 and the step t (see strategies.colm).
 
     Create one, pass it as ``select(..., strategy="colm", strategy_params={"state": state})`` on every call;
     ``select`` updates it in place after each selection. :meth:`reset` forgets it.
