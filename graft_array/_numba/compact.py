@@ -37,13 +37,17 @@ A group is ``kk n L`` entries (128 KB for 128 x 32 float64), out of L1 but in L2
 Rows are zeroed, not swapped: the selected row of each lane is set to zero in
 that lane's remaining columns (each column just before its panel pass, see :func:`_ccore`).
 
-Measured (AMD EPYC, AVX2, 400 x 128 x 32): about 1.3x faster than
-:func:`._deim_batched` in float32 and 1.2x for 1000 x 64 x 16 float64, but only
-0.97x-1.1x for 128 x 32 float64 and ~1.0x for 256 x 64: the number of fused
-multiply-adds is the same as the single-batch kernel's, and the saving on
-reductions and per-step work is mostly eaten by the group's L2-sized working set
-(the single-batch buffer of 128 x 32 float64 is 36 KB and lives in L1). Not
-dispatched to from ``_deim_batched``.
+Measured against :func:`._deim_batched` on a quiet 2-core AMD EPYC (AVX2), 2
+threads, same process, alternating, best of 30-60 (the pivots checked equal):
+400 x 128 x 32 float64 1.06x, float32 1.36x; 1000 x 64 x 16 float64 1.26x,
+float32 2.10x; 2000 x 32 x 8 float64 1.57x; 400 x 512 x 32 float64 1.27x;
+400 x 128 x 24 float64 1.11x; but 100 x 256 x 64 float64 0.98x, float32 0.97x.
+The number of fused multiply-adds is the same as the single-batch kernel's; the
+saving on reductions and per-step work is partly eaten by the group's L2-sized
+working set (the single-batch buffer of 128 x 32 float64 is 36 KB and lives in
+L1). :func:`graft_array._numba.maxvol.run_maxvol` therefore takes this kernel
+for kk <= 32 when every thread gets a whole group (B >= L threads), and
+``_deim_batched`` otherwise.
 
 Same arithmetic
 ---------------
