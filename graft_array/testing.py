@@ -829,8 +829,8 @@ def reference_sas(X, m, penalty=True, *, follow=None, rtol=0.0):
 def reference_clipcov(X, T, m, *, follow=None, rtol=0.0):
     """One batch (or group chunk) of ``select(..., strategy="clipcov")``: pairs (x_i, t_i), ``(indices, weights)``.
 
-    K_ij = <x_i, x_j> <t_i, t_j>; greedy on the gain (2 m / n) sum_j K_sj - K_ss -
-    2 sum_{i in S} K_is, ties to the lowest index (``follow``, ``rtol``: see
+    K_ij = <x_i, x_j> <t_i, t_j>; greedy, at step t (t pairs chosen), on the gain
+    (2 (t + 1) / n) sum_j K_sj - K_ss - 2 sum_{i in S} K_is, ties to the lowest index (``follow``, ``rtol``: see
     :func:`reference_facility_location`). Weights n / m.
     """
     X = np.asarray(X, dtype=np.float64)
@@ -841,9 +841,8 @@ def reference_clipcov(X, T, m, *, follow=None, rtol=0.0):
         for j in range(n):
             K[i, j] = _fsum_dot(X[i], X[j]) * _fsum_dot(T[i], T[j])
 
-    c = 2.0 * m / n
-
     def terms(s, chosen):  # summed exactly: gains equal in exact arithmetic compare equal
+        c = 2.0 * (len(chosen) + 1) / n
         return [c * K[s, j] for j in range(n)] + [-K[s, s]] + [-2.0 * K[i, s] for i in chosen]
 
     return _greedy_lowest(terms, n, m, follow, rtol), np.full(m, n / m)

@@ -499,15 +499,15 @@ def test_clipcov_matches_reference(rng, backend):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_clipcov_greedy_steps_minimise_the_objective(rng, backend):
-    """Each pick is the pair whose addition gives the smallest ||(1/m) sum_S x t^T - C||_F (m: the final size)."""
+    """Each pick is the pair whose addition gives the smallest ||(1/|S|) sum_S x t^T - C||_F (S: the pairs so far)."""
     X, T = _pairs(rng, 50, noise=1.0)
-    m = 10
     idx = np.asarray(ga.select((X, T), groups=np.zeros(50, dtype=int), strategy="clipcov", fraction=0.2,
                                backend=backend))
     C = X.T @ T / 50
     chosen = []
     for j in idx:
-        err = {i: np.linalg.norm((X[chosen + [i]].T @ T[chosen + [i]]) / m - C) for i in range(50) if i not in chosen}
+        k = len(chosen) + 1
+        err = {i: np.linalg.norm((X[chosen + [i]].T @ T[chosen + [i]]) / k - C) for i in range(50) if i not in chosen}
         assert err[j] <= min(err.values()) * (1 + 1e-9)
         chosen.append(int(j))
 
