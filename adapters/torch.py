@@ -546,9 +546,19 @@ class GraftBatchSelector(_Sketcher):
         self._rng = _numpy_rng(random_state, func)
         self.last_selection = None
         self._last_n = None
+        # the family: sources come with each batch (colm); the rest is computed from the batch
+        self._strategy = _family_strategy(select_kwargs, self, 0 if select_kwargs.get("strategy") == "colm" else None,
+                                          False, None, func)
+        self._colm_state = None
 
-    def __call__(self, x, y=None):
+    def __call__(self, x, y=None, *, sources=None):
         """Select within the batch: ``(idx, w)``.
+
+        ``sources`` (``strategy="colm"`` only, and then required): the source id of
+        each sample of the batch; the selector keeps one :class:`graft_array.ColmState`
+        across calls. ``strategy="adacore"`` preconditions by the batch's p(1 - p)
+        (softmax cross-entropy), ``"mkdt"`` / ``"pdd"`` keep the samples of highest
+        loss, ``"sas"`` ranks the embeddings.
 
         Returns
         -------
@@ -559,11 +569,30 @@ class GraftBatchSelector(_Sketcher):
             weights; some may be zero): the loss
             ``(w * loss_per_sample).sum() / len(x)`` estimates the batch's mean loss.
         """
-        F, g = self.sketch(x, y)
+        st = self._strategy
+        if (sources is not None) != (st == "colm"):
+            raise ValueError(f"The 'sources' parameter of {self._func} is needed by, and only by, strategy='colm'. "
+                             f"Got sources={'None' if sources is None else _describe(sources)} with strategy={st!r}.")
+        F, g, z = self.sketch(x, y, logits=True)
         rows = F if F is not None else g[1]
         self._last_n = int(rows.shape[0])
-        s = select(F, None if g is None else LastLayerGrads(*g), fraction=self.fraction, return_info=True,
-                   random_state=self._rng, **self.select_kwargs)
+        kw = dict(self.select_kwargs)
+        grads = None if g is None else LastLayerGrads(*g)
+        if st == "adacore":
+            kw["hessian_diag"] = "softmax"
+        elif st == "colm":
+            if self._colm_state is None:
+                from graft_array import ColmState
+
+                self._colm_state = ColmState()
+            kw["sources"] = np.asarray(sources.detach().cpu() if isinstance(sources, torch.Tensor) else sources)
+            kw["strategy_params"] = dict(kw.get("strategy_params") or {}, state=self._colm_state)
+        elif st in ("mkdt", "pdd"):
+            kw["scores"] = _per_sample_loss(_float(z), y, self.loss, self._func).detach().to(torch.float64)
+            grads = None
+        elif st == "sas":
+            grads = None
+        s = select(F, grads, fraction=self.fraction, return_info=True, random_state=self._rng, **kw)
         self.last_selection = s
         dev = rows.device
         return s.indices.to(device=dev, dtype=torch.int64), s.weights.to(device=dev, dtype=torch.float32)

@@ -153,3 +153,30 @@ def test_epoch_sampler_colm_and_errors():
         GraftEpochSampler(ds, model, strategy="adacore", hessian_diag=np.ones((300, 3)))
     with pytest.raises(ValueError, match="strategy='sas' ranks embeddings"):
         GraftEpochSampler(ds, model, strategy="sas")
+
+
+def test_batch_selector_family():
+    torch, ds, model, X, y = _torch_setup()
+    from graft_array.adapters.torch import GraftBatchSelector, capture, loss_residuals
+
+    x, t = X[:64], y[:64]
+    sel = GraftBatchSelector(model, fraction=0.25, strategy="mkdt", features="gradients", random_state=0)
+    idx, w = sel(x, t)
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), t, reduction="none").numpy()
+    assert set(idx.tolist()) == set(np.argsort(-loss, kind="stable")[:16].tolist())
+    sel = GraftBatchSelector(model, fraction=0.25, strategy="adacore", features="gradients", random_state=0)
+    idx, w = sel(x, t)
+    h, z = capture(model, x)
+    e = loss_residuals(z, t)
+    want = ga.select(None, ga.LastLayerGrads(e.numpy(), h.numpy()), strategy="adacore", fraction=0.25,
+                     hessian_diag="softmax", random_state=0)
+    np.testing.assert_array_equal(idx.numpy(), want)
+    sel = GraftBatchSelector(model, fraction=0.25, strategy="colm", features="gradients", random_state=0)
+    src = np.repeat([0, 1], [56, 8])
+    idx, _ = sel(x, t, sources=src)
+    assert set(range(56, 64)) <= set(idx.tolist()) and sel._colm_state.t == 1
+    with pytest.raises(ValueError, match="'sources' parameter of GraftBatchSelector is needed by, and only by"):
+        sel(x, t)
+    with pytest.raises(ValueError, match="'sources' parameter of GraftBatchSelector is needed by, and only by"):
+        GraftBatchSelector(model, strategy="craig", features="gradients")(x, t, sources=src)
