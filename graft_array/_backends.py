@@ -50,6 +50,11 @@ ROUTINES = {
         "cuda": "graft_array._cuda.deim:deim_batched",
         "array_api": "graft_array._agnostic.maxvol:_deim",
     },
+    "deim_interleaved": {  # run_maxvol's batched DEIM for k <= 32: SIMD lanes across batches (same pivots)
+        "numba": "graft_array._numba.compact:_deim_compact",
+        "cuda": "graft_array._cuda.deim:deim_batched",
+        "array_api": "graft_array._agnostic.maxvol:_deim",
+    },
     "tall_deim": {
         "numba": "graft_array._numba.deim:_deim_rowpar",
         "cuda": "graft_array._cuda.tournament:tournament",
@@ -104,6 +109,23 @@ ROUTINES = {
         "numba": "graft_array.strategies.gradmatch:gradmatch_plain_nb",
         "cuda": "graft_array._cuda.gradmatch:pursuit",
         "array_api": "graft_array.strategies.gradmatch:gradmatch",
+    },
+    # the family (issue 13): Numba kernels on the CPU; on a GPU their generic twins, vectorised over the stack
+    # (AdaCore and CoLM reach the facility-location kernel above through facility.on_grams)
+    "adacore_precondition": {
+        "numba": "graft_array.strategies.adacore:precondition_plain_nb",
+        "cuda": None,
+        "array_api": "graft_array.strategies.adacore:precondition",
+    },
+    "sas": {
+        "numba": "graft_array.strategies.sas:sas_nb",
+        "cuda": None,
+        "array_api": "graft_array.strategies.sas:sas",
+    },
+    "clipcov": {
+        "numba": "graft_array.strategies.clipcov:clipcov_nb",
+        "cuda": None,
+        "array_api": "graft_array.strategies.clipcov:clipcov",
     },
 }
 
