@@ -623,8 +623,8 @@ def _dmax_minus_distance(P):
 def reference_adacore(G, D, m, damping=1e-3, *, follow=None, rtol=0.0):
     """One batch of ``select(..., strategy="adacore")`` on plain rows G, D (n, p): ``(indices, weights)``.
 
-    p_ia = g_ia / (|D_ia| + delta), delta = damping * mean |D| over the batch (1 when
-    that mean is 0); then CRAIG on the rows p_i: s_ij = dmax - ||p_i - p_j||, plain
+    p_ia = g_ia / (Dbar_a + delta), Dbar_a = mean_i |D_ia| over the batch, delta =
+    damping * mean_a Dbar_a (1 when that mean is 0); then CRAIG on the rows p_i: s_ij = dmax - ||p_i - p_j||, plain
     greedy facility location (:func:`reference_facility_location`; ``follow`` and
     ``rtol`` as there).
     """
@@ -633,12 +633,13 @@ def reference_adacore(G, D, m, damping=1e-3, *, follow=None, rtol=0.0):
     G = np.asarray(G, dtype=np.float64)
     D = np.asarray(D, dtype=np.float64)
     n, p = G.shape
-    mean = math.fsum(abs(float(x)) for x in D.ravel()) / (n * p) if n * p else 0.0
+    dbar = [math.fsum(abs(float(D[i, a])) for i in range(n)) / n for a in range(p)]
+    mean = math.fsum(dbar) / p if p else 0.0
     delta = damping * mean if mean > 0 else 1.0
     P = np.empty((n, p))
     for i in range(n):
         for a in range(p):
-            P[i, a] = G[i, a] / (abs(D[i, a]) + delta)
+            P[i, a] = G[i, a] / (dbar[a] + delta)
     return reference_facility_location(_dmax_minus_distance(P), m, follow=follow, rtol=rtol)
 
 

@@ -3,22 +3,28 @@
 No reference code is public; this is our reading of the paper, every choice
 written down:
 
-* **The preconditioned gradient.** AdaCore selects on H_i^-1 g_i, each sample's
-  gradient preconditioned by (an estimate of) the diagonal of the loss Hessian,
-  so that the coreset matches the Newton-like step rather than the raw gradient.
-  We take p_i = g_i / (|D_i| + delta), elementwise, with D_i the Hessian diagonal
-  the caller gives (``hessian_diag``). Its absolute value, as AdaHessian does:
-  the diagonal of a non-convex loss can be negative, and a preconditioner must
-  not flip a direction. ``delta = damping * mean |D|`` over the batch the
-  facility location runs on (the class chunk with ``labels``, so each class is
-  damped at its own curvature scale; 1 when that mean is 0): a relative damping, so that scaling every D by c > 0 scales
+* **The preconditioned gradient.** AdaCore matches the coreset to the
+  Hessian-preconditioned (Newton-like) step rather than to the raw gradient.
+  The step H^-1 sum_i g_i is a sum of per-sample terms only when one H serves
+  every sample, and AdaHessian's estimate, whose exponential average the paper
+  uses, is one diagonal for the model (the batch's mean Hutchinson estimate).
+  So we take p_i = g_i / (Dbar + delta), elementwise, with Dbar = mean_i |D_i|
+  the mean over the batch (the class chunk with ``labels``) of the per-sample
+  diagonals the caller gives (``hessian_diag``; their absolute value, as
+  AdaHessian does: the diagonal of a non-convex loss can be negative, and a
+  preconditioner must not flip a direction). Then sum_j w_j p_sj ~ sum_i p_i
+  is exactly the Newton step's match. (Dividing each g_i by its own D_i
+  instead makes every confident sample's logit gradient O(1), e/(p(1 - p))
+  ~ +-1: on Fashion-MNIST that variant trained to 68.7% at fraction 0.1,
+  against 80.8% for plain CRAIG.) ``delta = damping * mean(Dbar)`` (1 when
+  that mean is 0): a relative damping, so that scaling every D by c > 0 scales
   every p_i by about 1/c and leaves the rows unchanged, and no coordinate whose
   curvature vanishes blows up.
 * **Softmax cross-entropy.** For the last layer, the Hessian of the loss in the
   logits has diagonal q_ic = p_ic (1 - p_ic), and a weight W_ca of the last
   linear layer has h_ia^2 q_ic (its bias q_ic). With ``LastLayerGrads`` the
-  caller gives q (n, C), laid out like the residuals, and D_i = q_i (x)
-  [h_i^2; 1]; ``hessian_diag="softmax"`` computes q from the residuals
+  caller gives q (n, C), laid out like the residuals, D_i = q_i (x)
+  [h_i^2; 1], and Dbar[c, a] = mean_i |q_ic| x_ia^2 with x_i = [h_i; 1]; ``hessian_diag="softmax"`` computes q from the residuals
   e = p - y of one-hot labels: q_ic = |e_ic| (1 - |e_ic|) (exact: p(1 - p) =
   |p - y|(1 - |p - y|) for y in {0, 1}).
 * **The selection**: CRAIG's facility location (the shared kernel,
@@ -52,45 +58,57 @@ def _delta(total, count, damping):
 
 @njit(cache=True, nogil=True)
 def precondition_plain_nb(G, D, damping):
-    """p_i = g_i / (|D_i| + delta) of one batch's plain rows G, D (n, p), float64."""
+    """p_i = g_i / (mean_j |D_j| + delta) of one batch's plain rows G, D (n, p), float64."""
     n, p = G.shape
-    tot = 0.0
+    dbar = np.zeros(p)
     for i in range(n):
         for a in range(p):
-            tot += abs(D[i, a])
-    delta = _delta(tot, n * p, damping)
+            dbar[a] += abs(np.float64(D[i, a]))
+    for a in range(p):
+        dbar[a] /= n
+    return _divide_nb(G, dbar, damping)
+
+
+@njit(cache=True, nogil=True)
+def _divide_nb(G, dbar, damping):
+    """G (n, p) / (dbar + delta), delta = damping * mean(dbar) (1 when that is 0), float64."""
+    n, p = G.shape
+    tot = 0.0
+    for a in range(p):
+        tot += dbar[a]
+    mean = tot / p if p else 0.0
+    delta = damping * mean if mean > 0.0 else 1.0
     P = np.empty((n, p))
     for i in range(n):
         for a in range(p):
-            P[i, a] = G[i, a] / (abs(D[i, a]) + delta)
+            P[i, a] = G[i, a] / (dbar[a] + delta)
     return P
 
 
 @njit(cache=True, nogil=True)
 def precondition_last_layer_nb(E, Q, H, damping):
-    """The rows p_i = vec(e_i (x) [h_i; 1]) / (|q_i| (x) [h_i^2; 1] + delta) (n, C (h + 1)) of one batch."""
+    """The rows p_i = vec(e_i (x) x_i) / (Dbar + delta) (n, C (h + 1)) of one batch, x_i = [h_i; 1].
+
+    Dbar[c, a] = mean_i |q_ic| x_ia^2.
+    """
     n, C = E.shape
     h = H.shape[1]
-    tot = 0.0
-    for i in range(n):
-        sq = 1.0
-        for a in range(h):
-            sq += H[i, a] * H[i, a]
-        qs = 0.0
-        for c in range(C):
-            qs += abs(Q[i, c])
-        tot += qs * sq
-    delta = _delta(tot, n * C * (h + 1), damping)
-    P = np.empty((n, C * (h + 1)))
+    w = h + 1
+    G = np.empty((n, C * w))
+    dbar = np.zeros(C * w)
     for i in range(n):
         for c in range(C):
             e = np.float64(E[i, c])
             q = abs(np.float64(Q[i, c]))
             for a in range(h):
                 x = np.float64(H[i, a])
-                P[i, c * (h + 1) + a] = e * x / (q * (x * x) + delta)
-            P[i, c * (h + 1) + h] = e / (q + delta)
-    return P
+                G[i, c * w + a] = e * x
+                dbar[c * w + a] += q * (x * x)
+            G[i, c * w + h] = e
+            dbar[c * w + h] += q
+    for a in range(C * w):
+        dbar[a] /= n
+    return _divide_nb(G, dbar, damping)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -132,10 +150,10 @@ def precondition(xp, grads, grads_kind, damping):
         Hx = xp.concat([H, one], axis=2)
         G = xp.reshape(E[:, :, :, None] * Hx[:, :, None, :], (nb, n, -1))
         A = xp.reshape(xp.abs(Q)[:, :, :, None] * (Hx * Hx)[:, :, None, :], (nb, n, -1))
-    nb = A.shape[0]
-    mean = xp.mean(xp.reshape(A, (nb, -1)), axis=1)
+    dbar = xp.mean(A, axis=1)  # (B, p): the batch's mean diagonal
+    mean = xp.mean(dbar, axis=1)
     delta = xp.where(mean > 0.0, damping * mean, xp.ones_like(mean))
-    return G / (A + delta[:, None, None])
+    return G / (dbar + delta[:, None])[:, None, :]
 
 
 def _device(x):
