@@ -32,6 +32,14 @@ gradient distances of each chunk (``batch_size`` bounds its ``batch_size**2``
 distance matrix). Any strategy of :func:`graft_array.select` works the same way
 (``strategy="random"`` skips the forward: it needs no gradients).
 
+The family: ``strategy="adacore"`` takes the pass's p(1 - p) as its Hessian
+diagonal (``hessian_diag="softmax"``, unless ``hessian_diag`` is given);
+``"mkdt"`` / ``"pdd"`` augment the samples of highest loss (the per-sample
+loss is the score; ``features`` must then be ``"embeddings"`` or ``"inputs"``);
+``"colm"`` needs ``sources`` (one id per item, ``class_balance=False``) and keeps
+one :class:`graft_array.ColmState` across passes; ``"clipcov"`` is refused
+(it selects image-caption pairs).
+
 The weights are 1 for every item unless the training loop asks for others:
 :meth:`~AugmentedCoresetDataset.weights` gives select's weights of the coreset
 (for CRAIG the size of each medoid's cluster), aligned with the appended items.
@@ -85,8 +93,11 @@ from .torch import (
     _class_labels,
     _dataset_labels,
     _describe,
+    _float,
+    _int_labels,
     _loader_callables,
     _model_device,
+    _per_sample_loss,
     _Sketcher,
     _to,
 )
@@ -203,7 +214,7 @@ class AugmentedCoresetDataset(Dataset):
     def __init__(self, dataset, model, *, augment, fraction=0.1, refresh_every=1, strategy="craig",
                  class_balance=True, batch_size=512, forward_batch_size=None, layer=None, loss="cross_entropy",
                  features="gradients", eval_mode=True, unpack=None, collate_fn=None, num_workers=0, device=None,
-                 random_state=None, **select_kwargs):
+                 random_state=None, sources=None, **select_kwargs):
         func = type(self).__name__
         try:
             self.n = len(dataset)
@@ -234,6 +245,25 @@ class AugmentedCoresetDataset(Dataset):
                 f"The 'loss' parameter of {func} must be 'cross_entropy', 'mse' or a callable with strategy="
                 f"{self.strategy!r}, which selects on the per-sample gradients. Got None instead."
             )
+        if self.strategy == "clipcov":
+            raise ValueError(f"{func} selects with a classifier's pass; strategy='clipcov' selects image-caption "
+                             "pairs: call graft_array.select(features=(image_emb, text_emb), strategy='clipcov').")
+        if (self.strategy == "colm") != (sources is not None):
+            raise ValueError(
+                f"The 'sources' parameter of {func} is needed by, and only by, strategy='colm'. Got "
+                f"sources={'None' if sources is None else _describe(sources)} with strategy={self.strategy!r}."
+            )
+        self._sources = None if sources is None else _int_labels(sources, self.n)
+        if sources is not None and self._sources is None:
+            raise ValueError(f"The 'sources' parameter of {func} must hold one non-negative int source id per "
+                             f"dataset item ({self.n},). Got {_describe(sources)} instead.")
+        if self.strategy == "colm" and class_balance:
+            raise ValueError(f"{func}: strategy='colm' selects per source; pass class_balance=False.")
+        if self.strategy in ("mkdt", "pdd", "adacore") and loss not in ("cross_entropy", "mse") and not (
+                self.strategy == "adacore" and "hessian_diag" in select_kwargs):
+            raise ValueError(f"{func}: strategy={self.strategy!r} needs loss='cross_entropy' (adacore: its p(1 - p)) "
+                             f"or 'mse' (mkdt / pdd: the per-sample loss as the score). Got loss={loss!r}.")
+        self._colm_state = None
         self.dataset = dataset
         self.model = model
         self.augment = augment
@@ -305,12 +335,15 @@ class AugmentedCoresetDataset(Dataset):
                     rows.setdefault("F", []).append(torch.zeros((len(cls[-1]), 1)))
                     continue
                 x, y = _to(x, device), _to(y, device)
-                F, g = sk.sketch(x, y)
+                F, g, z = sk.sketch(x, y, logits=True)
                 if F is not None:
                     rows.setdefault("F", []).append(F)
                 if g is not None and grads_on:
                     rows.setdefault("e", []).append(g[0])
                     rows.setdefault("h", []).append(g[1])
+                if self.strategy in ("mkdt", "pdd"):  # the per-sample loss is the score
+                    loss = _per_sample_loss(_float(z), y, sk.loss, func).detach().to("cpu", torch.float64)
+                    rows.setdefault("score", []).append(loss)
             if cls:
                 labels = torch.cat(cls)
         got = sum(int(t.shape[0]) for t in next(iter(rows.values())))
@@ -326,6 +359,18 @@ class AugmentedCoresetDataset(Dataset):
         kw = dict(sk.select_kwargs)
         if labels is not None:
             kw["labels"] = [t.numpy() for t in labels.split(bs)]
+        if "score" in parts:
+            kw["scores"] = parts.pop("score")
+            F = parts.get("F")
+        if self.strategy == "adacore" and "hessian_diag" not in kw:
+            kw["hessian_diag"] = "softmax"
+        if self.strategy == "colm":
+            if self._colm_state is None:
+                from graft_array import ColmState
+
+                self._colm_state = ColmState()
+            kw["sources"] = list(np.array_split(self._sources, np.arange(bs, self.n, bs)))
+            kw["strategy_params"] = dict(kw.get("strategy_params") or {}, state=self._colm_state)
         t1 = time.perf_counter()
         s = select(F, grads, strategy=self.strategy, fraction=self.fraction, return_info=True,
                    random_state=np.random.default_rng([self.seed, sel_epoch]), **kw)

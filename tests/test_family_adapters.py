@@ -180,3 +180,34 @@ def test_batch_selector_family():
         sel(x, t)
     with pytest.raises(ValueError, match="'sources' parameter of GraftBatchSelector is needed by, and only by"):
         GraftBatchSelector(model, strategy="craig", features="gradients")(x, t, sources=src)
+
+
+def test_augmented_coresets_with_the_family():
+    torch, ds, model, X, y = _torch_setup()
+    from graft_array.adapters.augment import AugmentedCoresetDataset
+
+    def flip(x):
+        return -x
+
+    d = AugmentedCoresetDataset(ds, model, augment=flip, fraction=0.1, strategy="mkdt", features="embeddings",
+                                class_balance=False, batch_size=100, random_state=0)
+    d.set_epoch(0)
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(X), y, reduction="none").numpy()
+    want = set()
+    for lo in range(0, 300, 100):
+        want |= set((lo + np.argsort(-loss[lo:lo + 100], kind="stable")[:10]).tolist())
+    assert set(d.indices.tolist()) == want and len(d) == 330
+    src = np.repeat([0, 1], [290, 10])
+    d = AugmentedCoresetDataset(ds, model, augment=flip, fraction=0.1, strategy="colm", sources=src,
+                                class_balance=False, batch_size=100, random_state=0)
+    d.set_epoch(0)
+    assert set(range(290, 300)) <= set(d.indices.tolist()) and d._colm_state.t == 1  # one select call a pass
+    d = AugmentedCoresetDataset(ds, model, augment=flip, fraction=0.1, strategy="adacore", batch_size=100,
+                                random_state=0)
+    d.set_epoch(0)
+    assert len(d.indices) >= 30
+    with pytest.raises(ValueError, match="'sources' parameter of AugmentedCoresetDataset is needed by"):
+        AugmentedCoresetDataset(ds, model, augment=flip, strategy="colm")
+    with pytest.raises(ValueError, match="strategy='clipcov' selects image-caption"):
+        AugmentedCoresetDataset(ds, model, augment=flip, strategy="clipcov", features="embeddings")
