@@ -160,7 +160,12 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
     gradient is parallel to an earlier one's (cosine 1 up to round-off, common at Adam's first step, where
     u_i ~ sign(g_i)) to that row, leaving it weight 0.
     """
-    order, sizes, rho, weights = facility.run(F, grads, grads_kind, m, opts, seed, starts, name, cosine=True)
+    if name == "numba":  # the Gram of the normalised coordinates by BLAS (their N x dims rows are dense)
+        U = np.ascontiguousarray(grads[0], dtype=np.float64)
+        order, weights, rho = facility.facility_on_grams_nb(np.matmul(U, U.transpose(0, 2, 1)), m, True, True)
+        sizes = np.full(F.shape[0], m, dtype=np.int64)
+    else:
+        order, sizes, rho, weights = facility.run(F, grads, grads_kind, m, opts, seed, starts, name, cosine=True)
     if m == F.shape[1]:
         if name == "numba":
             weights = np.ones_like(weights)

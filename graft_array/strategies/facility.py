@@ -25,7 +25,7 @@ from ._batch import (
     rho_along_nb,
 )
 
-__all__ = ["DUPLICATE_ULPS", "facility_on_gram_nb", "facility_location_plain_nb", "facility_location_last_layer_nb",
+__all__ = ["DUPLICATE_ULPS", "facility_on_gram_nb", "facility_on_grams_nb", "facility_location_plain_nb", "facility_location_last_layer_nb",
            "distances", "cosine_similarities", "facility_location", "on_grams", "run"]
 
 #: a squared distance d_ij^2 = K_ii + K_jj - 2 K_ij <= DUPLICATE_ULPS * eps * (K_ii + K_jj) is the Gram's
@@ -184,6 +184,29 @@ def facility_on_gram_nb(K, bv, gg, m, lazy, cosine, order, w, rho):
         _similarities_nb(K)
     facility_location_one_nb(K, m, lazy, order, w)
     rho_along_nb(Kg, bv, gg, order, rho)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def facility_on_grams_nb(K, m, lazy, cosine):
+    """Facility location of every batch from its Gram K (B, n, n) (overwritten): (order, weights, rho).
+
+    b = K 1 and ||g||^2 = 1^T K 1 (g: the batch's summed gradient) come from K itself.
+    """
+    nb, n = K.shape[0], K.shape[1]
+    order = np.empty((nb, m), dtype=np.int64)
+    w = np.empty((nb, m))
+    rho = np.empty((nb, m))
+    for bi in prange(nb):
+        bv = np.empty(n)
+        gg = 0.0
+        for i in range(n):
+            acc = 0.0
+            for j in range(n):
+                acc += K[bi, i, j]
+            bv[i] = acc
+            gg += acc
+        facility_on_gram_nb(K[bi], bv, gg, m, lazy, cosine, order[bi], w[bi], rho[bi])
+    return order, w, rho
 
 
 @njit(cache=True, nogil=True, parallel=True)
