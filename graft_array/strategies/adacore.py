@@ -24,7 +24,8 @@ written down:
   logits has diagonal q_ic = p_ic (1 - p_ic), and a weight W_ca of the last
   linear layer has h_ia^2 q_ic (its bias q_ic). With ``LastLayerGrads`` the
   caller gives q (n, C), laid out like the residuals, D_i = q_i (x)
-  [h_i^2; 1], and Dbar[c, a] = mean_i |q_ic| x_ia^2 with x_i = [h_i; 1]; ``hessian_diag="softmax"`` computes q from the residuals
+  [h_i^2; 1], and Dbar[c, a] = mean_i |q_ic| x_ia^2 with x_i = [h_i; 1];
+  ``hessian_diag="softmax"`` computes q from the residuals
   e = p - y of one-hot labels: q_ic = |e_ic| (1 - |e_ic|) (exact: p(1 - p) =
   |p - y|(1 - |p - y|) for y in {0, 1}).
 * **The selection**: CRAIG's facility location (the shared kernel,
