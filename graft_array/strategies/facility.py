@@ -26,7 +26,8 @@ from ._batch import (
 )
 
 __all__ = ["DUPLICATE_ULPS", "facility_on_gram_nb", "facility_on_grams_nb", "facility_location_plain_nb",
-           "facility_location_last_layer_nb", "distances", "cosine_similarities", "facility_location", "on_grams", "run"]
+           "facility_location_last_layer_nb", "distances", "cosine_similarities", "facility_location", "on_grams",
+           "run"]
 
 #: a squared distance d_ij^2 = K_ii + K_jj - 2 K_ij <= DUPLICATE_ULPS * eps * (K_ii + K_jj) is the Gram's
 #: round-off, not a distance: equal rows whose products a BLAS rounded differently are exactly 0 apart
