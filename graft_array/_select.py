@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -500,8 +501,18 @@ def _call_budget(opts, rows):
     return max(1, int(round(opts["fraction"] * rows)))
 
 
+#: Per-thread hooks of one select call: ``budget_sizes`` and ``call_weights`` stand in for
+#: :func:`_budget_sizes` and :func:`_call_weights`, the only steps that couple a call's batches.
+#: ``graft_array.adapters.dask`` sets them around each chunk's call, so that chunks on many workers
+#: give one call's result; unset (always, outside that module), select runs as documented.
+_CALL_HOOKS = threading.local()
+
+
 def _call_weights(xp, wts, opts, rows):
     """``strategy="crest"``: the cluster sizes (summing to the call's rows) rescaled to mean 1 over the call."""
+    hook = getattr(_CALL_HOOKS, "call_weights", None)
+    if hook is not None:
+        return hook(xp, wts, opts, rows)
     if opts["strategy"] != "crest" or wts.shape[0] == 0:
         return wts
     return wts * (wts.shape[0] / rows)
@@ -524,6 +535,9 @@ def _budget_sizes(results, groups, budgets, opts):
     lower m. Minimising sum_b ||g_b|| rho_b(m_b) bounds the error of the whole
     call's gradient sum_b g_b by the subsets' fits.
     """
+    hook = getattr(_CALL_HOOKS, "budget_sizes", None)
+    if hook is not None:
+        return hook(results, groups, budgets, opts)
     sizes = [np.asarray(_host_array(r.sizes), dtype=np.int64) for r in results]
     if opts["strategy"] != "graft" or opts["budget"] == "batch" or any(r.gnorm is None for r in results):
         return sizes
