@@ -758,3 +758,94 @@ def _fill_pick(nrm, sel, m):
             best = nrm[i]
             p = i
     return p
+
+
+# ---------------------------------------------------------------------------
+# Lane intrinsics (the batch-interleaved kernels, compact.py: lanes are batches)
+# ---------------------------------------------------------------------------
+
+
+@intrinsic
+def _visplat(typingctx, A, i):
+    """Index ``i`` in every lane of a :class:`_VecI` for vectors of ``A``'s dtype."""
+    if not (isinstance(A, types.Array) and A.dtype in (types.float32, types.float64) and isinstance(i, types.Integer)):
+        return None
+    it = _VecI(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        ity = ir.IntType(A.dtype.bitwidth)
+        vty = ir.VectorType(ity, it.lanes)
+        x = args[1]
+        x = builder.trunc(x, ity) if ity.width < x.type.width else (
+            builder.sext(x, ity) if ity.width > x.type.width else x)
+        v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), it.lanes), [0] * it.lanes))
+
+    return it(A, i), codegen
+
+
+@intrinsic
+def _vlane(typingctx, v, k):
+    """Lane ``k`` of a :class:`_Vec` (a scalar of its dtype)."""
+    if not (isinstance(v, _Vec) and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        kk = context.cast(builder, args[1], sig.args[1], types.int32)
+        return builder.extract_element(args[0], kk)
+
+    return v.dtype(v, k), codegen
+
+
+@intrinsic
+def _vilane(typingctx, v, k):
+    """Lane ``k`` of a :class:`_VecI` as int64."""
+    if not (isinstance(v, _VecI) and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        kk = context.cast(builder, args[1], sig.args[1], types.int32)
+        x = builder.extract_element(args[0], kk)
+        return builder.sext(x, ir.IntType(64)) if x.type.width < 64 else x
+
+    return types.int64(v, k), codegen
+
+
+@intrinsic
+def _vgather(typingctx, A, c, idx):
+    """The vector ``[A[c, idx[0]], ..., A[c, idx[lanes - 1]]]`` (``idx``: 1-D int64 array of offsets in row ``c``)."""
+    if not (_is_c2d(A) and isinstance(idx, types.Array) and idx.ndim == 1 and idx.dtype == types.int64):
+        return None
+    vt = _Vec(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ia = context.make_array(sig.args[2])(context, builder, args[2])
+        ld = cgutils.unpack_tuple(builder, ary.shape)[1]
+        cc = context.cast(builder, args[1], sig.args[1], types.intp)
+        base = builder.gep(ary.data, [builder.mul(cc, ld)])
+        istride = cgutils.unpack_tuple(builder, ia.strides)[0]
+        i8p = ir.IntType(8).as_pointer()
+        vty = context.get_value_type(vt)
+        v = ir.Constant(vty, ir.Undefined)
+        for k in range(vt.lanes):
+            ip = builder.bitcast(builder.gep(builder.bitcast(ia.data, i8p),
+                                             [builder.mul(istride, ir.Constant(istride.type, k))]),
+                                 ia.data.type)
+            off = builder.load(ip)
+            v = builder.insert_element(v, builder.load(builder.gep(base, [off])), ir.Constant(ir.IntType(32), k))
+        return v
+
+    return vt(A, c, idx), codegen
+
+
+@intrinsic
+def _vdiv(typingctx, a, b):
+    """``a / b`` lane by lane."""
+    if not (isinstance(a, _Vec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fdiv(args[0], args[1])
+
+    return a(a, b), codegen
