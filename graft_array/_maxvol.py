@@ -80,7 +80,11 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
     Warns
     -----
     RankDeficiencyWarning
-        When V (a batch of it) has numerical rank below min(k, r). Each
+        When V (a batch of it) has numerical rank below min(k, r): a step's
+        largest remaining |entry| is at or below max(n, r) eps max|V| (the
+        convention of ``numpy.linalg.matrix_rank``). Like that rule, it calls
+        every float32 matrix of more than 1/eps = 8.4e6 rows rank 0 (the
+        tolerance then exceeds max|V|): pass such a tall V as float64. Each
         deficient step then takes the unselected row of largest Euclidean norm
         (ties: lowest index), so the output still has k unique rows and stays
         nested. Also when ``refine=True`` finds the block ``V[S, :k]`` of the
