@@ -14,7 +14,7 @@ from .._numba.checks import abs_max, unit_scale
 from .._numba.criterion import _gram_last_layer_one, _gram_plain_one, _rho_one
 
 __all__ = ["batch_gram_plain_nb", "batch_gram_last_layer_nb", "rho_along_nb", "full_gram", "gather", "onehot",
-           "unweighted"]
+           "unweighted", "penalised_greedy_nb", "penalised_greedy"]
 
 
 @njit(cache=True, nogil=True)
@@ -57,6 +57,58 @@ def rho_along_nb(K, bv, gg, order, rho):
             KS[a, c] = K[order[a], order[c]]
     skipped = np.empty(m, dtype=np.bool_)
     _rho_one(KS, bS, gg, rho, skipped)
+
+
+@njit(cache=True, nogil=True)
+def penalised_greedy_nb(K, m, a, b, d, dw, pw, order):
+    """m rows of a penalised greedy on a symmetric K (n, n) into ``order``, ties to the lowest index.
+
+    Step t (t rows S chosen) takes the unchosen row of largest
+    ``(a (t + 1) + b) / d * sum_j K_ij - dw K_ii - pw sum_{s in S} K_si``: SAS
+    (a = 0, b = d = 1, dw = 0, pw = 1 or 0) and ClipCov (a = 2, b = 0, d = n,
+    dw = 1, pw = 2) are this rule.
+    """
+    n = K.shape[0]
+    tot = np.empty(n)
+    pen = np.zeros(n)
+    for i in range(n):
+        s = 0.0
+        for j in range(n):
+            s += K[i, j]
+        tot[i] = s
+    chosen = np.zeros(n, dtype=np.bool_)
+    for t in range(m):
+        c = (a * (t + 1) + b) / d
+        best, k = -np.inf, -1
+        for i in range(n):
+            g = c * tot[i] - dw * K[i, i] - pw * pen[i]
+            if not chosen[i] and g > best:
+                best, k = g, i
+        order[t] = k
+        chosen[k] = True
+        if pw != 0.0:
+            for i in range(n):
+                pen[i] += K[k, i]
+
+
+def penalised_greedy(xp, K, m, a, b, d, dw, pw):
+    """:func:`penalised_greedy_nb` on every batch of K (B, n, n), vectorised over batches: (B, m) int64."""
+    nb, n, _ = K.shape
+    tot = xp.sum(K, axis=2)
+    diag = xp.linalg.diagonal(K)
+    pen = xp.zeros_like(tot)
+    chosen = xp.zeros((nb, n), dtype=xp.bool, device=_dev(K))
+    idx = xp.arange(n, dtype=xp.int64, device=_dev(K))[None, :]
+    cols = []
+    for t in range(m):
+        g = ((a * (t + 1) + b) / d) * tot - dw * diag - pw * pen
+        k = xp.argmax(xp.where(chosen, xp.full_like(g, -np.inf), g), axis=1)  # first maximum: lowest index
+        cols.append(k)
+        hit = idx == k[:, None]
+        chosen = xp.logical_or(chosen, hit)
+        if pw != 0.0:
+            pen = pen + xp.sum(xp.where(hit[:, :, None], K, xp.zeros_like(K)), axis=1)
+    return xp.astype(xp.stack(cols, axis=1), xp.int64)
 
 
 def full_gram(xp, grads, grads_kind):

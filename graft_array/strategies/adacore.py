@@ -45,6 +45,7 @@ batch at a time (they do not factorise once delta > 0), never for the whole call
 import numpy as np
 from numba import njit, prange
 
+from .._namespace import device_of
 from ._batch import batch_gram_plain_nb, full_gram
 from .facility import facility_on_gram_nb, on_grams
 
@@ -147,7 +148,7 @@ def precondition(xp, grads, grads_kind, damping):
     else:
         E, Q, H = (xp.astype(g, xp.float64) for g in grads)
         nb, n, C = E.shape
-        one = xp.ones((nb, n, 1), dtype=xp.float64, device=_device(E))
+        one = xp.ones((nb, n, 1), dtype=xp.float64, device=device_of(E))
         Hx = xp.concat([H, one], axis=2)
         G = xp.reshape(E[:, :, :, None] * Hx[:, :, None, :], (nb, n, -1))
         A = xp.reshape(xp.abs(Q)[:, :, :, None] * (Hx * Hx)[:, :, None, :], (nb, n, -1))
@@ -156,11 +157,6 @@ def precondition(xp, grads, grads_kind, damping):
     delta = xp.where(mean > 0.0, damping * mean, xp.ones_like(mean))
     return G / (dbar + delta[:, None])[:, None, :]
 
-
-def _device(x):
-    from .._namespace import device_of
-
-    return device_of(x)
 
 
 def split_parts(grads, grads_kind):
@@ -193,5 +189,5 @@ def run(F, grads, grads_kind, m, opts, seed, starts, name):
         P = precondition(xp, tuple(g[b0:b0 + step, ...] for g in parts), grads_kind, damping)
         outs.append(on_grams(xp, *full_gram(xp, (P,), "plain"), m, name))
     order, rho, weights = (xp.concat([o[i] for o in outs], axis=0) for i in range(3))
-    sizes = xp.full((nb,), m, dtype=xp.int64, device=_device(F))
+    sizes = xp.full((nb,), m, dtype=xp.int64, device=device_of(F))
     return order, sizes, rho, weights

@@ -33,7 +33,7 @@ namespace: :func:`clipcov`.
 import numpy as np
 from numba import njit, prange
 
-from ._batch import unweighted
+from ._batch import penalised_greedy, penalised_greedy_nb, unweighted
 
 __all__ = ["clipcov_nb", "clipcov", "cross_covariance_error", "run"]
 
@@ -56,38 +56,14 @@ def _pair_gram_nb(F, split):
     return K
 
 
-@njit(cache=True, nogil=True)
-def greedy_cross_covariance_nb(K, m, order):
-    """The greedy of the module's docstring on K (n, n): m rows into ``order``."""
-    n = K.shape[0]
-    tot = np.empty(n)
-    pen = np.zeros(n)
-    for i in range(n):
-        s = 0.0
-        for j in range(n):
-            s += K[i, j]
-        tot[i] = s
-    chosen = np.zeros(n, dtype=np.bool_)
-    for t in range(m):
-        best, k = -np.inf, -1
-        c = 2.0 * (t + 1) / n
-        for i in range(n):
-            g = c * tot[i] - K[i, i] - 2.0 * pen[i]
-            if not chosen[i] and g > best:
-                best, k = g, i
-        order[t] = k
-        chosen[k] = True
-        for i in range(n):
-            pen[i] += K[k, i]
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def clipcov_nb(F, split, m):
     """ClipCov's rows (B, m) of every batch [X | T] of a stack F (B, n, d + d')."""
     nb = F.shape[0]
     order = np.empty((nb, m), dtype=np.int64)
     for bi in prange(nb):
-        greedy_cross_covariance_nb(_pair_gram_nb(F[bi], split), m, order[bi])
+        K = _pair_gram_nb(F[bi], split)
+        penalised_greedy_nb(K, m, 2.0, 0.0, float(K.shape[0]), 1.0, 2.0, order[bi])
     return order
 
 
@@ -103,24 +79,7 @@ def pair_gram(xp, F, split):
 
 def clipcov(xp, F, split, m):
     """ClipCov's rows (B, m) of every batch, any namespace (vectorised over batches)."""
-    from .._namespace import device_of
-
-    K = pair_gram(xp, F, split)
-    nb, n, _ = K.shape
-    tot = xp.sum(K, axis=2)
-    diag = xp.linalg.diagonal(K)
-    pen = xp.zeros_like(tot)
-    chosen = xp.zeros((nb, n), dtype=xp.bool, device=device_of(F))
-    idx = xp.arange(n, dtype=xp.int64, device=device_of(F))[None, :]
-    cols = []
-    for t in range(m):
-        g = (2.0 * (t + 1) / n) * tot - diag - 2.0 * pen
-        k = xp.argmax(xp.where(chosen, xp.full_like(g, -np.inf), g), axis=1)
-        cols.append(k)
-        hit = idx == k[:, None]
-        chosen = xp.logical_or(chosen, hit)
-        pen = pen + xp.sum(xp.where(hit[:, :, None], K, xp.zeros_like(K)), axis=1)
-    return xp.astype(xp.stack(cols, axis=1), xp.int64)
+    return penalised_greedy(xp, pair_gram(xp, F, split), m, 2.0, 0.0, float(F.shape[1]), 1.0, 2.0)
 
 
 def cross_covariance_error(image_emb, text_emb, indices, weights=None):

@@ -37,6 +37,7 @@ normalised rows along each source's order.
 
 import numpy as np
 
+from .._namespace import device_of
 from . import facility
 
 __all__ = ["ColmState", "prepare", "run"]
@@ -65,19 +66,14 @@ class ColmState:
 
 def _explicit(xp, parts, grads_kind, rows):
     """The sources' gradient rows (n_s, p) float64: plain rows, or vec(e_i (x) [h_i; 1])."""
-    take = xp.asarray(rows, device=_dev(parts[0]))
+    take = xp.asarray(rows, device=device_of(parts[0]))
     if grads_kind == "plain":
         return xp.astype(xp.take(parts[0], take, axis=0), xp.float64)
     E = xp.astype(xp.take(parts[0], take, axis=0), xp.float64)
     H = xp.astype(xp.take(parts[1], take, axis=0), xp.float64)
-    Hx = xp.concat([H, xp.ones((H.shape[0], 1), dtype=xp.float64, device=_dev(H))], axis=1)
+    Hx = xp.concat([H, xp.ones((H.shape[0], 1), dtype=xp.float64, device=device_of(H))], axis=1)
     return xp.reshape(E[:, :, None] * Hx[:, None, :], (E.shape[0], -1))
 
-
-def _dev(x):
-    from .._namespace import device_of
-
-    return device_of(x)
 
 
 def small_sources(ids, counts, total, rule):
@@ -121,8 +117,8 @@ def prepare(xp, parts, grads_kind, lab, total, params):
             f"coordinates, but these gradients have {p}. Pass a fresh ColmState (or call state.reset())."
         )
     fresh = state is None or state.m is None
-    m0 = 0.0 if fresh else xp.asarray(state.m, dtype=xp.float64, device=_dev(parts[0]))
-    v0 = 0.0 if fresh else xp.asarray(state.v, dtype=xp.float64, device=_dev(parts[0]))
+    m0 = 0.0 if fresh else xp.asarray(state.m, dtype=xp.float64, device=device_of(parts[0]))
+    v0 = 0.0 if fresh else xp.asarray(state.v, dtype=xp.float64, device=device_of(parts[0]))
     t = (0 if state is None else state.t) + 1
     dims = min(params["dims"], p)
     blocks, order = [], []
@@ -136,7 +132,7 @@ def prepare(xp, parts, grads_kind, lab, total, params):
         keep = xp.argsort(-score, stable=True)[:dims]
         blocks.append(xp.take(U, keep, axis=1))
         order.append(rows)
-    back = xp.asarray(np.argsort(np.concatenate(order)), device=_dev(parts[0]))
+    back = xp.asarray(np.argsort(np.concatenate(order)), device=device_of(parts[0]))
     U = xp.take(xp.concat(blocks, axis=0), back, axis=0)
 
     def finish(positions):

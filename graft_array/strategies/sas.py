@@ -27,7 +27,8 @@ namespace: :func:`sas`.
 import numpy as np
 from numba import njit, prange
 
-from ._batch import unweighted
+from .._namespace import device_of
+from ._batch import penalised_greedy, penalised_greedy_nb, unweighted
 
 __all__ = ["DUPLICATE_ULPS", "sas_nb", "sas", "run"]
 
@@ -60,36 +61,13 @@ def cosine_gram_nb(X):
     return D
 
 
-@njit(cache=True, nogil=True)
-def greedy_central_nb(D, m, penalty, order):
-    """SAS's greedy on similarities D (n, n): m rows into ``order`` (see the module's docstring)."""
-    n = D.shape[0]
-    gain = np.empty(n)
-    for i in range(n):
-        s = 0.0
-        for j in range(n):
-            s += D[i, j]
-        gain[i] = s
-    chosen = np.zeros(n, dtype=np.bool_)
-    for t in range(m):
-        best, k = -np.inf, -1
-        for i in range(n):
-            if not chosen[i] and gain[i] > best:
-                best, k = gain[i], i
-        order[t] = k
-        chosen[k] = True
-        if penalty:
-            for i in range(n):
-                gain[i] -= D[k, i]
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def sas_nb(F, m, penalty):
     """SAS's rows (B, m) of every batch of embeddings F (B, n, d)."""
     nb = F.shape[0]
     order = np.empty((nb, m), dtype=np.int64)
     for bi in prange(nb):
-        greedy_central_nb(cosine_gram_nb(F[bi]), m, penalty, order[bi])
+        penalised_greedy_nb(cosine_gram_nb(F[bi]), m, 0.0, 1.0, 1.0, 0.0, 1.0 if penalty else 0.0, order[bi])
     return order
 
 
@@ -105,37 +83,15 @@ def cosine_gram(xp, F):
     c = 0.5 * (c + _mT(xp, c))
     c = xp.where(c >= _NEAR_ONE, xp.ones_like(c), c)
     n = F.shape[1]
-    eye = xp.eye(n, dtype=xp.bool, device=_dev(F))[None, :, :]
+    eye = xp.eye(n, dtype=xp.bool, device=device_of(F))[None, :, :]
     c = xp.where(eye, xp.where(inv > 0.0, xp.ones_like(inv), xp.zeros_like(inv))[:, :, None], c)
     return xp.where(c > 0.0, c, xp.zeros_like(c))
 
 
-def _dev(x):
-    from .._namespace import device_of
-
-    return device_of(x)
-
-
-def greedy_central(xp, D, m, penalty):
-    """SAS's greedy on (B, n, n) similarities, vectorised over batches: (B, m) int64."""
-    nb, n, _ = D.shape
-    gain = xp.sum(D, axis=2)
-    chosen = xp.zeros((nb, n), dtype=xp.bool, device=_dev(D))
-    cols = []
-    idx = xp.arange(n, dtype=xp.int64, device=_dev(D))[None, :]
-    for _ in range(m):
-        k = xp.argmax(xp.where(chosen, xp.full_like(gain, -np.inf), gain), axis=1)  # first maximum
-        cols.append(k)
-        hit = idx == k[:, None]
-        chosen = xp.logical_or(chosen, hit)
-        if penalty:
-            gain = gain - xp.sum(xp.where(hit[:, :, None], D, xp.zeros_like(D)), axis=1)
-    return xp.astype(xp.stack(cols, axis=1), xp.int64)
-
 
 def sas(xp, F, m, penalty):
     """SAS's rows (B, m) of every batch of embeddings F (B, n, d), any namespace."""
-    return greedy_central(xp, cosine_gram(xp, F), m, penalty)
+    return penalised_greedy(xp, cosine_gram(xp, F), m, 0.0, 1.0, 1.0, 0.0, 1.0 if penalty else 0.0)
 
 
 def run(F, grads, grads_kind, m, opts, seed, starts, name):
