@@ -173,8 +173,11 @@ def _stack_or_list(parts, pack):
 _SAMPLER_FAMILY = ("adacore", "colm", "sas", "mkdt", "pdd")
 
 
-def _family_strategy(select_kwargs, sketch, sources, class_balance, strata, func):
-    """The sampler's strategy, after the checks of its family-specific inputs."""
+def _family_strategy(select_kwargs, sketch, sources, class_balance, strata, func, *, sources_per_call=False):
+    """The sampler's strategy, after the checks of its family-specific inputs.
+
+    ``sources_per_call``: colm's sources come with each call (GraftBatchSelector), not with the constructor.
+    """
     st = select_kwargs.get("strategy", "graft")
     for nm in ("hessian_diag", "sources", "groups", "scores"):
         if nm in select_kwargs:
@@ -187,7 +190,7 @@ def _family_strategy(select_kwargs, sketch, sources, class_balance, strata, func
             f"{func} runs a classifier's selection pass; strategy='clipcov' selects image-caption pairs: call "
             "graft_array.select(features=(image_emb, text_emb), strategy='clipcov') on the pairs' embeddings."
         )
-    if (st == "colm") != (sources is not None):
+    if not sources_per_call and (st == "colm") != (sources is not None):
         raise ValueError(
             f"The 'sources' parameter of {func} is needed by, and only by, strategy='colm'. Got "
             f"sources={'None' if sources is None else _describe(sources)} with strategy={st!r}."
@@ -547,8 +550,7 @@ class GraftBatchSelector(_Sketcher):
         self.last_selection = None
         self._last_n = None
         # the family: sources come with each batch (colm); the rest is computed from the batch
-        self._strategy = _family_strategy(select_kwargs, self, 0 if select_kwargs.get("strategy") == "colm" else None,
-                                          False, None, func)
+        self._strategy = _family_strategy(select_kwargs, self, None, False, None, func, sources_per_call=True)
         self._colm_state = None
 
     def __call__(self, x, y=None, *, sources=None):
