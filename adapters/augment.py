@@ -259,8 +259,8 @@ class AugmentedCoresetDataset(Dataset):
                              f"dataset item ({self.n},). Got {_describe(sources)} instead.")
         if self.strategy == "colm" and class_balance:
             raise ValueError(f"{func}: strategy='colm' selects per source; pass class_balance=False.")
-        if self.strategy in ("mkdt", "pdd", "adacore") and loss not in ("cross_entropy", "mse") and not (
-                self.strategy == "adacore" and "hessian_diag" in select_kwargs):
+        if (self.strategy in ("mkdt", "pdd") and loss not in ("cross_entropy", "mse")) or (
+                self.strategy == "adacore" and loss != "cross_entropy" and "hessian_diag" not in select_kwargs):
             raise ValueError(f"{func}: strategy={self.strategy!r} needs loss='cross_entropy' (adacore: its p(1 - p)) "
                              f"or 'mse' (mkdt / pdd: the per-sample loss as the score). Got loss={loss!r}.")
         self._colm_state = None

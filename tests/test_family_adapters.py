@@ -211,3 +211,5 @@ def test_augmented_coresets_with_the_family():
         AugmentedCoresetDataset(ds, model, augment=flip, strategy="colm")
     with pytest.raises(ValueError, match="strategy='clipcov' selects image-caption"):
         AugmentedCoresetDataset(ds, model, augment=flip, strategy="clipcov", features="embeddings")
+    with pytest.raises(ValueError, match="strategy='adacore' needs loss='cross_entropy'"):  # p(1 - p) is softmax's
+        AugmentedCoresetDataset(ds, model, augment=flip, strategy="adacore", loss="mse")
