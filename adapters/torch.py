@@ -1327,9 +1327,11 @@ class GraftEpochSampler(Sampler):
             kw = dict(sk.select_kwargs)
             if frac > self.fraction and kw.get("strategy", "graft") == "graft" and "rank" not in kw:
                 kw["rank"] = rank  # a pool's larger in-pool fraction keeps the rank of a pass over every sample
-            ids = torch.cat([torch.arange(o, o + n_b) for o, n_b in zip(offs, lens)])
-            ids = ids if cands is None else cands[ids]  # the call's rows as dataset indices
-            self._family_inputs(kw, call, ids, lens, pack)
+            if self._strategy in ("adacore", "colm"):  # per-sample state: the call's rows as dataset indices
+                ids = torch.cat([torch.arange(o, o + n_b) for o, n_b in zip(offs, lens)])
+                self._family_inputs(kw, call, ids if cands is None else cands[ids], lens, pack)
+            elif self._strategy in ("mkdt", "pdd"):
+                self._family_inputs(kw, call, None, lens, pack)
             if self._strategy in ("mkdt", "pdd", "sas"):  # they read the scores / the embeddings only
                 grads = None
             labels = call.get("cls")
@@ -1404,7 +1406,7 @@ class GraftEpochSampler(Sampler):
         return idx, torch.cat(w_out), losses
 
     def _family_inputs(self, kw, call, ids, lens, pack):
-        """The family's inputs of one select call (dataset indices ``ids`` of its rows), into ``kw``."""
+        """The family's inputs of one select call into ``kw`` (``ids``: its rows' dataset indices, adacore / colm)."""
         st = self._strategy
         if st == "adacore":  # the EMA over passes of each sample's p(1 - p) = |e|(1 - |e|) (softmax cross-entropy)
             e = torch.cat(call["e"]).to("cpu", torch.float64)
