@@ -39,6 +39,7 @@ from .._validation import (
     check_option,
     check_random_state,
     check_real,
+    generator_at,
 )
 from ..strategies import NAMES as _ALL_STRATEGIES
 
@@ -190,9 +191,7 @@ class _Plan(NamedTuple):
 
 
 def _replay(plan):
-    g = np.random.Generator(plan.rng_type())
-    g.bit_generator.state = plan.rng_state
-    return g
+    return generator_at(plan.rng_type, plan.rng_state)
 
 
 def _batches(block_rows, batch_size):

@@ -12,7 +12,7 @@ shows the pass.
 import numpy as np
 
 from .._select import LastLayerGrads, select
-from .._validation import check_bool, check_int, check_random_state, check_real
+from .._validation import check_bool, check_int, check_random_state, check_real, generator_at
 
 __all__ = ["select_dataset"]
 
@@ -161,12 +161,6 @@ def select_dataset(
     rng = check_random_state(random_state, "random_state", _FUNC)
     state = rng.bit_generator.state
 
-    def replay():
-        """A generator whose next draw is ``rng``'s: every call uses the seed one select call over all batches would."""
-        g = np.random.Generator(type(rng.bit_generator)())
-        g.bit_generator.state = state
-        return g
-
     from tqdm.auto import tqdm
 
     step = batch_size * batches_per_call
@@ -202,7 +196,8 @@ def select_dataset(
                 for name, value in rowwise.items():
                     part = _rows(value, a, b, name) if name == "hessian_diag" else np.asarray(value[a:b])
                     kw[name] = part.reshape((nb, (b - a) // nb) + part.shape[1:])
-                s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True, random_state=replay(), **kw)
+                s = select(Fb, g, fraction=fraction, offsets=offsets, return_info=True,
+                           random_state=generator_at(type(rng.bit_generator), state), **kw)
                 idx_out.append(np.asarray(s.indices))
                 w_out.append(np.asarray(s.weights))
             bar.update(hi - lo)

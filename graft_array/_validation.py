@@ -74,6 +74,17 @@ def check_option(value, name, func, options):
     return value
 
 
+def generator_at(bit_generator_type, state):
+    """A new ``numpy.random.Generator`` whose next draws are those of a generator whose state was ``state``.
+
+    The adapters that cut one pass into many select calls give each call one, so that every call draws the
+    seed one select call over all the batches would.
+    """
+    g = np.random.Generator(bit_generator_type())
+    g.bit_generator.state = state
+    return g
+
+
 def check_random_state(value, name, func, *, legacy=False):
     """A numpy Generator from None, a non-negative int or a Generator (``legacy``: also a numpy
     RandomState, scikit-learn's convention, whose state advances by one draw). No global RNG."""
