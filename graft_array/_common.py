@@ -34,6 +34,24 @@ def default_tile_rows(n, k_eff):
     return int(min(max(t, lo), hi))
 
 
+def rank_tol_factor(n, r):
+    """The factor ``f`` of the rank tolerance ``f * eps * max|V|`` of every maxvol method: ``max(r, min(n, r**2))``.
+
+    A pivot (the largest remaining |entry| of the LU residual, or a residual
+    row norm of the greedy volume step) at or below ``f eps max|V|`` counts as
+    rank deficiency. The rounding error of a residual entry after ``j < r``
+    elimination steps is about ``j (1 + j rho) eps max|V|`` (``rho`` the growth,
+    modest under partial pivoting), whatever the number of rows ``n``: the
+    factor is numpy ``matrix_rank``'s ``max(n, r)``, capped at ``r**2``. Without
+    the cap a float32 input of ``n > 1/eps`` (8.4e6) rows would have a tolerance
+    above ``max|V|`` itself, hence rank 0; batches of ``n <= r**2`` rows keep
+    numpy's rule. Shared by the Numba, CUDA and generic kernels and the
+    references of :mod:`graft_array.testing`.
+    """
+    n, r = int(n), int(r)
+    return max(r, min(n, r * r))
+
+
 def unit_exponents(amax, dtype=np.float64):
     """The exact power-of-two scales of batches: k (int64, ``amax``'s shape) with ``amax * 2^k`` in [1/2, 1).
 

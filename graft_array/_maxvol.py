@@ -81,15 +81,17 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
     -----
     RankDeficiencyWarning
         When V (a batch of it) has numerical rank below min(k, r): a step's
-        largest remaining |entry| is at or below max(n, r) eps max|V| (the
-        convention of ``numpy.linalg.matrix_rank``). Like that rule, it calls
-        every float32 matrix of more than 1/eps = 8.4e6 rows rank 0 (the
-        tolerance then exceeds max|V|): pass such a tall V as float64. Each
+        largest remaining |entry| is at or below f eps max|V| with
+        f = max(r, min(n, r**2)): the convention of ``numpy.linalg.matrix_rank``
+        (f = max(n, r)) capped at r**2, because the rounding error of LU's
+        residual after j < r steps is about j (1 + j growth) eps max|V|,
+        whatever n (without the cap, a float32 V of more than 1/eps = 8.4e6
+        rows would have a tolerance above max|V|, hence rank 0). Each
         deficient step then takes the unselected row of largest Euclidean norm
         (ties: lowest index), so the output still has k unique rows and stays
         nested. Also when ``refine=True`` finds the block ``V[S, :k]`` of the
         greedy rows S numerically singular (a pivot of Gauss-Jordan with
-        partial pivoting <= max(n, r) eps max|V|, the greedy step's rule): the
+        partial pivoting <= f eps max|V|, the greedy step's rule): the
         refinement is skipped there and the greedy rows are returned.
     ConvergenceWarning
         When ``refine=True`` stops at ``max_iters``.

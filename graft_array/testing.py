@@ -13,6 +13,8 @@ and is not used for elimination.
 
 import numpy as np
 
+from graft_array._common import rank_tol_factor
+
 __all__ = [
     "reference_deim",
     "reference_volume",
@@ -59,7 +61,7 @@ def _accept_or_fill(V, p, ok, free, piv):
 def _deim_tol(V):
     n, r = V.shape
     scale = float(np.max(np.abs(V))) if V.size else 0.0
-    return max(n, r) * np.finfo(V.dtype).eps * scale
+    return rank_tol_factor(n, r) * np.finfo(V.dtype).eps * scale
 
 
 def reference_deim(V, k, *, tol=None, fill_source=None):
@@ -97,7 +99,7 @@ def reference_volume(V, k):
     V = np.asarray(V)
     n, r = V.shape
     X = V.astype(np.float64)
-    tol = max(n, r) * np.finfo(V.dtype).eps * float(np.max(np.linalg.norm(X, axis=1), initial=0.0))
+    tol = rank_tol_factor(n, r) * np.finfo(V.dtype).eps * float(np.max(np.linalg.norm(X, axis=1), initial=0.0))
     free = np.ones(n, dtype=bool)
     piv, basis, rank = [], [], 0
     for j in range(min(k, r)):

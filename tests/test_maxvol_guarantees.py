@@ -187,7 +187,7 @@ def test_refine_singular_start_warns_and_keeps_start(backend, method):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
 def test_refine_start_accepted_by_greedy_is_refined_without_warning(backend, method):
-    """A start the greedy step accepted as full rank (pivot 1e-15 > max(n, r) eps max|V|) is refined, and no
+    """A start the greedy step accepted as full rank (pivot 1e-15 > f eps max|V|, f = 3) is refined, and no
     warning claims a fill (refine's own singularity test used to be 8 k eps64 max|A_S|, stricter, and lowered
     the rank, so maxvol warned "numerical rank 1 ... filled")."""
     V = np.array([[1.0, 0.0], [0.0, 1e-15], [0.5, 0.0]])
@@ -336,3 +336,70 @@ def test_rect_reported_case_no_linalg_error():
         V = np.stack([a, a * (1 + 1e-9 * rng.standard_normal(8))], 1)
         want = _quiet(V, 6, method="volume", backend="numba")
         assert_array_equal(_quiet(V, 6, method="volume", backend="array_api"), want)
+
+
+# ---- the rank tolerance f eps max|V|, f = max(r, min(n, r**2)): numpy's max(n, r), capped at r**2 ----------------
+def test_rank_tol_factor_values():
+    from graft_array._common import rank_tol_factor
+
+    assert rank_tol_factor(128, 32) == 128  # a batch of n <= r**2 rows: numpy matrix_rank's max(n, r)
+    assert rank_tol_factor(10**8, 32) == 32 * 32  # tall: the cap
+    assert rank_tol_factor(3, 8) == 8
+    assert rank_tol_factor(10**9, 1) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 10**12), r=st.integers(1, 4096))
+def test_rank_tol_factor_is_numpys_rule_capped(n, r):
+    from graft_array._common import rank_tol_factor
+
+    f = rank_tol_factor(n, r)
+    assert r <= f <= max(n, r)
+    assert f == (max(n, r) if n <= r * r else r * r)
+
+
+def _near_deficient(n, seed=5):
+    """A rank-2 product plus 1e-13 noise: pivots 3 and 4 of LU are about 1e-13 max|noise|."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 2)) @ rng.standard_normal((2, 4)) + 1e-13 * rng.standard_normal((n, 4))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_tolerance_does_not_grow_with_rows(backend, method):
+    """Pivots between 16 eps max|V| (the tolerance of 4 columns) and 4096 eps max|V| (numpy's rule for 4096 rows)
+    are pivots, not rank deficiency: the rows are LAPACK's (getrf, geqp3), with no warning."""
+    from graft_array.testing import lu_pivots, qrcp_pivots
+
+    V = _near_deficient(4096)
+    piv = lu_pivots(V)
+    import scipy.linalg
+
+    lu = scipy.linalg.lu_factor(V, check_finite=False)[0]
+    pivots = np.abs(np.diag(lu)) / (np.finfo(V.dtype).eps * np.abs(V).max())
+    assert 16 < pivots[2:].min() and pivots[2:].max() < 4096, pivots  # the construction: between the two rules
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RankDeficiencyWarning fails the test
+        rows = ga.maxvol(V, 4, method=method, backend=backend)
+    if method == "deim":
+        assert_array_equal(rows, piv)
+    elif method == "volume":
+        assert_array_equal(rows, qrcp_pivots(V, 4))
+    assert len(set(rows.tolist())) == 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_taller_than_one_over_eps_has_full_rank(method):
+    """9e6 float32 rows > 1/eps32 = 8.4e6: numpy's max(n, r) eps max|V| would exceed max|V| (rank 0, every row a
+    fill row); the capped tolerance keeps the rank, and deim's rows are LAPACK sgetrf's."""
+    from graft_array.testing import lu_pivots
+
+    V = np.random.default_rng(0).standard_normal((9_000_000, 2), dtype=np.float32)
+    assert 9_000_000 * np.finfo(np.float32).eps > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = ga.maxvol(V, 2, method=method)
+    if method == "deim":
+        assert_array_equal(rows, lu_pivots(V))
+    else:
+        assert np.abs(np.linalg.det(V[rows].astype(np.float64))) > 0.5 * np.abs(np.linalg.det(V[lu_pivots(V)]))

@@ -12,17 +12,19 @@ Contract (shared by every backend and by :mod:`graft_array.testing`)
   Euclidean norm, ties lowest index) that is not used for elimination, so
   prefixes stay nested; ``rank`` counts the other picks;
 * ``deim``: greedy on the LU residual of ``V[:, :k]`` (= LAPACK getrf row pivots),
-  in V's dtype, deficient when the pivot is <= max(n, r) * eps * max|V|;
+  in V's dtype, deficient when the pivot is <= f * eps * max|V|, f =
+  max(r, min(n, r**2)) (``_common.rank_tol_factor``: numpy matrix_rank's
+  max(n, r), capped at the r**2 of LU's rounding error, which does not grow with n);
 * ``volume``: greedy on residual row norms (= geqp3 on ``V.T``), float64, norms
   downdated and recomputed explicitly when they fall below sqrt(eps64) of their
   last exact value, deficient when the orthogonalised row norm is
-  <= max(n, r) * eps * max_i ||v_i||;
+  <= f * eps * max_i ||v_i||;
 * ``tournament``: deim per tile of ``tile_rows`` rows, candidates kept tile by
   tile in ascending row order, repeated until one tile remains, deim on it;
 * k > r: r pivots, then greedy det(V_S^T V_S) (rect_maxvol);
 * ``refine``: Goreinov swaps on B = A inv(A_S), A = V[:, :k], A_S inverted by
   Gauss-Jordan with partial pivoting; skipped (``iterations = -1``, ``rank``
-  untouched) when it meets a pivot <= max(n, r) eps max|V_b| (the greedy
+  untouched) when it meets a pivot <= f eps max|V_b| (the greedy
   step's rule, eps of V's dtype);
 * k > r: the scores x_i^T (V_S^T V_S)^-1 x_i from the Cholesky factor of the
   Gram matrix, a non-positive diagonal replaced by sqrt(eps64 G_aa) (1 if
@@ -40,7 +42,7 @@ import math
 
 import numpy as np
 
-from .._common import default_tile_rows, unit_exponents
+from .._common import default_tile_rows, rank_tol_factor, unit_exponents
 
 __all__ = ["run_maxvol"]
 
@@ -164,7 +166,7 @@ def _volume(ctx, X, rho, kk, eps):
     n, r = X.shape
     sqrt_eps64 = math.sqrt(float(xp.finfo(xp.float64).eps))
     norms = xp.sqrt(rho)
-    tol = max(n, r) * eps * float(xp.max(norms))
+    tol = rank_tol_factor(n, r) * eps * float(xp.max(norms))
     rho0 = rho
     free = xp.ones(n, dtype=xp.bool, device=ctx.device)
     Q = xp.zeros((r, 0), dtype=xp.float64, device=ctx.device)
@@ -359,7 +361,7 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         else:
             sc = 1.0 if _in_elim_band(eps, bt.amax) else bt.scale
             Ve = Vb if sc == 1.0 else xp.astype(xp.astype(Vb, xp.float64) * sc, V.dtype)  # exact
-            deim_tol = max(n, r) * eps * (bt.amax * sc)
+            deim_tol = rank_tol_factor(n, r) * eps * (bt.amax * sc)
             if method == "deim":
                 piv, rank = _deim(ctx, Ve, kk, deim_tol, lambda: bt.norms)
             else:
@@ -378,7 +380,7 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
                 piv = _rect(ctx, bt.X, piv, k, bt.norms)
         ok, it = True, 0
         if refine and rank == k:
-            stol = max(n, r) * eps * bt.amax
+            stol = rank_tol_factor(n, r) * eps * bt.amax
             if not _in_band(bt.amax, r):
                 stol = stol * bt.scale
             piv, ok, it = _refine(ctx, bt.X, piv, tol, max_iters, stol)

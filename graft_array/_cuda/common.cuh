@@ -89,6 +89,14 @@ __device__ __forceinline__ double neg_inf() {
     return -(huge * huge);
 }
 
+// The factor f of the rank tolerance f eps max|V| (graft_array._common.rank_tol_factor):
+// max(r, min(n, r^2)), numpy matrix_rank's max(n, r) capped at the r^2 of LU's rounding error.
+__device__ __forceinline__ double rank_factor(long long n, long long r) {
+    const long long cap = r * r;
+    const long long m = n < cap ? n : cap;
+    return (double)(m > r ? m : r);
+}
+
 // 2^k with m 2^k in [1/2, 1), k clamped to [-1022, 1023]; 1 for 0 or a non-finite m
 // (graft_array._numba.checks.unit_scale).
 __device__ __forceinline__ double unit_scale(double m) {

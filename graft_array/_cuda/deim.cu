@@ -8,7 +8,7 @@
 // (see graft_array.testing). Per step: a warp-shuffle argmax over (|value|, row)
 // with that total order, the pivot row through shared memory, one rank-1 update of
 // the remaining rows. The decisions are those of graft_array._numba.maxvol's
-// _deim_batched: the same tolerance max(n, r) eps max|V_b|, the same exact power-of-two
+// _deim_batched: the same tolerance rank_factor(n, r) eps max|V_b|, the same exact power-of-two
 // scaling of a batch whose max|V_b| leaves the elimination band, the same fill row
 // (the free row of largest Euclidean norm, in float64) for a step at or below the
 // tolerance, and a batch with a NaN or an infinity flagged (bad = 1) and skipped.
@@ -61,7 +61,7 @@ __device__ __forceinline__ void deim_batched(const T* __restrict__ V, int n, int
     }
     const double sc = ((vmax >= ElimBand<T>::lo() && vmax <= ElimBand<T>::hi()) || vmax == 0.0) ? 1.0
                                                                                                 : unit_scale(vmax);
-    const double tol = (double)(n > r ? n : r) * eps * (vmax * sc);
+    const double tol = rank_factor(n, r) * eps * (vmax * sc);
     const double nsc = norm_in_band(vmax, r) ? 1.0 : unit_scale(vmax);
 
     T row[R];

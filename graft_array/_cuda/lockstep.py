@@ -9,6 +9,7 @@ compiler is at hand.
 
 import numpy as np
 
+from .._common import rank_tol_factor
 from .._numba.checks import unit_scale
 
 
@@ -73,7 +74,7 @@ def deim_batched(V, kk):
             continue
         vmax = float(np.abs(X).max()) if X.size else 0.0
         sc = 1.0 if (lo <= vmax <= hi or vmax == 0.0) else unit_scale(vmax)
-        tol = max(n, r) * eps * (vmax * sc)
+        tol = rank_tol_factor(n, r) * eps * (vmax * sc)
         in_band = vmax == 0.0 or (2.0 ** -256 <= vmax and vmax * np.sqrt(r) <= 2.0 ** 256)
         nsc = 1.0 if in_band else unit_scale(vmax)
         W = V[b, :, :kk].copy() if sc == 1.0 else (X[:, :kk] * sc).astype(T)

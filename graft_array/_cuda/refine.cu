@@ -3,7 +3,7 @@
 // One block per batch (n <= 1024 rows, k <= 64), one thread per row holding its row of
 // B = A A_S^-1 (A = X[:, :k] in float64, scaled by 2^j when max |X| leaves the band, as the
 // CPU kernel does). A_S^-1 by Gauss-Jordan with partial pivoting (thread 0, in a global
-// scratch; a pivot at or below max(n, r) eps max |X| stops it: the start is singular, the
+// scratch; a pivot at or below rank_factor(n, r) eps max |X| stops it: the start is singular, the
 // batch is left as it is with iterations = -1). Each swap: the row-major first largest |B|
 // (each thread's first largest in its row, then the block argmax: the lowest row), the pivot
 // row through shared memory, and every row's rank-one update. The operations and their order
@@ -42,7 +42,7 @@ __device__ __forceinline__ void refine(const T* __restrict__ V, i64* __restrict_
     amax = block_max(amax, s_val);
     const bool band = amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
     const double sc = band ? 1.0 : unit_scale(amax);
-    const double stol = (double)(n > r ? n : r) * eps * amax * sc;
+    const double stol = rank_factor(n, r) * eps * amax * sc;
     if (i == 0) {  // Gauss-Jordan with partial pivoting (graft_array._numba.rect._inverse)
         for (int a = 0; a < k; ++a)
             for (int c = 0; c < k; ++c) {

@@ -50,7 +50,7 @@ __device__ __forceinline__ void deim_tile(const T* __restrict__ V, int n, int r,
     const double vmax = amax_b[b];
     const double sc = ((vmax >= TileElimBand<T>::lo() && vmax <= TileElimBand<T>::hi()) || vmax == 0.0)
                           ? 1.0 : unit_scale(vmax);
-    const double tol = (double)(n > r ? n : r) * eps * (vmax * sc);
+    const double tol = rank_factor(n, r) * eps * (vmax * sc);
     const bool nband = vmax == 0.0 || (vmax >= 8.636168555094445e-78 && vmax * sqrt((double)r) <= 1.157920892373162e+77);
     const double nsc = nband ? 1.0 : unit_scale(vmax);
     for (int i = t; i < s; i += blockDim.x) {

@@ -5,7 +5,7 @@
 // kernel does) and its squared residual norm. Per step: a block argmax of the residual
 // norms of the free rows (ties: the lowest row), the pivot row orthogonalised twice against
 // the directions so far (CGS2, one thread; the directions in shared memory), then, when its
-// residual exceeds the tolerance max(n, r) eps max_i ||x_i||, a new direction and every
+// residual exceeds the tolerance rank_factor(n, r) eps max_i ||x_i||, a new direction and every
 // row's downdate v - (x_i . q)^2 with geqp3's rule: where v falls to sqrt(eps64) times the
 // norm it was last computed from, it is recomputed explicitly. Otherwise the step takes the
 // fill row (the free row of largest norm) and adds no direction. This is the eager form of
@@ -32,7 +32,7 @@ __device__ __forceinline__ void volume_batched(const T* __restrict__ V, int n, i
     load_row64<T, R>(Vb, i, n, r, x, sq, s_val);  // the row, its squared norm (scaled outside the band)
     double rho = sq, rho0 = sq;
     const double nrm = live ? sqrt(sq) : -1.0;
-    const double tol = (double)(n > r ? n : r) * eps * block_max(live ? nrm : 0.0, s_val);
+    const double tol = rank_factor(n, r) * eps * block_max(live ? nrm : 0.0, s_val);
     const double sqeps = 1.4901161193847656e-08;  // sqrt(2^-52)
     bool sel = !live;
     int nq = 0;
@@ -237,7 +237,7 @@ __device__ __forceinline__ void volume_tall_commit(const T* __restrict__ V, i64 
     }
     __syncthreads();
     const double wn = s_wn;
-    const double tol = (double)(n > r ? n : r) * eps * stats[1];
+    const double tol = rank_factor(n, r) * eps * stats[1];
     const bool ok = wn > tol;
     if (!ok) p = pf;  // the fill row: the free row of largest norm
     if (ok)

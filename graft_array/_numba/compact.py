@@ -55,7 +55,7 @@ Each entry receives, per panel, the fused multiply-adds ``a = fma(-L_t, U_t, a)`
 in the panel's step order, the multipliers stay unscaled and the pivot rows
 ``U`` are computed by the same chain times ``1 / pivot`` as in
 :func:`._vpivot_row`; the per-lane scale (:func:`._elim_scale`) and tolerance
-``max(n, r) eps max|V_b|`` are the batch's own. So values, pivots and fill
+``f eps max|V_b|`` (``f = max(r, min(n, r^2))``) are the batch's own. So values, pivots and fill
 decisions match :func:`._deim_batched` exactly (this is tested), including the
 "stale" re-search after a panel column's earlier pivot rows are zeroed.
 
@@ -80,6 +80,7 @@ from .simd import (
     _lanes,
     _one_like,
     _prefetch_at,
+    _rank_factor,
     _row_norms,
     _simd_width,
     _vargmax,
@@ -582,7 +583,7 @@ def _deim_compact(V, kk, eps, nthreads):
                     for c in range(kk):
                         for i in range(n):
                             X[c, i * L + l] = np.float64(X[c, i * L + l]) * sc[l]
-                tol[l] = max(n, r) * eps * (vmax[l] * sc[l])
+                tol[l] = _rank_factor(n, r) * eps * (vmax[l] * sc[l])
             # the next group is prefetched during this one (the last one prefetches itself: harmless)
             pf = V[min(b0 + L, (g1 - 1) * L):min(b0 + 2 * L, nb, g1 * L)].reshape(-1)
             rank = _ccore(X, n, kk, tol, V, src, piv, sel, nrm, have_nrm, U, G, idx, amv, ppv, pf)

@@ -56,6 +56,7 @@ from .simd import (
     _one_like,
     _padded,
     _prefetch_at,
+    _rank_factor,
     _row_norms,
     _scale_cols,
     _simd_width,
@@ -781,7 +782,7 @@ def _deim_batched(V, kk, eps, nthreads):
             sc = _elim_scale(W, vmax)
             if sc != 1.0:  # far from 1: eliminate on V_b 2^-e (exact)
                 _scale_cols(W, kk, n, sc)
-            tol = max(n, r) * eps * (np.float64(vmax) * sc)
+            tol = _rank_factor(n, r) * eps * (np.float64(vmax) * sc)
             # the next batch is prefetched during this one (the last one prefetches itself: harmless)
             rank, _ = _deim_vcore(W, n, kk, tol, Vb, rows, piv, sel, nrm, U, V[min(b + 1, b1 - 1)].reshape(n * r))
             rank_out[b] = rank
@@ -828,7 +829,7 @@ def _deim_rowpar(Vb, kk, eps, nparts):
             m = min(n, q * chunk + chunk) - q * chunk
             _scale_cols(W[q], kk, m, sc)
             pval[q] = _col_absmax(W[q], 0, 0, m)
-    tol = max(n, r) * eps * (pmax.max() * sc)
+    tol = _rank_factor(n, r) * eps * (pmax.max() * sc)
     one = _one_like(U)
     zero = one - one
     piv = np.empty(kk, np.int64)

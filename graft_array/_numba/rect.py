@@ -21,6 +21,7 @@ from .simd import (
     _band_scale,
     _fill_pick,
     _in_band,
+    _rank_factor,
     _scaled64,
     _sq_row_norms,
 )
@@ -209,13 +210,13 @@ def _refine_one(X, piv, tol, max_iters, eps):
     on :func:`_scaled64` of it (``B`` does not depend on the scale). Returns
     ``(converged, iterations)``; ``iterations == -1`` when the start block
     ``A[piv]`` is numerically singular by the greedy step's rule (a pivot of
-    Gauss-Jordan with partial pivoting ``<= max(n, r) eps max|X|``, ``eps`` of
+    Gauss-Jordan with partial pivoting ``<= f eps max|X|``, ``f = max(r, min(n, r^2))``, ``eps`` of
     V's dtype), and then nothing is done.
     """
     n, r = X.shape
     k = piv.shape[0]
     amax = _absmax_flat(X.reshape(n * r))
-    stol = max(n, r) * eps * amax
+    stol = _rank_factor(n, r) * eps * amax
     if _in_band(amax, r):
         return _refine_run(X, piv, tol, max_iters, stol)
     sc = unit_scale(amax)

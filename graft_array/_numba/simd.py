@@ -29,6 +29,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
+from .._common import rank_tol_factor
 from .checks import unit_scale
 
 # Fast-math flags: reassociation and FMA contraction (only change rounding). Not nnan/ninf: the code
@@ -151,9 +152,9 @@ def _simd_width_ol(a):
 # Why this band: inside it every square, Gram entry and sum of squares is at
 # most about r 2^512 (finite), and every quantity down to 2^-255 M (row norms,
 # residual norms and their downdates, the rank tolerance
-# max(n, r) eps M >= 2^-308) has a normal square (>= 2^-1022), 200 binary
+# f eps M >= 2^-308, f >= 1) has a normal square (>= 2^-1022), 200 binary
 # orders of magnitude below the tolerance; refine forms no squares, only
-# ratios to entries of A_S, and refuses pivots below max(n, r) eps a. So no
+# ratios to entries of A_S, and refuses pivots below f eps a. So no
 # value that decides a pivot is rounded by an over- or underflow, and as the
 # kernels are homogeneous (relative tolerances, orthonormal directions,
 # B = A inv(A_S) scale-free) and power-of-two scaling is exact, the rows of
@@ -171,6 +172,9 @@ def _simd_width_ol(a):
 
 _BAND_LO = 2.0 ** -256  # band of max |V_b| (and of max |V_b| sqrt(r)) of a float64 kernel's input (see above)
 _BAND_HI = 2.0 ** 256
+
+
+_rank_factor = njit(cache=True, nogil=True)(rank_tol_factor)  # max(r, min(n, r^2)): see _common
 
 
 @njit(cache=True, nogil=True)

@@ -26,7 +26,7 @@ from .deim import (
     _tile_deim,
     _tile_deim_loaded,
 )
-from .simd import _absmax_finite, _claim, _elim_scale, _scale_cols
+from .simd import _absmax_finite, _claim, _elim_scale, _rank_factor, _scale_cols
 
 
 @njit(cache=True, nogil=True)
@@ -221,7 +221,7 @@ def _tournament_batched(V, kk, T, eps, nthreads):
         bad, the later levels are skipped for all).
     """
     nb, n, r = V.shape
-    scale = max(n, r) * eps
+    scale = _rank_factor(n, r) * eps
     if n <= T:
         tol = np.empty(nb)
         sc = np.ones(nb)

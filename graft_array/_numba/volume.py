@@ -21,7 +21,14 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .simd import _FM, _band_scale, _prefetch_row, _scaled64, _sq_row_norms
+from .simd import (
+    _FM,
+    _band_scale,
+    _prefetch_row,
+    _rank_factor,
+    _scaled64,
+    _sq_row_norms,
+)
 
 _AHEAD = 8  # candidates touched ahead in the lazy volume scan
 _SLACK = 4.0 * 2.220446049250313e-16  # times (k + 1)(2 r + 2) rho0: bound on a recomputation's jump
@@ -232,7 +239,7 @@ def _volume_one_run(X, rho, kk, eps, piv):
     rho0 = rho.copy()
     key = rho.copy()
     nrm = np.sqrt(rho)
-    tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
+    tol = _rank_factor(n, r) * eps * (nrm.max() if n > 0 else 0.0)
     slack = _SLACK * (kk + 1) * (2 * r + 2)
     sqeps = math.sqrt(2.220446049250313e-16)
     done = np.zeros(n, np.int64)
@@ -273,7 +280,7 @@ def _volume_rowpar_run(X, rho, kk, eps, piv, nparts):
     rho0 = rho.copy()
     key = rho.copy()
     nrm = np.sqrt(rho)
-    tol = max(n, r) * eps * (nrm.max() if n > 0 else 0.0)
+    tol = _rank_factor(n, r) * eps * (nrm.max() if n > 0 else 0.0)
     slack = _SLACK * (kk + 1) * (2 * r + 2)
     sqeps = math.sqrt(2.220446049250313e-16)
     done = np.zeros(n, np.int64)
