@@ -9,13 +9,20 @@ Install with the ``[dask]`` extra (``dask[array]`` and ``distributed``). Importi
   the chunk, with the chunk's dataset offsets. Only indices, weights and sizes
   travel back (with GRAFT's default ``budget="call"`` also each batch's residual
   curve, ``max_size`` floats, see :func:`select_dask`). The result equals one
-  :func:`graft_array.select` call over all the batches.
+  :func:`graft_array.select` call over all the batches. With ``labels`` (class-
+  balanced selection; ``groups`` for SAS / ClipCov) the rows meet by class
+  chunk in one shuffle, worker to worker (every row moves once; the client
+  only sees the labels' class counts per chunk), and the result still equals
+  one labelled select call. CoLM is not supported.
 * :func:`maxvol_dask` selects k rows of a tall dask array by a tournament: each
   chunk's winners, then merges of ``split_every`` children at a time through
   ``dask.array.reduction`` (the pattern of dask's ``argtopk``); only candidate
   blocks (k x r) and their row ids travel.
-* :func:`save_selection` / :func:`load_selection` write and read the selection
-  as a small ``.npz``; :func:`selection_sampler` turns it into a torch
+* :func:`save_selection` / :func:`load_selection` write and read the selection:
+  a small ``.npz`` gathered on the client, or (``per_chunk=True``) one part
+  per block written by the worker that computed it, with a manifest, so that
+  nothing is gathered and worker memory does not grow with the dataset;
+  :func:`selection_sampler` turns it into a torch
   ``Sampler`` that serves the subset as :class:`graft_array.adapters.torch.GraftEpochSampler`
   does (a fresh order per epoch, ``loss_weights``).
 """
@@ -43,14 +50,18 @@ from .._validation import (
 )
 from ..strategies import NAMES as _ALL_STRATEGIES
 
-__all__ = ["SUPPORTED", "load_selection", "maxvol_dask", "save_selection", "select_dask", "selection_sampler"]
+__all__ = [
+    "GROUPED", "SUPPORTED", "load_selection", "maxvol_dask", "save_selection", "select_dask", "selection_sampler",
+]
 
 _FUNC = "select_dask"
 
-#: the strategies select_dask runs (each equal to one select call over all the batches)
+#: the strategies select_dask runs, with or without ``labels`` (each equal to one select call over all the batches)
 SUPPORTED = ("graft", "random", "craig", "gradmatch", "crest", "adacore", "mkdt", "pdd")
-#: per source / latent group across the whole call: not decomposable by chunks
-_UNSUPPORTED = tuple(s for s in _ALL_STRATEGIES if s not in SUPPORTED)
+#: the strategies select_dask runs with explicit ``groups`` only (their default groups are one k-means of all rows)
+GROUPED = ("sas", "clipcov")
+#: CoLM: per-source means over all of a source's rows, and a ColmState updated on the client
+_UNSUPPORTED = tuple(s for s in _ALL_STRATEGIES if s not in SUPPORTED + GROUPED)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,6 +161,30 @@ def _check_dask(x, name, *, ndim, func=_FUNC):
     return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
+def _check_class_ids(x, name, n, rows, ref):
+    """``labels`` / ``groups``: a 1-D integer dask array, one id per row, chunked like the data's rows."""
+    if not isinstance(x, da.Array):
+        raise TypeError(
+            f"{_FUNC} expects '{name}' to be a dask.array.Array of one int id per row, chunked like '{ref}'; got "
+            f"{_type_name(x)}. Wrap it with dask.array.from_array({name}, chunks=({ref}.chunks[0],))."
+        )
+    if x.ndim != 1:
+        raise ValueError(f"{_FUNC} expects '{name}' 1-D (one int id per row); got shape {x.shape}.")
+    if x.dtype == np.bool_ or x.dtype.kind not in "iu":
+        raise ValueError(f"{_FUNC} expects '{name}' with integer ids (class labels or strata); got dtype {x.dtype}.")
+    if any(math.isnan(c) for c in x.chunks[0]):
+        raise ValueError(f"{_FUNC} expects '{name}' with known chunk sizes; got unknown (NaN) ones. Call "
+                         f"{name}.compute_chunk_sizes() first.")
+    if x.shape[0] != n:
+        raise ValueError(f"{_FUNC} expects '{name}' to have one id per row of '{ref}' ({n}); got {x.shape[0]}.")
+    if x.chunks[0] != rows:
+        raise ValueError(
+            f"{_FUNC} expects '{name}' chunked like '{ref}' along the rows (each chunk's ids beside its rows); got "
+            f"row chunks {_short(x.chunks[0])} against {_short(rows)}. Rechunk it with "
+            f"{name}.rechunk({{0: {ref}.chunks[0]}})."
+        )
+
+
 def _aligned_chunks(n, rows, batch_size):
     """True when every row chunk but the last holds whole batches."""
     return all(c % batch_size == 0 for c in rows[:-1])
@@ -203,6 +238,25 @@ def _batches(block_rows, batch_size):
     return out
 
 
+def _select_args(plan, parts, cut):
+    """select's (features, grads) and keyword arguments from the blocks by role (``cut`` lays each out)."""
+    if "text" in parts:  # clipcov: the pair (image_emb, text_emb)
+        features = (cut(parts["features"]), cut(parts["text"]))
+    else:
+        features = cut(parts.get("features"))
+    if plan.grads_kind == "plain":
+        grads = cut(parts["grads"])
+    elif plan.grads_kind == "last_layer":
+        grads = LastLayerGrads(cut(parts["residuals"]), cut(parts["embeddings"]))
+    else:
+        grads = None
+    kw = dict(plan.kwargs)
+    for nm in ("hessian_diag", "scores"):
+        if nm in parts:
+            kw[nm] = cut(parts[nm])
+    return (features, grads), kw
+
+
 def _chunk_args(plan, start, blocks):
     """select's (features, grads) and row-aligned keyword arguments for one chunk, and its offsets."""
     parts = dict(zip(plan.names, blocks))
@@ -218,19 +272,9 @@ def _chunk_args(plan, start, blocks):
             return x.reshape((len(spans), plan.batch_size) + tuple(x.shape[1:]))
         return [x[a:b] for a, b in spans]
 
-    features = cut(parts.get("features"))
-    if plan.grads_kind == "plain":
-        grads = cut(parts["grads"])
-    elif plan.grads_kind == "last_layer":
-        grads = LastLayerGrads(cut(parts["residuals"]), cut(parts["embeddings"]))
-    else:
-        grads = None
-    kw = dict(plan.kwargs)
-    for nm in ("hessian_diag", "scores"):
-        if nm in parts:
-            kw[nm] = cut(parts[nm])
+    args, kw = _select_args(plan, parts, cut)
     offsets = start + np.asarray([a for a, _ in spans], dtype=np.int64)
-    return (features, grads), dict(kw, offsets=offsets, return_info=True), len(spans)
+    return args, dict(kw, offsets=offsets, return_info=True), len(spans)
 
 
 def _host(a, dtype):
@@ -273,20 +317,28 @@ class _BlockGraph:
 
 
 def _block_graphs(arr):
-    """A :class:`_BlockGraph` per row chunk of ``arr`` (its optimised graph, culled to what the chunk needs)."""
+    """A :class:`_BlockGraph` per row chunk of ``arr`` (its optimised graph, culled to what the chunk needs).
+
+    A chunk whose graph reaches data the cluster already holds (a persisted array: its keys are futures) is
+    passed as its Delayed instead: it is read where it lives, and it stays in memory between the phases anyway.
+    """
     from dask.core import flatten, get_dependencies
 
     (opt,) = dask.optimize(arr)
     dsk = dict(opt.__dask_graph__())
+    delayed = arr.to_delayed().ravel()
     out = []
-    for key in flatten(opt.__dask_keys__()):
+    for key, blk in zip(flatten(opt.__dask_keys__()), delayed):
         sub, todo = {}, [key]
         while todo:
             k = todo.pop()
             if k not in sub:
+                if k not in dsk:  # held by the cluster (a future): not recomputable inside a task
+                    sub = None
+                    break
                 sub[k] = dsk[k]
                 todo.extend(get_dependencies(dsk, k))
-        out.append(_BlockGraph(sub, key))
+        out.append(blk if sub is None else _BlockGraph(sub, key))
     return out
 
 
@@ -301,6 +353,304 @@ def _chunk_select(plan, start, weights_ctx, sizes, *blocks):
 
 def _take(result, i):
     return result[i]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labels: class chunks gathered by one shuffle
+# ---------------------------------------------------------------------------------------------------------------
+#
+# With ``labels`` one select call concatenates all its rows and, for each class c (np.unique order), cuts the
+# class's rows (in row order) into np.array_split(rows_c, ceil(n_c / width)) chunks (width: its largest batch),
+# each selected with the class's share k_c / n_c, k_c = min(n_c, max(1, ceil(total n_c / N))), GRAFT's sizes
+# spread per class ({c: k_c}), CREST's weights over the call (_select._select_labelled, _select_lists).
+#
+# Here the client reduces the labels to class counts per dask chunk (_label_counts). Their prefix sums give
+# every row's rank within its class, hence its class chunk, hence its group (consecutive class chunks of about
+# one dask chunk's rows). A split task per dask chunk cuts the chunk's rows by group; a group task gathers its
+# pieces (rows in row order within each class chunk) and runs one select call per class on its chunks of that
+# class: a list of batches at their first rows' offsets (the labelled call's seeds of "random" and of
+# GradMatch's filling) with fraction=k_c / n_c, which is exactly what the labelled call runs on them; only the
+# budget step (GRAFT) and CREST's call weights couple the chunks, through the hooks above. "sas" / "clipcov"
+# get their groups as select's ``groups`` and so cannot take a part of a group: their tasks take whole groups
+# (one call per group with budget=k_c, which cuts and shares it exactly as the labelled call).
+
+
+class _ClassLayout(NamedTuple):
+    """Where each row of a class goes (small: per class, per group; shared by every split task)."""
+
+    classes: Any  # (K,) int64, np.unique order
+    counts: Any  # (K,) n_c
+    nparts: Any  # (K,) its class chunks, ceil(n_c / width)
+    base: Any  # (K,) the global id of its first class chunk
+    gstart: Any  # (G + 1,) the first class chunk of each group, then the number of class chunks
+
+
+class _GroupSpec(NamedTuple):
+    """One group task's class chunks (consecutive global ids from ``first``)."""
+
+    first: int
+    lengths: Any  # (m,) rows of each class chunk
+    labels: Any  # (m,) its class
+    fractions: tuple  # (m,) its share k_c / n_c (Python floats, as select computes them)
+    quotas: tuple  # (m,) its class's k_c
+    whole: bool  # "sas" / "clipcov": whole classes, their groups passed to select
+
+
+def _label_counts(block):
+    """(classes, counts) of one dask chunk's labels (int64, as select reads them)."""
+    return np.unique(np.asarray(block).astype(np.int64, copy=False), return_counts=True)
+
+
+def _chunk_of_rank(rank, n, parts):
+    """The class chunk (within its class) of the row of class rank ``rank``: np.array_split(n rows, parts)."""
+    size, extra = n // parts, n % parts  # the first ``extra`` chunks hold size + 1 rows
+    big = extra * (size + 1)
+    return np.where(rank < big, rank // (size + 1), extra + (rank - big) // np.maximum(size, 1))
+
+
+def _fixed_size(m, fraction):
+    """The rows a fixed-size strategy takes of a batch of m rows at ``fraction`` (select's band, band=0)."""
+    return _select._band(m, m, dict(rank=None, band=0.0), None, None, fraction)[1]
+
+
+def _class_plan(hists, n, width, total, target, whole):
+    """The call's class chunks and groups from the chunks' class counts (the client's part of the shuffle).
+
+    Returns (layout, per dask chunk (class ids, their prefix counts), specs of the groups, for each group the
+    dask chunks that hold its rows, budgets {c: k_c}, the chunks' (lengths, fractions, labels)).
+    """
+    classes = np.unique(np.concatenate([h[0] for h in hists])) if hists else np.zeros(0, dtype=np.int64)
+    counts = np.zeros(classes.shape[0], dtype=np.int64)
+    where = []
+    for vals, cnt in hists:  # chunk after chunk: each class's rows in the chunks before this one
+        idx = np.searchsorted(classes, vals)
+        where.append((idx, counts[idx].copy(), cnt))
+        counts[idx] += cnt
+    nparts = -(-counts // width)
+    base = np.cumsum(nparts) - nparts
+    nchunks = int(nparts.sum())
+    quota = [_select.class_quota(total, c, n) for c in counts.tolist()]
+    frac = [k / c for k, c in zip(quota, counts.tolist())]
+    cls = np.repeat(np.arange(classes.shape[0]), nparts)
+    local = np.arange(nchunks) - base[cls]
+    lengths = counts[cls] // nparts[cls] + (local < counts[cls] % nparts[cls])
+    if whole:  # a group of whole classes
+        cstart = (np.cumsum(counts) - counts)[cls]
+    else:
+        cstart = np.cumsum(lengths) - lengths
+    gid = cstart // target
+    gstart = np.concatenate([[0], np.flatnonzero(np.diff(gid)) + 1, [nchunks]]).astype(np.int64)
+    layout = _ClassLayout(classes, counts, nparts, base, gstart)
+    ngroups = len(gstart) - 1
+    sources = [[] for _ in range(ngroups)]
+    for i, (idx, pre, cnt) in enumerate(where):
+        if not cnt.size:
+            continue
+        lo = base[idx] + _chunk_of_rank(pre, counts[idx], nparts[idx])
+        hi = base[idx] + _chunk_of_rank(pre + cnt - 1, counts[idx], nparts[idx])
+        mark = np.zeros(ngroups + 1, dtype=np.int64)
+        np.add.at(mark, np.searchsorted(gstart, lo, "right") - 1, 1)
+        np.add.at(mark, np.searchsorted(gstart, hi, "right"), -1)
+        for g in np.flatnonzero(np.cumsum(mark)[:ngroups] > 0):
+            sources[g].append(i)
+    specs = []
+    for g in range(ngroups):
+        a, b = int(gstart[g]), int(gstart[g + 1])
+        specs.append(_GroupSpec(a, lengths[a:b], classes[cls[a:b]], tuple(frac[c] for c in cls[a:b]),
+                                tuple(quota[c] for c in cls[a:b]), whole))
+    budgets = {int(c): k for c, k in zip(classes.tolist(), quota)}
+    chunks = (lengths, [frac[c] for c in cls], classes[cls])
+    return layout, [(idx, pre) for idx, pre, _ in where], specs, sources, budgets, chunks
+
+
+def _materialise(block):
+    return block.compute() if isinstance(block, _BlockGraph) else block
+
+
+def _split(layout, start, cls_idx, pre, after, lab, *blocks):
+    """One dask chunk's rows cut by group: {group: (row ids, class chunk ids, each block's rows)}.
+
+    ``cls_idx`` / ``pre``: the chunk's classes (ids into ``layout.classes``) and each one's rows in the chunks
+    before it; ``after`` only orders the task (phase 3 after the spread). Rows keep their order in each piece.
+    """
+    lab = np.asarray(_materialise(lab)).astype(np.int64, copy=False)
+    blocks = [np.asarray(_materialise(b)) for b in blocks]
+    ci = np.searchsorted(layout.classes, lab)
+    at = np.searchsorted(cls_idx, ci)
+    if lab.size and (at.max() >= len(cls_idx) or np.any(cls_idx[np.minimum(at, len(cls_idx) - 1)] != ci)):
+        raise RuntimeError(f"{_FUNC}: the labels of the chunk at row {start} differ from those counted when "
+                           "select_dask was called; the labels must be deterministic (persist() them).")
+    order = np.argsort(ci, kind="stable")
+    sci = ci[order]
+    rank = np.empty(lab.shape[0], dtype=np.int64)
+    rank[order] = np.arange(lab.shape[0]) - np.searchsorted(sci, sci, "left")  # rank within the chunk's class
+    rank += pre[at]
+    chunk = layout.base[ci] + _chunk_of_rank(rank, layout.counts[ci], layout.nparts[ci])
+    group = np.searchsorted(layout.gstart, chunk, "right") - 1
+    by = np.argsort(group, kind="stable")
+    gs, first = np.unique(group[by], return_index=True)
+    out = {}
+    for g, rows in zip(gs.tolist(), np.split(by, first[1:])):
+        out[g] = (start + rows, chunk[rows], *(b[rows] for b in blocks))
+    return out
+
+
+def _piece(split, g):
+    return split.get(g)
+
+
+def _gather(spec, nblocks, pieces):
+    """A group's class chunks: (row ids of each chunk, ascending; each block's rows of each chunk)."""
+    pieces = [p for p in pieces if p is not None]
+    rows = np.concatenate([p[0] for p in pieces])
+    ids = np.concatenate([p[1] for p in pieces]) - spec.first
+    m = len(spec.lengths)
+    got = np.bincount(ids, minlength=m)[:m] if ids.size else np.zeros(m, dtype=np.int64)
+    if ids.size and ids.max() >= m or np.any(got != spec.lengths):
+        bad = int(np.flatnonzero(got != spec.lengths)[0]) if np.any(got != spec.lengths) else m - 1
+        raise RuntimeError(
+            f"{_FUNC}: class chunk {spec.first + bad} gathered {int(got[bad])} rows, expected "
+            f"{int(spec.lengths[bad])}: the labels changed since select_dask counted them. They must give the same "
+            "values each time they are computed (persist() them)."
+        )
+    order = np.lexsort((rows, ids))
+    cuts = np.cumsum(spec.lengths)[:-1]
+    data = [np.split(np.concatenate([p[2 + a] for p in pieces])[order], cuts) for a in range(nblocks)]
+    return np.split(rows[order], cuts), data
+
+
+def _segments(labels):
+    """(start, stop) of the runs of equal consecutive labels."""
+    cut = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]])
+    return list(zip(cut[:-1].tolist(), cut[1:].tolist()))
+
+
+def _stacks(keys):
+    """select's stacks of a list of batches (_select_lists): members by key, in order of first appearance."""
+    out = {}
+    for b, key in enumerate(keys):
+        out.setdefault(key, []).append(b)
+    return list(out.values())
+
+
+def _class_call(plan, spec, a, b, rows, data):
+    """select's arguments for the class chunks a:b of a group (one class): an unlabelled call on a list."""
+    args, kw = _select_args(plan, {nm: [d[j] for j in range(a, b)] for nm, d in zip(plan.names, data)},
+                            lambda x: x)
+    offsets = np.asarray([int(rows[j][0]) for j in range(a, b)], dtype=np.int64)
+    if spec.whole:  # the whole class: its rows as select's groups, its quota as the call's budget
+        label = int(spec.labels[a])
+        kw.update(groups=[np.full(len(rows[j]), label, dtype=np.int64) for j in range(a, b)], budget=spec.quotas[a])
+    else:
+        kw["fraction"] = spec.fractions[a]
+    return args, dict(kw, offsets=offsets, return_info=True, random_state=_replay(plan))
+
+
+def _group_curves(plan, spec, *pieces):
+    """Phase 1 with labels: each class chunk's (criterion size, residual curve, gradient norm, lo, hi)."""
+    rows, data = _gather(spec, len(plan.names), pieces)
+    records = []
+    for a, b in _segments(spec.labels):
+        args, kw = _class_call(plan, spec, a, b, rows, data)
+        curves = []
+        try:
+            _run_select(args, kw, budget=("capture", curves))
+        except _Captured:
+            pass
+        else:
+            raise RuntimeError(f"{_FUNC}: internal error, select did not reach its budget step.")
+        seg = [None] * (b - a)
+        for cv, members in zip(curves, _stacks([len(rows[j]) for j in range(a, b)])):
+            for j, m in enumerate(members):
+                gn = None if cv.gnorm is None else tuple(np.asarray(v)[j: j + 1] for v in cv.gnorm)
+                seg[m] = (cv.sizes[j: j + 1], cv.residuals[j: j + 1], gn, cv.lo, cv.hi)
+        records.extend(seg)
+    return records
+
+
+def _spread_classes(budget, budgets, chunks, *records_of_groups):
+    """Phase 2 with labels: each class's quota spread over its chunks, as the labelled call spreads it."""
+    lengths, fractions, labels = chunks
+    records = [r for group in records_of_groups for r in group]  # every class chunk, in the call's order
+    stacks = _stacks(list(zip(lengths.tolist(), fractions)))  # the labelled call's stacks: its tie order
+    results = []
+    for members in stacks:
+        rs = [records[j] for j in members]
+        gn = None if any(r[2] is None for r in rs) else tuple(np.concatenate([r[2][t] for r in rs]) for t in (0, 1))
+        results.append(_Curve(np.concatenate([r[0] for r in rs]), np.concatenate([r[1] for r in rs]), gn,
+                              rs[0][3], rs[0][4]))
+    final = _select._budget_sizes(results, [labels[m] for m in stacks], budgets,
+                                  dict(strategy="graft", budget=budget))
+    out = np.empty(len(records), dtype=np.int64)
+    for members, sizes in zip(stacks, final):
+        out[members] = sizes
+    return out
+
+
+def _slice(sizes, a, b):
+    return sizes[a:b]
+
+
+def _group_select(plan, spec, weights_ctx, sizes, *pieces):
+    """A group's selection: one select call per class on its class chunks -> (indices, weights, sizes)."""
+    rows, data = _gather(spec, len(plan.names), pieces)
+    out_i, out_w, out_s = [], [], []
+    for a, b in _segments(spec.labels):
+        args, kw = _class_call(plan, spec, a, b, rows, data)
+        budget = None
+        if sizes is not None:  # phase 3: the sizes in the call's stack order
+            stacks = _stacks([len(rows[j]) for j in range(a, b)])
+            budget = ("sizes", [sizes[a + m] for members in stacks for m in members])
+        s = _run_select(args, kw, budget=budget, weights=weights_ctx)
+        idx, w, sz = _host(s.indices, np.int64), _host(s.weights, np.float64), _host(s.sizes, np.int64)
+        if sz.shape[0] != b - a:
+            raise RuntimeError(f"{_FUNC}: internal error, {sz.shape[0]} batches for {b - a} class chunks.")
+        local = np.split(idx - np.repeat(kw["offsets"], sz), np.cumsum(sz)[:-1])  # rows within each chunk
+        out_i.extend(rows[a + j][loc] for j, loc in enumerate(local))
+        out_w.append(w)
+        out_s.append(sz)
+    return np.concatenate(out_i), np.concatenate(out_w), np.concatenate(out_s)
+
+
+def _select_classes(arrays, labels, plan, strategy, grads_kind, budget, fraction, rows, whole):
+    """select_dask with labels: the pieces of the graph (see the section's comment)."""
+    n = int(sum(rows))
+    width = min(plan.batch_size, n)  # the largest batch of the call
+    total = _select._call_budget(dict(budget=budget, fraction=fraction), n)
+    lab_blocks = labels.to_delayed().ravel()
+    hists = dask.compute(*[dask.delayed(_label_counts, pure=True)(b) for b in lab_blocks])
+    target = max(max(rows), width)  # rows per group: about one dask chunk (a whole class for sas / clipcov)
+    layout, where, specs, sources, budgets, chunks = _class_plan(hists, n, width, total, target, whole)
+    starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+
+    weights_ctx = None
+    if strategy == "crest":  # mean 1 over the call: the call's count and rows
+        weights_ctx = (sum(_fixed_size(int(m), f) for m, f in zip(chunks[0], chunks[1])), n)
+
+    def shuffled(lab, blocks, after=None):
+        split = {}
+        for i in sorted({i for src in sources for i in src}):
+            split[i] = dask.delayed(_split, pure=True)(layout, int(starts[i]), where[i][0], where[i][1], after,
+                                                       lab[i], *(b[i] for b in blocks))
+        piece = dask.delayed(_piece, pure=True)
+        return [[piece(split[i], g) for i in sources[g]] for g in range(len(specs))]
+
+    blocks = [a.to_delayed().ravel() for a in arrays]
+    call = dask.delayed(_group_select, pure=True)
+    two_phase = strategy == "graft" and grads_kind != "none" and budget != "batch"
+    if two_phase:
+        pieces = shuffled(lab_blocks, blocks)
+        curves = [dask.delayed(_group_curves, pure=True)(plan, spec, *p) for spec, p in zip(specs, pieces)]
+        spread = dask.delayed(_spread_classes, pure=True)(budget, budgets, chunks, *curves)
+        # phase 3 reads the chunks anew inside its split tasks (after the spread) and shuffles them again: no
+        # worker holds rows between the phases
+        pieces = shuffled(_block_graphs(labels), [_block_graphs(a) for a in arrays], after=spread)
+        slc = dask.delayed(_slice, pure=True)
+        parts = [call(plan, spec, weights_ctx, slc(spread, spec.first, spec.first + len(spec.lengths)), *p)
+                 for spec, p in zip(specs, pieces)]
+    else:
+        parts = [call(plan, spec, weights_ctx, None, *p) for spec, p in zip(specs, shuffled(lab_blocks, blocks))]
+    return parts
 
 
 def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_state=None, **select_kwargs):
@@ -342,7 +692,8 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
       between the phases: memory per worker stays one chunk's working set.
       Phase 3 repeats phase 1's work: the pass costs about twice the
       one-phase pass (``persist()`` the inputs first if they are expensive
-      to produce and fit in the cluster's memory).
+      to produce and fit in the cluster's memory: a persisted chunk is read
+      where the cluster holds it).
     * ``"random"``, ``"craig"``, ``"gradmatch"`` (per batch), ``"crest"``
       (per batch, its weights rescaled to mean 1 over the whole call, with
       the call's count and rows), ``"adacore"`` (``hessian_diag="softmax"``
@@ -350,12 +701,55 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
       LastLayerGrads), ``"mkdt"`` / ``"pdd"`` (``scores``: a dask array
       (n,)).
 
-    Not supported, with a ValueError: ``labels``, ``groups``, ``sources``
-    and the strategies ``"colm"``, ``"sas"`` and ``"clipcov"``. One select
-    call runs those per class (source, latent group) over all the call's
-    rows, cut into new chunks across the dataset; equality would need a
-    shuffle of every row by class. Use
-    :func:`graft_array.adapters.numpy.select_dataset` (per call) for them.
+    Classes (``labels``, a dask array (n,) of ints chunked like the rows).
+    The result equals one ``select(..., labels=<the labels cut like the
+    batches>, return_info=True)`` call (indices, weights bits, sizes; ``sizes``
+    then describe the class chunks, in select's order: classes in
+    ``np.unique`` order, each class's chunks in row order; select's
+    ``Selection.batch_labels`` is not returned), for every strategy in
+    :data:`SUPPORTED`, every budget and ``random_state``, and any row
+    chunking: with labels the chunks need not hold whole batches (nothing
+    is rechunked). Such a call cuts each class's rows, across the whole
+    dataset, into chunks of at most ``min(batch_size, n)`` rows, so the rows
+    must meet by class:
+
+    1. on the client: the labels' class counts per dask chunk (computed when
+       ``select_dask`` is called: the labels are read for it, on the
+       workers, and only the counts come back). Their prefix sums place every row in its class chunk, and the
+       class chunks in groups of consecutive ones of about one dask chunk's
+       rows;
+    2. a shuffle, worker to worker: a task per dask chunk cuts its rows (all
+       the inputs' rows, with their row ids) by group, and a task per group
+       gathers its pieces. Every row moves once; the graph holds up to
+       (dask chunks) x (groups) pieces when every class is in every chunk,
+       so keep the chunks in the hundreds;
+    3. per group, one select call per class on its chunks of that class,
+       with the class's share: only indices, weights and sizes come back.
+
+    Memory per task: one dask chunk (split) or one group of class chunks.
+    GRAFT with ``budget="call"`` runs the three phases above over the
+    groups; phase 3 reads the chunks anew and shuffles them again (two
+    shuffles in all). The labels must give the same values each time they
+    are computed (``persist()`` them if they come from something random):
+    a change is caught with a RuntimeError.
+
+    ``"sas"`` / ``"clipcov"`` (:data:`GROUPED`) need ``groups``, a dask array
+    like ``labels`` (or ``labels`` itself), and ``"clipcov"`` takes
+    ``features=(image_emb, text_emb)``, two dask arrays. Without them select
+    would cluster the embeddings of all the rows by one k-means fit, which
+    ``select_dask`` does not run: compute the groups first. Their tasks take
+    whole groups (select takes the groups of a call as its own classes, so a
+    call on part of a group would re-cut it): memory per task is the largest
+    group's rows.
+
+    Not supported, with a ValueError: ``"colm"`` (and ``sources``). CoLM
+    keeps, per source, the top coordinates of the mean Adam-normalised
+    gradient over all the source's rows (one floating-point sum, in the
+    order of the call's rows) and updates the caller's ColmState in place
+    from the mean gradient of the selected rows; equal bits would need every
+    row of a source (its N x p explicit gradients) in one task, and the
+    state update would happen on a worker, not in the caller's object. Use
+    :func:`graft_array.adapters.numpy.select_dataset` (per call) for it.
 
     Parameters
     ----------
@@ -363,12 +757,14 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         Real numbers (integers are cast to float64). The feature axis must be
         one chunk. ``None``: select on the gradients (select's
         ``features=None``) or, for ``"mkdt"`` / ``"pdd"``, on the scores.
+        ``"clipcov"``: the pair ``(image_emb, text_emb)``.
     grads : None, dask.array.Array (n_samples, p), or :class:`graft_array.LastLayerGrads`
         of two dask arrays (residuals (n_samples, C), embeddings (n_samples, h)),
         with the same row chunks as ``features``.
     batch_size : int, default=128
-        Rows per GRAFT batch. Row chunks that do not hold whole batches are
-        rechunked (every input; a warning says what it costs).
+        Rows per GRAFT batch. Without labels, row chunks that do not hold
+        whole batches are rechunked (every input; a warning says what it
+        costs). With labels: the width of the class chunks.
     fraction : float in (0, 1], default=0.25
         select's ``fraction``.
     random_state : None, non-negative int or numpy.random.Generator
@@ -376,7 +772,8 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         Passed to :func:`graft_array.select` (strategy, budget, rank, method,
         tol, band, weight_reg, gradmatch_lambda, min_size, max_size, solver,
         strategy_params, backend, and the dask arrays ``hessian_diag`` /
-        ``scores``). ``offsets``, ``mask`` and ``return_info`` are set here.
+        ``scores``, ``labels`` and ``groups``: (n,) integers, chunked like the
+        rows). ``offsets``, ``mask`` and ``return_info`` are set here.
 
     Returns
     -------
@@ -384,7 +781,7 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         Dataset row numbers, batch after batch, each batch in selection order.
     weights : dask.array.Array of float64 (n_selected,), unknown chunk sizes
     sizes : dask.array.Array of int64 (n_batches,), unknown chunk sizes
-        Rows chosen in each batch.
+        Rows chosen in each batch (with labels: in each class chunk).
     """
     for bad in ("offsets", "return_info", "mask"):
         if bad in select_kwargs:
@@ -392,25 +789,43 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
     strategy = check_option(select_kwargs.get("strategy", "graft"), "strategy", _FUNC, _ALL_STRATEGIES)
     if strategy in _UNSUPPORTED:
         raise ValueError(
-            f"{_FUNC} supports strategy in {SUPPORTED}; got strategy={strategy!r}, which one select call runs per "
-            "source / latent group across all its rows (its groups span every chunk), so one select call per "
-            "chunk cannot equal it. Use graft_array.adapters.numpy.select_dataset for it."
+            f"{_FUNC} supports strategy in {SUPPORTED} (with or without 'labels') and {GROUPED} (with 'groups'); "
+            f"got strategy={strategy!r}. CoLM keeps, per source, the top coordinates of the mean Adam-normalised "
+            "gradient over all the source's rows (a floating-point sum whose order one select call fixes) and "
+            "updates the caller's ColmState from the selected rows' mean gradient: equal bits would need every "
+            "row of a source in one task. Use graft_array.adapters.numpy.select_dataset for it."
         )
-    for nm in ("labels", "groups", "sources"):
-        if select_kwargs.get(nm) is not None:
-            raise ValueError(
-                f"{_FUNC} does not support '{nm}': one select call selects per class over all its rows, cut "
-                "into new chunks across the dataset, which one select call per chunk cannot equal. Supported: "
-                f"strategy in {SUPPORTED} without labels; use graft_array.adapters.numpy.select_dataset "
-                "(class-balanced per call) for labels."
-            )
-        select_kwargs.pop(nm, None)
+    given = {nm: select_kwargs.pop(nm, None) for nm in ("labels", "groups", "sources")}
+    given = {nm: v for nm, v in given.items() if v is not None}
+    if "sources" in given:
+        raise ValueError(f"{_FUNC}: 'sources' applies to strategy='colm' only, which {_FUNC} does not run; got "
+                         f"sources with strategy={strategy!r}.")
+    if "groups" in given and strategy not in GROUPED:
+        raise ValueError(f"{_FUNC}: 'groups' applies to strategy='sas' or 'clipcov' only (their latent groups); got "
+                         f"groups with strategy={strategy!r}. Pass classes or strata as 'labels'.")
+    if len(given) > 1:
+        raise ValueError(f"{_FUNC} takes one of 'labels' and 'groups' (with strategy={strategy!r} the groups are "
+                         "the classes the selection runs in); got both.")
+    if strategy in GROUPED and not given:
+        raise ValueError(
+            f"{_FUNC} with strategy={strategy!r} needs 'groups': a dask array of one int latent-group id per row, "
+            "chunked like 'features'. select's default, k-means of the embeddings of all the rows, is one fit over "
+            f"the whole dataset, which {_FUNC} does not run; compute the groups first and pass them. Got None."
+        )
+    class_name, class_ids = next(iter(given.items()), (None, None))
     batch_size = check_int(batch_size, "batch_size", _FUNC, low=1)
     fraction = check_real(fraction, "fraction", _FUNC, low=0.0, high=1.0, low_inclusive=False)
     budget = _select._check_budget(select_kwargs.pop("budget", "call"))
 
     arrays, names = [], []
-    if features is not None:
+    if strategy == "clipcov":  # the pair (image_emb, text_emb)
+        if not (isinstance(features, (list, tuple)) and len(features) == 2):
+            raise TypeError(f"{_FUNC} with strategy='clipcov' expects 'features' to be a pair (image_emb, text_emb) "
+                            f"of dask arrays; got {_type_name(features)}.")
+        for part, nm in zip(features, ("features", "text")):
+            arrays.append(_check_dask(part, "features[0]" if nm == "features" else "features[1]", ndim=(2,)))
+            names.append(nm)
+    elif features is not None:
         arrays.append(_check_dask(features, "features", ndim=(2,)))
         names.append("features")
     if isinstance(grads, LastLayerGrads):
@@ -434,7 +849,9 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         names.append(nm)
     if not arrays:
         raise ValueError(f"{_FUNC} expects 'features' or 'grads' (dask arrays); got neither.")
-    label = {"residuals": "grads.residuals", "embeddings": "grads.embeddings"}
+    label = {"residuals": "grads.residuals", "embeddings": "grads.embeddings", "text": "features[1]"}
+    if strategy == "clipcov":
+        label["features"] = "features[0]"
     labels_of = [label.get(nm, nm) for nm in names]
     n, rows = arrays[0].shape[0], arrays[0].chunks[0]
     if n == 0:
@@ -449,7 +866,9 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
                 f"worker); got row chunks {_short(a.chunks[0])} against {_short(rows)}. Rechunk it with "
                 f"{nm}.rechunk({{0: {labels_of[0]}.chunks[0]}})."
             )
-    if not _aligned_chunks(n, rows, batch_size):
+    if class_ids is not None:  # the shuffle forms the class chunks: any row chunks will do
+        _check_class_ids(class_ids, class_name, n, rows, labels_of[0])
+    elif not _aligned_chunks(n, rows, batch_size):
         arrays = _realign(arrays, labels_of, batch_size)
         rows = arrays[0].chunks[0]
 
@@ -459,32 +878,36 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
     kwargs = dict(select_kwargs, fraction=fraction, budget=budget)
     plan = _Plan(batch_size, tuple(names), grads_kind, kwargs, type(rng.bit_generator), state)
 
-    starts_all = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
-    keep = [i for i, c in enumerate(rows) if c]  # empty chunks (e.g. after slicing) hold no batch
-    starts = starts_all[keep]
-    nbatches = [len(_batches(int(rows[i]), batch_size)) for i in keep]
-    blocks = [a.to_delayed().ravel()[keep] for a in arrays]  # one Delayed per (non-empty) row chunk
-    nchunks = len(keep)
-
-    weights_ctx = None
-    if strategy == "crest":  # mean 1 over the call: the call's count (round(fraction * n_b) per batch) and rows
-        lengths = [b - a for c in rows for a, b in _batches(int(c), batch_size)]
-        weights_ctx = (sum(min(m, max(1, int(round(fraction * m)))) for m in lengths), int(n))
-
-    two_phase = strategy == "graft" and grads_kind != "none" and budget != "batch"
-    call = dask.delayed(_chunk_select, pure=True)
-    if two_phase:
-        curves = [dask.delayed(_chunk_curves, pure=True)(plan, int(starts[i]), *(b[i] for b in blocks))
-                  for i in range(nchunks)]
-        total = _select._call_budget(dict(budget=budget, fraction=fraction), int(n))
-        spread = dask.delayed(_spread, pure=True)(plan, total, nbatches, *curves)
-        # phase 3 reads its blocks anew, inside its own task (after the spread): no worker holds its chunks
-        # between the phases
-        blocks3 = [[g for i, g in enumerate(_block_graphs(a)) if rows[i]] for a in arrays]
-        parts = [call(plan, int(starts[i]), weights_ctx, dask.delayed(_take, pure=True)(spread, i),
-                      *(b[i] for b in blocks3)) for i in range(nchunks)]
+    if class_ids is not None:
+        parts = _select_classes(arrays, class_ids, plan, strategy, grads_kind, budget, fraction, rows,
+                                strategy in GROUPED)
     else:
-        parts = [call(plan, int(starts[i]), weights_ctx, None, *(b[i] for b in blocks)) for i in range(nchunks)]
+        starts_all = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+        keep = [i for i, c in enumerate(rows) if c]  # empty chunks (e.g. after slicing) hold no batch
+        starts = starts_all[keep]
+        nbatches = [len(_batches(int(rows[i]), batch_size)) for i in keep]
+        blocks = [a.to_delayed().ravel()[keep] for a in arrays]  # one Delayed per (non-empty) row chunk
+        nchunks = len(keep)
+
+        weights_ctx = None
+        if strategy == "crest":  # mean 1 over the call: the call's count (round(fraction * n_b) per batch) and rows
+            lengths = [b - a for c in rows for a, b in _batches(int(c), batch_size)]
+            weights_ctx = (sum(_fixed_size(m, fraction) for m in lengths), int(n))
+
+        two_phase = strategy == "graft" and grads_kind != "none" and budget != "batch"
+        call = dask.delayed(_chunk_select, pure=True)
+        if two_phase:
+            curves = [dask.delayed(_chunk_curves, pure=True)(plan, int(starts[i]), *(b[i] for b in blocks))
+                      for i in range(nchunks)]
+            total = _select._call_budget(dict(budget=budget, fraction=fraction), int(n))
+            spread = dask.delayed(_spread, pure=True)(plan, total, nbatches, *curves)
+            # phase 3 reads its blocks anew, inside its own task (after the spread): no worker holds its chunks
+            # between the phases
+            blocks3 = [[g for i, g in enumerate(_block_graphs(a)) if rows[i]] for a in arrays]
+            parts = [call(plan, int(starts[i]), weights_ctx, dask.delayed(_take, pure=True)(spread, i),
+                          *(b[i] for b in blocks3)) for i in range(nchunks)]
+        else:
+            parts = [call(plan, int(starts[i]), weights_ctx, None, *(b[i] for b in blocks)) for i in range(nchunks)]
 
     take = dask.delayed(_take, pure=True)
     outs = []
@@ -593,11 +1016,7 @@ def maxvol_dask(V, k, *, method="tournament", split_every=None, tile_rows=None):
     tiles by merge node, not across the whole candidate list). Its
     log|det V[S, :k]| on Gaussian data is within about 2% of LU's
     (``scipy.linalg.lu_factor``'s pivots) at n >= 1e6, like the
-    single-machine tournament's. (A float32 V of more than about 1/eps =
-    8.4e6 rows makes the single-machine tournament's tolerance
-    max(n, r) eps max|V| refuse every pivot: it warns "numerical rank 0" and
-    fills with the rows of largest norm. Each call here sees one chunk or
-    one pool, so maxvol_dask does not meet that.)
+    single-machine tournament's.
 
     Parameters
     ----------
@@ -660,38 +1079,104 @@ _NODE = {"tournament": "deim", "volume": "volume"}
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def save_selection(path, indices, weights, *, n_samples=None):
-    """Write a selection (dataset indices and their weights) to ``path`` as a small ``.npz``.
+def save_selection(path, indices, weights, *, n_samples=None, per_chunk=False):
+    """Write a selection (dataset indices and their weights) to ``path``.
 
-    ``indices`` / ``weights`` may be dask arrays (computed here, together) or
-    array-likes. ``n_samples`` (the dataset's length) is stored when given.
-    Returns the path written.
+    ``indices`` / ``weights`` may be dask arrays (as :func:`select_dask`
+    returns them) or array-likes. ``n_samples`` (the dataset's length) is
+    stored when given. Returns the path written; :func:`load_selection` and
+    :func:`selection_sampler` read either form.
+
+    * ``per_chunk=False``: one small ``.npz`` at ``path`` (dask inputs are
+      computed here, together, and gathered on the client).
+    * ``per_chunk=True`` (dask inputs): ``path`` is a directory; the task
+      that writes block ``i`` writes ``part-{i:06d}.npz`` where it runs, and
+      only each block's count comes back; then ``manifest.npz`` (the parts,
+      their counts, ``n_samples``) is written last. Nothing is gathered and no
+      worker holds results until the end of the graph, so memory per worker
+      does not grow with the dataset. On a cluster ``path`` must be storage
+      every worker and the client can reach (as the Zarr input is). Blocks
+      ``i`` of ``indices`` and ``weights`` must be aligned (they are, from
+      :func:`select_dask`).
     """
+    n = -1 if n_samples is None else check_int(n_samples, "n_samples", "save_selection", low=0)
+    per_chunk = check_bool(per_chunk, "per_chunk", "save_selection")
+    path = os.fspath(path)
+    if per_chunk:
+        if not (isinstance(indices, da.Array) and isinstance(weights, da.Array)):
+            raise TypeError("save_selection(per_chunk=True) expects 'indices' and 'weights' as dask arrays; got "
+                            f"{_type_name(indices)} and {_type_name(weights)}.")
+        if indices.ndim != 1 or weights.ndim != 1 or indices.numblocks != weights.numblocks:
+            raise ValueError("save_selection(per_chunk=True) expects 1-D 'indices' and 'weights' with the same number "
+                             f"of blocks; got shapes {indices.shape} / {weights.shape} in {indices.numblocks} / "
+                             f"{weights.numblocks} blocks.")
+        os.makedirs(path, exist_ok=True)
+        write = dask.delayed(_write_part, pure=False)
+        blocks = zip(indices.to_delayed(optimize_graph=False), weights.to_delayed(optimize_graph=False))
+        parts = [write(path, i, a, b) for i, (a, b) in enumerate(blocks)]  # one graph: each select task runs once
+        counts = np.asarray(dask.compute(*parts), dtype=np.int64).reshape(-1)
+        with open(os.path.join(path, _MANIFEST), "wb") as f:
+            np.savez(f, parts=np.array([_part_name(i) for i in range(len(parts))]), counts=counts,
+                     n_samples=np.int64(n))
+        return path
     if isinstance(indices, da.Array) or isinstance(weights, da.Array):
         indices, weights = dask.compute(indices, weights)
+    idx, w = _checked_selection(indices, weights)
+    with open(path, "wb") as f:  # exactly this path (np.savez would add .npz to a name without it)
+        np.savez(f, indices=idx, weights=w, n_samples=np.int64(n))
+    return path
+
+
+_MANIFEST = "manifest.npz"
+
+
+def _part_name(i):
+    return f"part-{i:06d}.npz"
+
+
+def _checked_selection(indices, weights):
     idx = np.asarray(indices)
     w = np.asarray(weights, dtype=np.float64)
     if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
         raise ValueError(f"save_selection expects 'indices' as 1-D integers; got shape {idx.shape}, dtype {idx.dtype}.")
     if w.shape != idx.shape:
         raise ValueError(f"save_selection expects 'weights' aligned with 'indices' {idx.shape}; got {w.shape}.")
-    n = -1 if n_samples is None else check_int(n_samples, "n_samples", "save_selection", low=0)
+    return idx.astype(np.int64), w
+
+
+def _write_part(path, i, indices, weights):
+    """One block of a per-chunk selection, written where the task runs; returns its count."""
+    idx, w = _checked_selection(indices, weights)
+    with open(os.path.join(path, _part_name(i)), "wb") as f:
+        np.savez(f, indices=idx, weights=w)
+    return idx.shape[0]
+
+
+def _read(path):
+    """``(indices, weights, n_samples or -1)`` of a selection file or a per-chunk directory."""
     path = os.fspath(path)
-    with open(path, "wb") as f:  # exactly this path (np.savez would add .npz to a name without it)
-        np.savez(f, indices=idx.astype(np.int64), weights=w, n_samples=np.int64(n))
-    return path
+    if not os.path.isdir(path):
+        with np.load(path) as z:
+            n = int(z["n_samples"]) if "n_samples" in z else -1
+            return z["indices"].astype(np.int64), z["weights"].astype(np.float64), n
+    with np.load(os.path.join(path, _MANIFEST)) as m:
+        parts, counts, n = [str(x) for x in m["parts"]], m["counts"], int(m["n_samples"])
+    idx, w = [], []
+    for name, c in zip(parts, counts.tolist()):
+        with np.load(os.path.join(path, name)) as z:
+            idx.append(z["indices"].astype(np.int64))
+            w.append(z["weights"].astype(np.float64))
+        if idx[-1].shape[0] != c:
+            raise ValueError(f"load_selection: {os.path.join(path, name)} holds {idx[-1].shape[0]} rows; its "
+                             f"manifest says {c} (a part was rewritten after the manifest).")
+    cat = np.concatenate
+    return (cat(idx) if idx else np.zeros(0, np.int64)), (cat(w) if w else np.zeros(0)), n
 
 
 def load_selection(path):
-    """``(indices int64, weights float64)`` written by :func:`save_selection`."""
-    with np.load(os.fspath(path)) as z:
-        return z["indices"].astype(np.int64), z["weights"].astype(np.float64)
-
-
-def _load_n(path):
-    with np.load(os.fspath(path)) as z:
-        n = int(z["n_samples"]) if "n_samples" in z else -1
-    return None if n < 0 else n
+    """``(indices int64, weights float64)`` written by :func:`save_selection` (a file or a per-chunk directory)."""
+    idx, w, _ = _read(path)
+    return idx, w
 
 
 def selection_sampler(selection, n_samples=None, *, shuffle=True, seed=0):
@@ -711,9 +1196,8 @@ def selection_sampler(selection, n_samples=None, *, shuffle=True, seed=0):
     import torch
 
     if isinstance(selection, (str, os.PathLike)):
-        n_stored = _load_n(selection)
-        idx, w = load_selection(selection)
-        n_samples = n_stored if n_samples is None else n_samples
+        idx, w, n_stored = _read(selection)
+        n_samples = (None if n_stored < 0 else n_stored) if n_samples is None else n_samples
     else:
         idx, w = (np.asarray(a) for a in dask.compute(*selection))
         idx, w = idx.astype(np.int64), w.astype(np.float64)

@@ -54,11 +54,19 @@ def write_dataset(root, n, chunk_rows):
         else:
             arrays[name] = zarr.open_array(where, mode="w", shape=(n, width), chunks=(chunk_rows, width),
                                            dtype="float32", compressor=None)
+    where = os.path.join(root, "labels")  # classes 0..C-1, one per row
+    if hasattr(zarr, "create_array"):
+        arrays["labels"] = zarr.create_array(store=where, shape=(n,), chunks=(chunk_rows,), dtype="int64",
+                                             compressors=None)
+    else:
+        arrays["labels"] = zarr.open_array(where, mode="w", shape=(n,), chunks=(chunk_rows,), dtype="int64",
+                                           compressor=None)
     rng = np.random.default_rng(0)
     for lo in range(0, n, chunk_rows):
         hi = min(n, lo + chunk_rows)
         for name, width in (("features", D), ("residuals", C), ("embeddings", HD)):
             arrays[name][lo:hi] = rng.standard_normal((hi - lo, width), dtype=np.float32)
+        arrays["labels"][lo:hi] = rng.integers(0, C, hi - lo)
     return {k: os.path.join(root, k) for k in arrays}
 
 
@@ -149,24 +157,31 @@ def cluster(n_workers, memory_limit):
     return lc, client, pids
 
 
-def run_select_dask(client, pids, paths, n, budget):
-    import dask
+def run_select_dask(client, pids, paths, n, budget, out_dir=None, labels=False):
+    """select_dask on the first n rows; the selection written per chunk under out_dir (save_selection(...,
+    per_chunk=True): only counts come back), or gathered on the client when out_dir is None."""
     import dask.array as da
-    from graft_array.adapters.dask import select_dask
+    from graft_array.adapters.dask import load_selection, save_selection, select_dask
 
     import graft_array as ga
 
     X = da.from_zarr(paths["features"])[:n]
     G = ga.LastLayerGrads(da.from_zarr(paths["residuals"])[:n], da.from_zarr(paths["embeddings"])[:n])
+    kw = dict(labels=da.from_zarr(paths["labels"])[:n]) if labels else {}
     with RssSampler(pids) as mem:
         t0 = time.perf_counter()
-        idx, w, sizes = select_dask(X, G, batch_size=BS, budget=budget, random_state=0)
-        idx, w, sizes = client.compute([idx, w, sizes], sync=True)
+        idx, w, sizes = select_dask(X, G, batch_size=BS, budget=budget, random_state=0, **kw)
+        if out_dir is None:
+            idx, w = client.compute([idx, w], sync=True)
+        else:
+            save_selection(out_dir, idx, w, n_samples=n, per_chunk=True)
         dt = time.perf_counter() - t0
+    if out_dir is not None:
+        idx, w = load_selection(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
     peak = max(mem.peak[p] - mem.base[p] for p in pids)
     peak_abs = max(mem.peak.values())
-    del dask
-    return dt, peak, peak_abs, (idx, w, sizes), X.numblocks[0]
+    return dt, peak, peak_abs, (idx, w), X.numblocks[0]
 
 
 def run_select_dataset(paths, n, chunk_rows, budget):
@@ -279,15 +294,22 @@ def main(argv=None):
         print(f"  {rows[-1]['what']}: {dt:.1f} s", flush=True)
 
     results = {}
-    plan = {1: [("batch", small)], 2: [("batch", big), ("batch", small), ("call", small)]}
+    # (budget, rows, written per chunk?, labels?)
+    plan = {1: [("batch", small, True, False)],
+            2: [("batch", big, True, False), ("batch", small, True, False), ("batch", big, False, False),
+                ("call", small, True, False), ("batch", small, True, True)]}
+    out_dir = os.path.join(args.root, "selection")
     for workers in (1, 2):
         lc, client, pids = cluster(workers, args.memory_limit)
         try:
             run_select_dask(client, pids, paths, 4 * chunk_rows, "call")  # warm-up: imports, zarr, the graph
-            for budget, n in plan[workers]:
-                dt, dpeak, peak, out, nchunks = run_select_dask(client, pids, paths, n, budget)
-                results[(workers, budget, n)] = out
-                rows.append(dict(what=f"select_dask, {workers} worker(s) x 1 thread, budget={budget!r}", n=n,
+            for budget, n, per_chunk, labels in plan[workers]:
+                dt, dpeak, peak, out, nchunks = run_select_dask(client, pids, paths, n, budget,
+                                                                out_dir if per_chunk else None, labels)
+                results[(workers, budget, n, per_chunk, labels)] = out
+                how = "written per chunk" if per_chunk else "gathered"
+                rows.append(dict(what=f"select_dask, {workers} worker(s), budget={budget!r}"
+                                      f"{', labels' if labels else ''}, {how}", n=n,
                                  t=dt, peak=dpeak, peak_abs=peak, nchunks=nchunks, sel=len(out[0])))
                 print(f"  {rows[-1]['what']} n={n:,}: {dt:.1f} s", flush=True)
             if workers == 2:
@@ -297,23 +319,27 @@ def main(argv=None):
             client.close()
             lc.close()
 
-    same = all(np.array_equal(a, b) for a, b in zip(results[(1, "batch", small)], results[(2, "batch", small)]))
+    same = all(np.array_equal(a, b) for a, b in zip(results[(1, "batch", small, True, False)],
+                                                    results[(2, "batch", small, True, False)]))
+    same_io = all(np.array_equal(a, b) for a, b in zip(results[(2, "batch", big, True, False)],
+                                                       results[(2, "batch", big, False, False)]))
     rate0 = rows[0]["n"] / rows[0]["t"]
     one = next(r for r in rows if r["what"].startswith("select_dask, 1"))
     rate1 = one["n"] / one["t"]
     print()
-    print(f"{'task':<62} {'rows':>11} {'time':>8} {'rows/s':>10} {'peak RSS +':>11} {'vs select_dataset':>17} "
+    print(f"{'task':<66} {'rows':>11} {'time':>8} {'rows/s':>10} {'peak RSS +':>11} {'vs select_dataset':>17} "
           f"{'vs 1 worker':>11}")
     for r in rows:
         rate = r["n"] / r["t"]
         vs1 = f"{rate / rate1:.2f}x" if r["what"].startswith("select_dask") else ""
-        print(f"{r['what']:<62} {r['n']:>11,} {r['t']:>7.1f}s {rate:>10,.0f} {r['peak'] / 2**20:>8.0f} MiB "
+        print(f"{r['what']:<66} {r['n']:>11,} {r['t']:>7.1f}s {rate:>10,.0f} {r['peak'] / 2**20:>8.0f} MiB "
               f"{rate / rate0:>16.2f}x {vs1:>11}")
     print("  (rows/s ratios; peak RSS +: the largest increase of one process's resident memory during the run "
           "over its resident memory before, per worker for select_dask; a worker's absolute peak: "
           f"{max(r['peak_abs'] for r in rows[1:]) / 2**20:.0f} MiB)")
-    print(f"  select_dask with 1 and 2 workers gave the same indices, weights and sizes: {same}")
-    sel = next(r for r in rows if r["what"].startswith("select_dask, 2") and r["n"] == big)
+    print(f"  select_dask with 1 and 2 workers gave the same indices and weights: {same}; written per chunk and "
+          f"gathered gave the same: {same_io}")
+    sel = next(r for r in rows if r["what"].startswith("select_dask, 2") and r["n"] == big and "gathered" in r["what"])
     per_chunk = chunk_rows * 4 * (D + C + HD)
     back = (sel["sel"] * 16 + (big // BS) * 8) / sel["nchunks"]
     hi = int(np.ceil(1.5 * 0.25 * BS))

@@ -788,6 +788,11 @@ def _select_lists(batches, gparts, grads_kind, maps, starts, like, min_size, max
     return Selection(idx, wts, sizes, residuals, name, best.solver, best.rank, batch_labels)
 
 
+def class_quota(total, n_c, n):
+    """A class's share of the call's budget ``total``: ``ceil(total n_c / n)``, at least 1, at most ``n_c``."""
+    return min(n_c, max(1, -(-total * n_c // n)))  # Python ints: no overflow
+
+
 def _select_labelled(features, grads, mask, labels, offsets, min_size, max_size, opts, seed, backend, return_info):
     """Class-balanced selection: each class's rows of the call, cut into chunks, with its share of the budget."""
     if isinstance(features, (list, tuple)) or mask is not None:
@@ -821,7 +826,7 @@ def _select_labelled(features, grads, mask, labels, offsets, min_size, max_size,
     for c in np.unique(lab):
         rows_c = np.flatnonzero(lab == c)
         n_c = int(rows_c.size)
-        k_c = min(n_c, max(1, -(-total * n_c // N))) if quotas is None else quotas[int(c)]  # ceil(k n_c / N), >= 1
+        k_c = class_quota(total, n_c, N) if quotas is None else quotas[int(c)]
         budgets[int(c)] = k_c
         for part in np.array_split(rows_c, -(-n_c // width)):  # near-equal chunks of at most `width` rows
             take = xp.asarray(part, device=dev)

@@ -1,5 +1,6 @@
 """graft_array.adapters.dask: select_dask equals one select call; maxvol_dask's tournament; storage; a cluster."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -13,6 +14,7 @@ da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
 from graft_array.adapters.dask import (
+    GROUPED,
     SUPPORTED,
     load_selection,
     maxvol_dask,
@@ -109,10 +111,13 @@ def test_equals_one_select_call(strategy, chunks):
 
 
 def test_every_strategy_is_supported_or_refused():
-    assert set(SUPPORTED) <= set(NAMES)
+    assert set(SUPPORTED) <= set(NAMES) and set(GROUPED) <= set(NAMES)
     X, E, H, _, _ = _data()
-    for strategy in set(NAMES) - set(SUPPORTED):  # per source / latent group across the whole call
+    for strategy in set(NAMES) - set(SUPPORTED) - set(GROUPED):  # CoLM: per-source means over all the rows
         with pytest.raises(ValueError, match="select_dask supports strategy in"):
+            select_dask(_dask(X, 256), None, strategy=strategy)
+    for strategy in GROUPED:  # their default groups are one k-means fit over all the rows
+        with pytest.raises(ValueError, match="needs 'groups'"):
             select_dask(_dask(X, 256), None, strategy=strategy)
 
 
@@ -201,7 +206,7 @@ def test_bad_inputs_name_the_argument():
         select_dask(_dask(X, 256), ga.LastLayerGrads(_dask(E, 128), _dask(H, 256)))
     with pytest.raises(ValueError, match="'grads' to have one row per row of 'features'"):
         select_dask(_dask(X, 256), _dask(G[:-1], 256))
-    with pytest.raises(ValueError, match="does not support 'labels'"):
+    with pytest.raises(TypeError, match="'labels' to be a dask.array.Array"):
         select_dask(_dask(X, 256), None, labels=np.zeros(N, dtype=np.int64))
     with pytest.raises(TypeError, match="sets 'offsets' itself"):
         select_dask(_dask(X, 256), None, offsets=np.arange(4))
@@ -300,6 +305,60 @@ def test_save_load_selection_and_sampler(tmp_path):
     assert list(iter(plain)) == i2.tolist()
 
 
+def test_save_selection_per_chunk_writes_each_block_where_it_runs(tmp_path):
+    X, E, H, _, _ = _data()
+    idx, w, _ = select_dask(_dask(X, 256), ga.LastLayerGrads(_dask(E, 256), _dask(H, 256)), batch_size=BS,
+                            random_state=0)
+    with dask.config.set(scheduler="sync"):
+        out = save_selection(tmp_path / "sel", idx, w, n_samples=N, per_chunk=True)
+        ref_i, ref_w = dask.compute(idx, w)
+        blocks = [len(b) for b in dask.compute(*idx.to_delayed())]
+    parts = sorted(os.listdir(out))
+    assert parts == ["manifest.npz"] + [f"part-{i:06d}.npz" for i in range(idx.numblocks[0])]
+    for i, c in enumerate(blocks):  # block i's rows in part i
+        with np.load(os.path.join(out, f"part-{i:06d}.npz")) as z:
+            assert z["indices"].shape == (c,)
+    i2, w2 = load_selection(out)
+    np.testing.assert_array_equal(i2, ref_i)
+    np.testing.assert_array_equal(w2, ref_w)
+    s = selection_sampler(out, shuffle=False)  # n_samples from the manifest
+    assert s.n == N and list(iter(s)) == ref_i.tolist()
+    with np.load(os.path.join(out, "part-000000.npz")) as z:  # a part rewritten after the manifest is caught
+        first = dict(z)
+    with open(os.path.join(out, "part-000000.npz"), "wb") as f:
+        np.savez(f, indices=first["indices"][:-1], weights=first["weights"][:-1])
+    with pytest.raises(ValueError, match="part-000000.npz holds .* its manifest says"):
+        load_selection(out)
+
+
+def test_save_selection_per_chunk_runs_each_chunk_once(tmp_path, monkeypatch):
+    """Indices and weights of a block come from one select task: writing them must not run it twice."""
+    import graft_array.adapters.dask as gd
+
+    calls = []
+    real = gd._chunk_select
+    monkeypatch.setattr(gd, "_chunk_select", lambda *a, **k: calls.append(1) or real(*a, **k))
+    X, E, H, _, _ = _data()
+    idx, w, _ = select_dask(_dask(X, 256), ga.LastLayerGrads(_dask(E, 256), _dask(H, 256)), batch_size=BS,
+                            budget="batch", random_state=0)
+    with dask.config.set(scheduler="sync"):
+        save_selection(tmp_path / "sel", idx, w, per_chunk=True)
+    assert len(calls) == idx.numblocks[0]
+
+
+def test_save_selection_per_chunk_bad_input(tmp_path):
+    with pytest.raises(TypeError, match=r"per_chunk=True\) expects 'indices' and 'weights' as dask arrays; got "
+                                        r"numpy.ndarray"):
+        save_selection(tmp_path / "s", np.arange(3), np.ones(3), per_chunk=True)
+    a = da.from_array(np.arange(6), chunks=2)
+    with pytest.raises(ValueError, match="the same number of blocks; got shapes"):
+        save_selection(tmp_path / "s", a, da.from_array(np.ones(6), chunks=3), per_chunk=True)
+    with pytest.raises(ValueError, match="aligned with 'indices'"):  # block sizes differ: found by the writing task
+        save_selection(tmp_path / "s", a, da.from_array(np.ones(6), chunks=((1, 2, 3),)), per_chunk=True)
+    with pytest.raises(TypeError, match="'per_chunk' parameter of save_selection must be a bool. Got 'yes'"):
+        save_selection(tmp_path / "s", a, a, per_chunk="yes")
+
+
 def test_import_graft_array_does_not_load_dask():
     code = ("import sys, graft_array, graft_array.adapters.numpy; "
             "print(','.join(m for m in ('dask', 'distributed', 'zarr') if m in sys.modules))")
@@ -310,7 +369,7 @@ def test_import_graft_array_does_not_load_dask():
 # ------------------------------------------------------------------------------------------------ a cluster
 
 
-def test_local_cluster_two_worker_processes():
+def test_local_cluster_two_worker_processes(tmp_path):
     distributed = pytest.importorskip("distributed")
     n, bs = 8192, 128
     cluster = client = None
@@ -320,16 +379,22 @@ def test_local_cluster_two_worker_processes():
         client = distributed.Client(cluster, timeout="60s")
         # the data is made on the workers (seeded dask random), selected there, and only results come back
         X = da.random.default_rng(5).standard_normal((n, 16), chunks=(2048, 16)).astype(np.float32)
-        E = da.random.default_rng(6).standard_normal((n, 10), chunks=(2048, 10))
+        # persisted: held by the workers, which phase 3 reads where it lives (not recomputed in a task)
+        E = da.random.default_rng(6).standard_normal((n, 10), chunks=(2048, 10)).persist()
         H = da.random.default_rng(7).standard_normal((n, 32), chunks=(2048, 32))
         out = select_dask(X, ga.LastLayerGrads(E, H), batch_size=bs, random_state=0)
         ids = maxvol_dask(X, 16)
-        futures = client.compute([*out, ids])
-        idx, w, sizes, mv = client.gather(futures, errors="raise")
+        # with labels: the class chunks gathered by a shuffle between the worker processes
+        L = (da.random.default_rng(8).integers(0, 5, n, chunks=2048) * 2).persist()
+        outl = select_dask(X, ga.LastLayerGrads(E, H), batch_size=bs, labels=L, random_state=0)
+        futures = client.compute([*out, ids, *outl])
+        idx, w, sizes, mv, *got_l = client.gather(futures, errors="raise")
         distributed.wait(futures, timeout=120)
         ran_on = set(client.run(lambda: 1))
         assert len(ran_on) == 2
-        Xn, En, Hn = client.compute([X, E, H], sync=True)
+        # each block written by the worker process that computed it; only the counts come back
+        saved = save_selection(tmp_path / "sel", out[0], out[1], n_samples=n, per_chunk=True)
+        Xn, En, Hn, Ln = client.compute([X, E, H, L], sync=True)
     finally:
         if client is not None:
             client.close(timeout=30)
@@ -339,4 +404,11 @@ def test_local_cluster_two_worker_processes():
                                                                       Hn.reshape(n // bs, bs, 32)),
                     return_info=True, random_state=0)
     _assert_equal((idx, w, sizes), ref)
+    i_saved, w_saved = load_selection(saved)
+    np.testing.assert_array_equal(i_saved, idx)
+    np.testing.assert_array_equal(w_saved, w)
     assert len(set(mv.tolist())) == 16 and mv.max() < n
+    ref_l = ga.select(Xn.reshape(n // bs, bs, 16), ga.LastLayerGrads(En.reshape(n // bs, bs, 10),
+                                                                        Hn.reshape(n // bs, bs, 32)),
+                      labels=Ln.reshape(n // bs, bs), return_info=True, random_state=0)
+    _assert_equal(got_l, ref_l)
