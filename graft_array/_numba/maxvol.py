@@ -50,6 +50,11 @@ __all__ = ["run_maxvol"]
 
 _ROWPAR_MIN_ROWS = 4096  # fewer batches than threads and at least this many rows: split the rows instead
 _COMPACT_MAX_COLS = 32  # the batch-interleaved DEIM (compact.py) up to this many columns: measured faster there
+# ... and while a group's buffer (kk x n x 32 bytes: L batches of one 256-bit vector) stays cache-sized: its
+# trailing updates stream the whole buffer once per panel. Measured on 1 thread, float32, kk = 32 (2-core AMD EPYC,
+# 1 MiB L2, 32 MiB L3): compact / batched speed 1.13x at n = 4096 (4 MiB), 1.07x at 8192, 0.87x at 16384, 0.34x at
+# 32768 (maxvol_dask's tiles); 4 MiB keeps the gain with a margin for smaller caches.
+_COMPACT_MAX_BYTES = 4 << 20
 
 
 # ---------------------------------------------------------------------------
@@ -121,9 +126,10 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
                 piv[b], rank[b] = _deim_rowpar(V[b], kk, eps, nthreads)
         else:
             lanes = 32 // V.dtype.itemsize  # batches per 256-bit group of the compact kernel
-            # batch-interleaved kernel for kk <= 32 with a whole group per thread (compact.py: 1.06-2.1x measured
-            # there, 0.97x at kk = 64); the same pivots, ranks and flags either way
-            batched = _deim_compact if kk <= _COMPACT_MAX_COLS and nb >= lanes * nthreads else _deim_batched
+            # batch-interleaved kernel for kk <= 32 with a whole group per thread and a cache-sized group
+            # (compact.py: 1.06-2.1x measured there, 0.97x at kk = 64); the same pivots, ranks and flags either way
+            compact = kk <= _COMPACT_MAX_COLS and nb >= lanes * nthreads and kk * n * 32 <= _COMPACT_MAX_BYTES
+            batched = _deim_compact if compact else _deim_batched
             piv, rank, bad = batched(V, kk, eps, nthreads)
             if bad.any():
                 if check_finite:
