@@ -13,7 +13,9 @@ Install with the ``[dask]`` extra (``dask[array]`` and ``distributed``). Importi
   balanced selection; ``groups`` for SAS / ClipCov) the rows meet by class
   chunk in one shuffle, worker to worker (every row moves once; the client
   only sees the labels' class counts per chunk), and the result still equals
-  one labelled select call. CoLM is not supported.
+  one labelled select call. CoLM (``sources``) runs the same way with whole
+  sources per task; it is computed when :func:`select_dask` is called, and
+  the caller's ``ColmState`` moves on the client as under one select call.
 * :func:`maxvol_dask` selects k rows of a tall dask array by a tournament: each
   chunk's winners, then merges of ``split_every`` children at a time through
   ``dask.array.reduction`` (the pattern of dask's ``argtopk``); only candidate
@@ -51,7 +53,8 @@ from .._validation import (
 from ..strategies import NAMES as _ALL_STRATEGIES
 
 __all__ = [
-    "GROUPED", "SUPPORTED", "load_selection", "maxvol_dask", "save_selection", "select_dask", "selection_sampler",
+    "GROUPED", "SOURCED", "SUPPORTED", "load_selection", "maxvol_dask", "save_selection", "select_dask",
+    "selection_sampler",
 ]
 
 _FUNC = "select_dask"
@@ -60,8 +63,10 @@ _FUNC = "select_dask"
 SUPPORTED = ("graft", "random", "craig", "gradmatch", "crest", "adacore", "mkdt", "pdd")
 #: the strategies select_dask runs with explicit ``groups`` only (their default groups are one k-means of all rows)
 GROUPED = ("sas", "clipcov")
-#: CoLM: per-source means over all of a source's rows, and a ColmState updated on the client
-_UNSUPPORTED = tuple(s for s in _ALL_STRATEGIES if s not in SUPPORTED + GROUPED)
+#: the strategies select_dask runs with ``sources`` only (CoLM: whole sources per task, its ColmState updated on the
+#: client; computed when select_dask is called)
+SOURCED = ("colm",)
+_UNSUPPORTED = tuple(s for s in _ALL_STRATEGIES if s not in SUPPORTED + GROUPED + SOURCED)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,6 +228,7 @@ class _Plan(NamedTuple):
     kwargs: dict  # select's keyword arguments (fraction, strategy, budget, ...)
     rng_type: Any  # the bit generator class of random_state
     rng_state: dict  # its state before select's one draw
+    colm: Any = None  # strategy="colm": (the caller's strategy_params, the state's (m, v, t) at the call, gather)
 
 
 def _replay(plan):
@@ -372,7 +378,11 @@ def _take(result, i):
 # GradMatch's filling) with fraction=k_c / n_c, which is exactly what the labelled call runs on them; only the
 # budget step (GRAFT) and CREST's call weights couple the chunks, through the hooks above. "sas" / "clipcov"
 # get their groups as select's ``groups`` and so cannot take a part of a group: their tasks take whole groups
-# (one call per group with budget=k_c, which cuts and shares it exactly as the labelled call).
+# (one call per group with budget=k_c, which cuts and shares it exactly as the labelled call). "colm" takes whole
+# sources the same way (its per-source top coordinates read all the source's rows), with CoLM's quotas
+# (colm.budgets over all the sources) and small_sources="auto" in each call, which then keeps k_c; each call gets
+# its own copy of the state's moments, and the client moves the caller's ColmState from the selected rows'
+# gradients the tasks return (_colm_update), so the whole colm pass is computed inside select_dask.
 
 
 class _ClassLayout(NamedTuple):
@@ -413,8 +423,11 @@ def _fixed_size(m, fraction):
     return _select._band(m, m, dict(rank=None, band=0.0), None, None, fraction)[1]
 
 
-def _class_plan(hists, n, width, total, target, whole):
+def _class_plan(hists, n, width, total, target, whole, quotas=None):
     """The call's class chunks and groups from the chunks' class counts (the client's part of the shuffle).
+
+    ``quotas``: None (each class's ``class_quota``) or a function (classes, counts, total) -> {class: k_c}
+    (CoLM's ``budgets``).
 
     Returns (layout, per dask chunk (class ids, their prefix counts), specs of the groups, for each group the
     dask chunks that hold its rows, budgets {c: k_c}, the chunks' (lengths, fractions, labels)).
@@ -429,7 +442,11 @@ def _class_plan(hists, n, width, total, target, whole):
     nparts = -(-counts // width)
     base = np.cumsum(nparts) - nparts
     nchunks = int(nparts.sum())
-    quota = [_select.class_quota(total, c, n) for c in counts.tolist()]
+    if quotas is None:
+        quota = [_select.class_quota(total, c, n) for c in counts.tolist()]
+    else:
+        given = quotas(classes, counts, total)
+        quota = [int(given[c]) for c in classes.tolist()]
     frac = [k / c for k, c in zip(quota, counts.tolist())]
     cls = np.repeat(np.arange(classes.shape[0]), nparts)
     local = np.arange(nchunks) - base[cls]
@@ -538,9 +555,18 @@ def _class_call(plan, spec, a, b, rows, data):
     args, kw = _select_args(plan, {nm: [d[j] for j in range(a, b)] for nm, d in zip(plan.names, data)},
                             lambda x: x)
     offsets = np.asarray([int(rows[j][0]) for j in range(a, b)], dtype=np.int64)
-    if spec.whole:  # the whole class: its rows as select's groups, its quota as the call's budget
+    if spec.whole:  # the whole class: its rows as select's groups (sources), its quota as the call's budget
         label = int(spec.labels[a])
-        kw.update(groups=[np.full(len(rows[j]), label, dtype=np.int64) for j in range(a, b)], budget=spec.quotas[a])
+        ids = [np.full(len(rows[j]), label, dtype=np.int64) for j in range(a, b)]
+        kw.update(budget=spec.quotas[a])
+        if plan.colm is None:
+            kw["groups"] = ids
+        else:  # CoLM: one source; "auto" with budget=k_c keeps the call's quota k_c (small iff k_c = n_c)
+            params, (m, v, t), _ = plan.colm
+            state = None
+            if m is not None or t:  # a copy per call: select's own update of it stays in this task
+                state = _colm_state(m, v, t)
+            kw.update(sources=ids, strategy_params=dict(params, small_sources="auto", state=state))
     else:
         kw["fraction"] = spec.fractions[a]
     return args, dict(kw, offsets=offsets, return_info=True, random_state=_replay(plan))
@@ -595,6 +621,9 @@ def _group_select(plan, spec, weights_ctx, sizes, *pieces):
     """A group's selection: one select call per class on its class chunks -> (indices, weights, sizes)."""
     rows, data = _gather(spec, len(plan.names), pieces)
     out_i, out_w, out_s = [], [], []
+    gather = plan.colm is not None and plan.colm[2]  # CoLM with a state: the selected rows' gradients too
+    grads_at = [plan.names.index(nm) for nm in ("grads", "residuals", "embeddings") if nm in plan.names]
+    out_g = [[] for _ in grads_at]
     for a, b in _segments(spec.labels):
         args, kw = _class_call(plan, spec, a, b, rows, data)
         budget = None
@@ -609,10 +638,40 @@ def _group_select(plan, spec, weights_ctx, sizes, *pieces):
         out_i.extend(rows[a + j][loc] for j, loc in enumerate(local))
         out_w.append(w)
         out_s.append(sz)
-    return np.concatenate(out_i), np.concatenate(out_w), np.concatenate(out_s)
+        if gather:
+            for lst, at in zip(out_g, grads_at):
+                lst.extend(data[at][a + j][loc] for j, loc in enumerate(local))
+    out = np.concatenate(out_i), np.concatenate(out_w), np.concatenate(out_s)
+    return out + (tuple(np.concatenate(lst) for lst in out_g),) if gather else out
 
 
-def _select_classes(arrays, labels, plan, strategy, grads_kind, budget, fraction, rows, whole):
+def _colm_state(m, v, t):
+    from ..strategies.colm import ColmState
+
+    state = ColmState()
+    state.m, state.v, state.t = m, v, t
+    return state
+
+
+def _colm_update(state, params, grads_kind, moments, parts):
+    """The caller's ColmState moved as one select call's ``finish`` (strategies.colm.prepare) moves it.
+
+    ``parts``: the selected rows' gradients (plain rows, or residuals and embeddings) in the call's selection
+    order; ``moments``: the state's (m, v, t) when select_dask was called. The same routine as ``finish``
+    on the same (k, p) explicit rows, so the same bits.
+    """
+    from .._namespace import array_namespace
+    from ..strategies.colm import move_state
+
+    m0, v0, t0 = moments
+    k = int(parts[0].shape[0])
+    if k == 0:
+        return
+    move_state(state, array_namespace(parts[0]), parts, grads_kind, np.arange(k), params["beta1"],
+               params["beta2"], None if m0 is None else (m0, v0), t0 + 1)
+
+
+def _select_classes(arrays, labels, plan, strategy, grads_kind, budget, fraction, rows, whole, quotas=None):
     """select_dask with labels: the pieces of the graph (see the section's comment)."""
     n = int(sum(rows))
     width = min(plan.batch_size, n)  # the largest batch of the call
@@ -620,7 +679,7 @@ def _select_classes(arrays, labels, plan, strategy, grads_kind, budget, fraction
     lab_blocks = labels.to_delayed().ravel()
     hists = dask.compute(*[dask.delayed(_label_counts, pure=True)(b) for b in lab_blocks])
     target = max(max(rows), width)  # rows per group: about one dask chunk (a whole class for sas / clipcov)
-    layout, where, specs, sources, budgets, chunks = _class_plan(hists, n, width, total, target, whole)
+    layout, where, specs, sources, budgets, chunks = _class_plan(hists, n, width, total, target, whole, quotas)
     starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
 
     weights_ctx = None
@@ -661,7 +720,7 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
     dataset's ragged last batch). A task per chunk runs :func:`graft_array.select`
     on that chunk's batches with their dataset ``offsets``, where the chunk
     lives; only indices, weights and sizes come back. Nothing is computed
-    until you compute the results; compute them together,
+    until you compute the results (``"colm"`` excepted, see below); compute them together,
     ``dask.compute(indices, weights, sizes)``, so that the graph runs once.
 
     What equals what (exactly: the same indices, the same bits of the weights
@@ -742,14 +801,27 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
     call on part of a group would re-cut it): memory per task is the largest
     group's rows.
 
-    Not supported, with a ValueError: ``"colm"`` (and ``sources``). CoLM
-    keeps, per source, the top coordinates of the mean Adam-normalised
-    gradient over all the source's rows (one floating-point sum, in the
-    order of the call's rows) and updates the caller's ColmState in place
-    from the mean gradient of the selected rows; equal bits would need every
-    row of a source (its N x p explicit gradients) in one task, and the
-    state update would happen on a worker, not in the caller's object. Use
-    :func:`graft_array.adapters.numpy.select_dataset` (per call) for it.
+    ``"colm"`` (:data:`SOURCED`) needs ``grads`` and ``sources``, a dask
+    array like ``labels`` (or ``labels`` itself, as in select). The result
+    equals one ``select(..., strategy="colm", sources=<the sources cut like
+    the batches>, strategy_params=..., return_info=True)`` call (indices,
+    weights bits, sizes), and a ``graft_array.ColmState`` passed as
+    ``strategy_params={"state": state}`` ends in exactly the state (m, v, t,
+    bit for bit) that call leaves it in, so one state serves consecutive
+    passes. CoLM keeps, per source, the top coordinates of the mean
+    Adam-normalised gradient over all the source's rows, so its tasks take
+    whole sources (as ``"sas"`` / ``"clipcov"`` take whole groups): memory
+    per task is the largest source's rows and their Adam-normalised
+    gradients (N_s x p float64, p = C (h + 1) for LastLayerGrads), as in
+    one select call. Its quotas are CoLM's (small sources whole, the rest
+    proportional to size), planned on the client from the sources' counts.
+    Unlike the other strategies it computes the selection when
+    ``select_dask`` is called (the graph runs then, under the current dask
+    scheduler), because the state must move on the client: the tasks also
+    return the selected rows' gradients (k rows of ``grads``, or of
+    ``residuals`` and ``embeddings``; only with a state), and the client
+    updates the state from their mean (k x p float64 on the client, k the
+    rows selected). The arrays returned then wrap computed results.
 
     Parameters
     ----------
@@ -772,12 +844,13 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         Passed to :func:`graft_array.select` (strategy, budget, rank, method,
         tol, band, weight_reg, gradmatch_lambda, min_size, max_size, solver,
         strategy_params, backend, and the dask arrays ``hessian_diag`` /
-        ``scores``, ``labels`` and ``groups``: (n,) integers, chunked like the
-        rows). ``offsets``, ``mask`` and ``return_info`` are set here.
+        ``scores``, ``labels``, ``groups`` and ``sources``: (n,) integers,
+        chunked like the rows). ``offsets``, ``mask`` and ``return_info`` are
+        set here.
 
     Returns
     -------
-    indices : dask.array.Array of int64 (n_selected,), unknown chunk sizes
+    indices : dask.array.Array of int64 (n_selected,), unknown chunk sizes (``"colm"``: computed, known)
         Dataset row numbers, batch after batch, each batch in selection order.
     weights : dask.array.Array of float64 (n_selected,), unknown chunk sizes
     sizes : dask.array.Array of int64 (n_batches,), unknown chunk sizes
@@ -787,25 +860,28 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         if bad in select_kwargs:
             raise TypeError(f"{_FUNC} sets '{bad}' itself; do not pass it.")
     strategy = check_option(select_kwargs.get("strategy", "graft"), "strategy", _FUNC, _ALL_STRATEGIES)
-    if strategy in _UNSUPPORTED:
+    if strategy in _UNSUPPORTED:  # pragma: no cover - every strategy of the registry runs today
         raise ValueError(
-            f"{_FUNC} supports strategy in {SUPPORTED} (with or without 'labels') and {GROUPED} (with 'groups'); "
-            f"got strategy={strategy!r}. CoLM keeps, per source, the top coordinates of the mean Adam-normalised "
-            "gradient over all the source's rows (a floating-point sum whose order one select call fixes) and "
-            "updates the caller's ColmState from the selected rows' mean gradient: equal bits would need every "
-            "row of a source in one task. Use graft_array.adapters.numpy.select_dataset for it."
+            f"{_FUNC} supports strategy in {SUPPORTED} (with or without 'labels'), {GROUPED} (with 'groups') and "
+            f"{SOURCED} (with 'sources'); got strategy={strategy!r}."
         )
     given = {nm: select_kwargs.pop(nm, None) for nm in ("labels", "groups", "sources")}
     given = {nm: v for nm, v in given.items() if v is not None}
-    if "sources" in given:
-        raise ValueError(f"{_FUNC}: 'sources' applies to strategy='colm' only, which {_FUNC} does not run; got "
+    if "sources" in given and strategy not in SOURCED:
+        raise ValueError(f"{_FUNC}: 'sources' applies to strategy='colm' only (the data source of each row); got "
                          f"sources with strategy={strategy!r}.")
     if "groups" in given and strategy not in GROUPED:
         raise ValueError(f"{_FUNC}: 'groups' applies to strategy='sas' or 'clipcov' only (their latent groups); got "
                          f"groups with strategy={strategy!r}. Pass classes or strata as 'labels'.")
     if len(given) > 1:
-        raise ValueError(f"{_FUNC} takes one of 'labels' and 'groups' (with strategy={strategy!r} the groups are "
+        other = next(nm for nm in given if nm != "labels")
+        raise ValueError(f"{_FUNC} takes one of 'labels' and '{other}' (with strategy={strategy!r} the {other} are "
                          "the classes the selection runs in); got both.")
+    if strategy in SOURCED and not given:
+        raise ValueError(
+            f"{_FUNC} with strategy={strategy!r} needs 'sources': a dask array of one int source id per row, "
+            "chunked like the rows (each task selects whole sources). Got None."
+        )
     if strategy in GROUPED and not given:
         raise ValueError(
             f"{_FUNC} with strategy={strategy!r} needs 'groups': a dask array of one int latent-group id per row, "
@@ -813,6 +889,12 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
             f"the whole dataset, which {_FUNC} does not run; compute the groups first and pass them. Got None."
         )
     class_name, class_ids = next(iter(given.items()), (None, None))
+    colm_params = None
+    if strategy in SOURCED:  # checked here (select's checks and messages): the client needs them after the pass
+        from .. import _family
+
+        user_params = select_kwargs.pop("strategy_params", None)  # each task's call gets its own (_class_call)
+        colm_params = _family.check_params(strategy, user_params)
     batch_size = check_int(batch_size, "batch_size", _FUNC, low=1)
     fraction = check_real(fraction, "fraction", _FUNC, low=0.0, high=1.0, low_inclusive=False)
     budget = _select._check_budget(select_kwargs.pop("budget", "call"))
@@ -872,12 +954,20 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         arrays = _realign(arrays, labels_of, batch_size)
         rows = arrays[0].chunks[0]
 
+    colm = quotas = colm_state = None
+    if colm_params is not None:
+        colm_state = colm_params["state"]
+        colm, quotas = _colm_plan(strategy, grads_kind, arrays, names, user_params, colm_params)
+
     rng = check_random_state(random_state, "random_state", _FUNC)
     state = rng.bit_generator.state
     rng.integers(2**63)  # the caller's generator moves on as after one select call
     kwargs = dict(select_kwargs, fraction=fraction, budget=budget)
-    plan = _Plan(batch_size, tuple(names), grads_kind, kwargs, type(rng.bit_generator), state)
+    plan = _Plan(batch_size, tuple(names), grads_kind, kwargs, type(rng.bit_generator), state, colm)
 
+    if colm is not None:
+        parts = _select_classes(arrays, class_ids, plan, strategy, grads_kind, budget, fraction, rows, True, quotas)
+        return _colm_finish(parts, colm_state, colm_params, grads_kind, colm[1])
     if class_ids is not None:
         parts = _select_classes(arrays, class_ids, plan, strategy, grads_kind, budget, fraction, rows,
                                 strategy in GROUPED)
@@ -916,6 +1006,37 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
                   for p in parts]
         outs.append(da.concatenate(pieces) if len(pieces) > 1 else pieces[0])
     return tuple(outs)
+
+
+def _colm_plan(strategy, grads_kind, arrays, names, user_params, params):
+    """CoLM's plan entry (the caller's params, the state's moments at the call, gather?) and its quota rule."""
+    from ..strategies import colm
+
+    if grads_kind == "none":
+        raise ValueError(f"{_FUNC} with strategy={strategy!r} needs 'grads' (per-sample gradients, or "
+                         "LastLayerGrads of dask arrays); got None.")
+    state = params["state"]
+    shape = {nm: a.shape for nm, a in zip(names, arrays)}
+    p = shape["grads"][1] if grads_kind == "plain" else shape["residuals"][1] * (shape["embeddings"][1] + 1)
+    colm.check_state(state, p, _FUNC)
+    moments = (None, None, 0) if state is None else (state.m, state.v, int(state.t))
+    rule = params["small_sources"]
+
+    def quotas(classes, counts, total):  # the call's budgets over every source (small sources whole)
+        return colm.budgets(classes, counts, total, rule)
+
+    user = {key: value for key, value in (user_params or {}).items() if key != "state"}
+    return (user, moments, state is not None), quotas
+
+
+def _colm_finish(parts, state, params, grads_kind, moments):
+    """CoLM: the selection computed now, the caller's state moved on here, the results as dask arrays."""
+    done = dask.compute(*parts)
+    idx, w, sz = (np.concatenate([d[j] for d in done]) for j in range(3))
+    if state is not None:
+        grads = tuple(np.concatenate([d[3][a] for d in done]) for a in range(len(done[0][3])))
+        _colm_update(state, params, grads_kind, moments, grads)
+    return tuple(da.from_array(a, chunks=(a.shape[0],)) for a in (idx, w, sz))
 
 
 def _short(chunks):

@@ -28,11 +28,12 @@ from graft_array.strategies import NAMES
 N, D, C, HDIM, BS = 1000, 12, 6, 20, 64  # 15 batches of 64 and a ragged one of 40
 
 
-def _data(n=N, seed=0):
+def _data(n=N, seed=0, d=D, c=C, hdim=HDIM):
+    """Features (n, d), LastLayerGrads parts (n, c) and (n, hdim) float32, plain gradients (n, 32), scores (n,)."""
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, D)).astype(np.float32)
-    E = rng.standard_normal((n, C)).astype(np.float32)
-    H = rng.standard_normal((n, HDIM)).astype(np.float32)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    E = rng.standard_normal((n, c)).astype(np.float32)
+    H = rng.standard_normal((n, hdim)).astype(np.float32)
     G = rng.standard_normal((n, 32))
     scores = rng.standard_normal(n)
     return X, E, H, G, scores
@@ -113,9 +114,9 @@ def test_equals_one_select_call(strategy, chunks):
 def test_every_strategy_is_supported_or_refused():
     assert set(SUPPORTED) <= set(NAMES) and set(GROUPED) <= set(NAMES)
     X, E, H, _, _ = _data()
-    for strategy in set(NAMES) - set(SUPPORTED) - set(GROUPED):  # CoLM: per-source means over all the rows
-        with pytest.raises(ValueError, match="select_dask supports strategy in"):
-            select_dask(_dask(X, 256), None, strategy=strategy)
+    assert set(NAMES) - set(SUPPORTED) - set(GROUPED) == {"colm"}  # CoLM: whole sources, see test_dask_labels.py
+    with pytest.raises(ValueError, match="strategy='colm' needs 'sources'"):
+        select_dask(_dask(X, 256), None, strategy="colm")
     for strategy in GROUPED:  # their default groups are one k-means fit over all the rows
         with pytest.raises(ValueError, match="needs 'groups'"):
             select_dask(_dask(X, 256), None, strategy=strategy)

@@ -14,18 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graft_array.adapters import dask as gdask
-from graft_array.adapters.dask import GROUPED, SUPPORTED, select_dask
+from graft_array.adapters.dask import GROUPED, SOURCED, SUPPORTED, select_dask
+from test_dask import _data as _unlabelled
 
 N, D, C, HDIM, BS = 700, 10, 5, 12, 64  # 10 batches of 64 and a ragged one of 60
 
 
 def _data(n=N, seed=0, classes=5):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, D)).astype(np.float32)
-    E = rng.standard_normal((n, C)).astype(np.float32)
-    H = rng.standard_normal((n, HDIM)).astype(np.float32)
-    G = rng.standard_normal((n, 32))
-    scores = rng.standard_normal(n)
+    X, E, H, G, scores = _unlabelled(n, seed, D, C, HDIM)
+    rng = np.random.default_rng([seed, 1])
     # unbalanced classes, not sorted, with gaps and negative ids
     labels = (rng.choice(classes, size=n, p=np.arange(1, classes + 1) / (classes * (classes + 1) / 2)) - 1) * 3
     return X, E, H, G, scores, labels
@@ -268,47 +265,188 @@ def test_groups_equal_one_select_call(strategy, chunks):
                              strategy_params={"penalty": False}))
 
 
-def test_every_strategy_is_supported_grouped_or_refused():
+def test_every_strategy_is_supported_grouped_or_sourced():
     X, *_, labels = _data()
-    Xd, ld = _dask(X, 200), _dask(labels, 200)
-    assert set(SUPPORTED) | set(GROUPED) | {"colm"} == set(ga.strategies.NAMES)
+    Xd = _dask(X, 200)
+    assert set(SUPPORTED) | set(GROUPED) | set(SOURCED) == set(ga.strategies.NAMES)
+    assert SOURCED == ("colm",) and not gdask._UNSUPPORTED
     for strategy in GROUPED:
         with pytest.raises(ValueError, match=f"strategy='{strategy}' needs 'groups'.*k-means"):
             select_dask(Xd, None, strategy=strategy)
-    with pytest.raises(ValueError, match="supports strategy in.*CoLM.*ColmState"):
-        select_dask(Xd, None, strategy="colm", sources=ld)
+    with pytest.raises(ValueError, match="strategy='colm' needs 'sources'"):
+        select_dask(Xd, _dask(X, 200), strategy="colm")
 
 
-# ------------------------------------------------------------------------------------------------ errors
+# ------------------------------------------------------------------------------------------------ colm (sources)
+
+COLM_CHUNKS = [BS * 4, (BS * 2, BS * 7, N - BS * 9), 100, (250, 0, 200, N - 450), N]
+COLM_IDS = ["even", "ragged", "misaligned", "empty", "one"]
 
 
-def test_bad_labels_name_the_argument():
-    X, _, _, _, _, labels = _data()
-    Xd = _dask(X, 200)
-    with pytest.raises(TypeError, match=r"'labels' to be a dask.array.Array.*got numpy.ndarray.*from_array"):
-        select_dask(Xd, None, labels=labels)
-    with pytest.raises(ValueError, match=r"'labels' 1-D.*shape \(700, 1\)"):
-        select_dask(Xd, None, labels=_dask(labels[:, None], 200))
-    with pytest.raises(ValueError, match="'labels' with integer ids.*got dtype float64"):
-        select_dask(Xd, None, labels=_dask(labels.astype(np.float64), 200))
-    with pytest.raises(ValueError, match="'labels' with integer ids.*got dtype bool"):
-        select_dask(Xd, None, labels=_dask(labels > 0, 200))
-    with pytest.raises(ValueError, match=r"'labels' to have one id per row of 'features' \(700\); got 699"):
-        select_dask(Xd, None, labels=_dask(labels[:-1], 200))
-    with pytest.raises(ValueError, match=r"'labels' chunked like 'features' along the rows.*rechunk"):
-        select_dask(Xd, None, labels=_dask(labels, 100))
-    with pytest.raises(ValueError, match=r"'labels' chunked like 'grads'"):
-        select_dask(None, _dask(X, 200), labels=_dask(labels, 300))
-    with pytest.raises(ValueError, match="'labels' with known chunk sizes"):
-        ld = _dask(labels, 200)
-        select_dask(Xd, None, labels=ld[ld >= 0])
-    with pytest.raises(ValueError, match="'groups' applies to strategy='sas' or 'clipcov' only"):
-        select_dask(Xd, None, groups=_dask(labels, 200))
+def _colm_grads(kind, seed=0):
+    X, E, H, G, _, sources = _data(seed=seed)
+    return X, (G if kind == "plain" else ga.LastLayerGrads(E, H)), sources
+
+
+def _colm_pass(X, grads, sources, chunks, ref_state, state, bs=BS, scheduler="sync", key="sources",
+               ref_key="sources", **kw):
+    """One select call and one select_dask pass on the same data, each with its own ColmState (or None)."""
+    n = len(sources)
+    params = dict(kw.pop("strategy_params", {}))
+    ref = ga.select(_cut(X, n, bs), _grads(grads, lambda a: _cut(a, n, bs)), strategy="colm",
+                    **{ref_key: _cut(sources, n, bs)}, strategy_params=dict(params, state=ref_state),
+                    return_info=True, **kw)
+    with dask.config.set(scheduler=scheduler):
+        out = select_dask(_dask(X, chunks), _grads(grads, lambda a: _dask(a, chunks)), batch_size=bs,
+                          strategy="colm", **{key: _dask(sources, chunks)},
+                          strategy_params=dict(params, state=state), **kw)
+        return dask.compute(*out), ref
+
+
+def _assert_same_state(got, ref):
+    assert got.t == ref.t
+    for a, b in ((got.m, ref.m), (got.v, ref.v)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == b.dtype == np.float64
+            np.testing.assert_array_equal(a, b)  # bit for bit
+
+
+@pytest.mark.parametrize("kind", ["plain", "last_layer"])
+@pytest.mark.parametrize("chunks", COLM_CHUNKS, ids=COLM_IDS)
+def test_colm_equals_one_select_call(chunks, kind):
+    X, grads, sources = _colm_grads(kind)
+    _assert_equal(*_colm_pass(X, grads, sources, chunks, None, None, random_state=7, fraction=0.3))
+
+
+@pytest.mark.parametrize("kind", ["plain", "last_layer"])
+@pytest.mark.parametrize("chunks", COLM_CHUNKS[:4], ids=COLM_IDS[:4])
+def test_colm_state_over_two_passes(chunks, kind):
+    """The caller's ColmState moves as under one select call per pass (m, v, t bit for bit); pass 2 reads it."""
+    X, grads, sources = _colm_grads(kind, seed=1)
+    ref_state, state = ga.ColmState(), ga.ColmState()
+    for rs in (3, 4):
+        got, ref = _colm_pass(X, grads, sources, chunks, ref_state, state, random_state=rs, fraction=0.25)
+        _assert_equal(got, ref)
+        _assert_same_state(state, ref_state)
+    assert state.t == 2
+    # a third pass on other data of the same width, with the threaded scheduler
+    X2, grads2, sources2 = _colm_grads(kind, seed=2)
+    got, ref = _colm_pass(X2, grads2, sources2, chunks, ref_state, state, scheduler="threads", random_state=5)
+    _assert_equal(got, ref)
+    _assert_same_state(state, ref_state)
+
+
+@pytest.mark.parametrize("random_state", [0, 1, 12345, 2**40])
+def test_colm_random_states(random_state):
+    X, grads, sources = _colm_grads("last_layer", seed=3)
+    ref_state, state = ga.ColmState(), ga.ColmState()
+    _assert_equal(*_colm_pass(X, grads, sources, 150, ref_state, state, random_state=random_state, fraction=0.2))
+    _assert_same_state(state, ref_state)
+
+
+def test_colm_generator_moves_on_like_one_select_call():
+    X, E, H, _, _, sources = _data(seed=4)
+    g1, g2 = np.random.default_rng(11), np.random.default_rng(11)
+    n = len(sources)
+    s1, s2 = ga.ColmState(), ga.ColmState()
+    ref = ga.select(_cut(X, n, BS), ga.LastLayerGrads(_cut(E, n, BS), _cut(H, n, BS)), strategy="colm",
+                    sources=_cut(sources, n, BS), random_state=g1, strategy_params={"state": s1}, return_info=True)
+    out = select_dask(_dask(X, 200), ga.LastLayerGrads(_dask(E, 200), _dask(H, 200)), batch_size=BS,
+                      strategy="colm", sources=_dask(sources, 200), random_state=g2, strategy_params={"state": s2})
+    _assert_same_state(s2, s1)  # computed when select_dask is called: the state has moved already
+    _assert_equal(dask.compute(*out, scheduler="sync"), ref)
+    assert g1.integers(2**62) == g2.integers(2**62)
+
+
+@pytest.mark.parametrize("case", ["small_int", "small_list", "dims", "budget", "labels", "features_none",
+                                  "betas", "float64_big_batch"])
+def test_colm_params_and_inputs(case):
+    X, grads, sources = _colm_grads("plain" if case in ("dims", "features_none") else "last_layer", seed=5)
+    kw, key, bs = dict(random_state=2, fraction=0.3), "sources", BS
+    if case == "small_int":
+        kw["strategy_params"] = {"small_sources": 2}
+    elif case == "small_list":
+        kw["strategy_params"] = {"small_sources": [-3, 9]}
+    elif case == "dims":
+        kw["strategy_params"] = {"dims": 5}
+    elif case == "budget":
+        kw["budget"] = 90
+    elif case == "labels":  # as in select, labels work as the sources
+        key = "labels"
+    elif case == "features_none":
+        X = None
+    elif case == "betas":
+        kw["strategy_params"] = {"beta1": 0.5, "beta2": 0.75, "eps": 1e-3}
+    else:
+        X, bs = X.astype(np.float64), 300
+    ref_state, state = ga.ColmState(), ga.ColmState()
+    for _ in range(2):
+        got, ref = _colm_pass(X, grads, sources, 130, ref_state, state, bs=bs, key=key, ref_key=key, **dict(kw))
+        _assert_equal(got, ref)
+        _assert_same_state(state, ref_state)
+
+
+def test_colm_one_source_and_rows_below_the_batch():
+    X, E, H, G, _, _ = _data(n=90, seed=6)
+    for sources in (np.full(90, 4), np.random.default_rng(0).integers(0, 3, 90)):
+        ref_state, state = ga.ColmState(), ga.ColmState()
+        for bs in (128, 32):
+            got, ref = _colm_pass(X, G, sources, 40, ref_state, state, bs=bs, random_state=0)
+            _assert_equal(got, ref)
+            _assert_same_state(state, ref_state)
+
+
+def test_colm_groups_hold_whole_sources():
+    """A task holds whole sources: its memory is the largest source's rows (here one source of 60% of them)."""
+    X, _, _, G, _, _ = _data(seed=7)
+    sources = np.where(np.random.default_rng(1).random(N) < 0.6, 0, np.arange(N) % 4 + 1)
+    n = len(sources)
+    edges = np.arange(0, n + 1, 100)
+    hists = [gdask._label_counts(sources[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    _, _, specs, _, _, _ = gdask._class_plan(hists, n, BS, 1, 100, True)
+    for spec in specs:  # no source is cut between two groups
+        assert all(int(c) not in set(other.labels.tolist()) for other in specs if other is not spec
+                   for c in set(spec.labels.tolist()))
+    ref_state, state = ga.ColmState(), ga.ColmState()
+    _assert_equal(*_colm_pass(X, G, sources, 100, ref_state, state, random_state=1))
+    _assert_same_state(state, ref_state)
+
+
+def test_colm_returns_computed_dask_arrays():
+    X, grads, sources = _colm_grads("plain", seed=8)
+    out = select_dask(_dask(X, 200), _dask(grads, 200), batch_size=BS, strategy="colm", sources=_dask(sources, 200))
+    assert all(isinstance(a, da.Array) and not np.isnan(a.shape[0]) for a in out)
+    assert out[0].dtype == np.int64 and out[1].dtype == np.float64 and out[2].dtype == np.int64
+
+
+def test_bad_colm_input():
+    X, E, H, G, _, sources = _data()
+    Xd, Gd, sd = _dask(X, 200), _dask(G, 200), _dask(sources, 200)
+    with pytest.raises(ValueError, match="strategy='colm' needs 'sources'"):
+        select_dask(Xd, Gd, strategy="colm")
+    with pytest.raises(TypeError, match=r"'sources' to be a dask.array.Array.*got numpy.ndarray.*from_array"):
+        select_dask(Xd, Gd, strategy="colm", sources=sources)
+    with pytest.raises(ValueError, match=r"'sources' chunked like 'features' along the rows.*rechunk"):
+        select_dask(Xd, Gd, strategy="colm", sources=_dask(sources, 100))
+    with pytest.raises(ValueError, match=r"'sources' chunked like 'grads'"):
+        select_dask(None, Gd, strategy="colm", sources=_dask(sources, 300))
+    with pytest.raises(ValueError, match=r"'sources' to have one id per row of 'features' \(700\); got 699"):
+        select_dask(Xd, Gd, strategy="colm", sources=_dask(sources[:-1], 200))
+    with pytest.raises(ValueError, match="'sources' with integer ids.*got dtype float64"):
+        select_dask(Xd, Gd, strategy="colm", sources=_dask(sources.astype(np.float64), 200))
+    with pytest.raises(ValueError, match="one of 'labels' and 'sources'"):
+        select_dask(Xd, Gd, strategy="colm", sources=sd, labels=sd)
     with pytest.raises(ValueError, match="'sources' applies to strategy='colm' only"):
-        select_dask(Xd, None, sources=_dask(labels, 200))
-    with pytest.raises(ValueError, match="one of 'labels' and 'groups'"):
-        select_dask(Xd, None, strategy="sas", labels=_dask(labels, 200), groups=_dask(labels, 200))
-    with pytest.raises(TypeError, match="'clipcov' expects 'features' to be a pair"):
-        select_dask(Xd, None, strategy="clipcov", groups=_dask(labels, 200))
-    with pytest.raises(TypeError, match=r"'features\[1\]' to be a dask.array.Array"):
-        select_dask((Xd, X), None, strategy="clipcov", groups=_dask(labels, 200))
+        select_dask(Xd, Gd, strategy="craig", sources=sd)
+    with pytest.raises(ValueError, match="strategy='colm' needs 'grads'"):
+        select_dask(Xd, None, strategy="colm", sources=sd)
+    state = ga.ColmState()
+    state.m, state.v, state.t = np.zeros(5), np.zeros(5), 1
+    with pytest.raises(ValueError, match="holds moments of 5 coordinates, but these gradients have 32"):
+        select_dask(Xd, Gd, strategy="colm", sources=sd, strategy_params={"state": state})
+    with pytest.raises(TypeError, match="graft_array.ColmState"):
+        select_dask(Xd, Gd, strategy="colm", sources=sd, strategy_params={"state": object()})
+    with pytest.raises(ValueError, match="'dims'"):
+        select_dask(Xd, Gd, strategy="colm", sources=sd, strategy_params={"dims": 0})
+    assert state.t == 1 and not state.m.any()  # untouched

@@ -99,6 +99,27 @@ def budgets(ids, counts, total, rule):
     return out
 
 
+def check_state(state, p, func):
+    """A ColmState's moments must have the gradients' ``p`` coordinates (or none yet)."""
+    if state is not None and state.m is not None and int(state.m.shape[0]) != p:
+        raise ValueError(
+            f"{func} with strategy='colm': strategy_params['state'] holds moments of {int(state.m.shape[0])} "
+            f"coordinates, but these gradients have {p}. Pass a fresh ColmState (or call state.reset())."
+        )
+
+
+def move_state(state, xp, parts, grads_kind, positions, b1, b2, moments, t):
+    """Adam's moments to the mean explicit gradient ``g`` of rows ``positions`` of ``parts``; ``moments``: the
+    previous ``(m, v)``, or None for a fresh state (then ``m = (1 - b1) g``, ``v = (1 - b2) g^2``); step ``t``."""
+    from .._agnostic.criterion import _host
+
+    # kept as NumPy float64 on the host: one state serves NumPy, torch and CuPy calls alike
+    g = _host(xp.mean(_explicit(xp, parts, grads_kind, np.asarray(positions, dtype=np.int64)), axis=0))
+    state.m = (1.0 - b1) * g if moments is None else b1 * moments[0] + (1.0 - b1) * g
+    state.v = (1.0 - b2) * g * g if moments is None else b2 * moments[1] + (1.0 - b2) * g * g
+    state.t = t
+
+
 def prepare(xp, parts, grads_kind, lab, total, params):
     """CoLM's rows for the call: ((U,), "plain", budgets, finish).
 
@@ -111,11 +132,7 @@ def prepare(xp, parts, grads_kind, lab, total, params):
     b1, b2, eps = params["beta1"], params["beta2"], params["eps"]
     ids, counts = np.unique(lab, return_counts=True)
     p = int(parts[0].shape[-1]) if grads_kind == "plain" else int(parts[0].shape[-1]) * (int(parts[1].shape[-1]) + 1)
-    if state is not None and state.m is not None and int(state.m.shape[0]) != p:
-        raise ValueError(
-            f"select with strategy='colm': strategy_params['state'] holds moments of {int(state.m.shape[0])} "
-            f"coordinates, but these gradients have {p}. Pass a fresh ColmState (or call state.reset())."
-        )
+    check_state(state, p, "select")
     fresh = state is None or state.m is None
     m0 = 0.0 if fresh else xp.asarray(state.m, dtype=xp.float64, device=device_of(parts[0]))
     v0 = 0.0 if fresh else xp.asarray(state.v, dtype=xp.float64, device=device_of(parts[0]))
@@ -138,13 +155,7 @@ def prepare(xp, parts, grads_kind, lab, total, params):
     def finish(positions):
         if state is None or len(positions) == 0:
             return
-        from .._agnostic.criterion import _host
-
-        # kept as NumPy float64 on the host: one state serves NumPy, torch and CuPy calls alike
-        g = _host(xp.mean(_explicit(xp, parts, grads_kind, np.asarray(positions, dtype=np.int64)), axis=0))
-        state.m = (1.0 - b1) * g if fresh else b1 * state.m + (1.0 - b1) * g
-        state.v = (1.0 - b2) * g * g if fresh else b2 * state.v + (1.0 - b2) * g * g
-        state.t = t
+        move_state(state, xp, parts, grads_kind, positions, b1, b2, None if fresh else (state.m, state.v), t)
 
     return (U,), "plain", budgets(ids, counts, total, params["small_sources"]), finish
 
