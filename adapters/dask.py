@@ -61,7 +61,7 @@ _FUNC = "select_dask"
 
 #: the strategies select_dask runs, with or without ``labels`` (each equal to one select call over all the batches)
 SUPPORTED = ("graft", "random", "craig", "gradmatch", "crest", "adacore", "mkdt", "pdd")
-#: the strategies select_dask runs with explicit ``groups`` only (their default groups are one k-means of all rows)
+#: the strategies whose tasks take whole latent groups (``groups``, default: select's k-means of all the rows)
 GROUPED = ("sas", "clipcov")
 #: the strategies select_dask runs with ``sources`` only (CoLM: whole sources per task, its ColmState updated on the
 #: client; computed when select_dask is called)
@@ -792,11 +792,13 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
     are computed (``persist()`` them if they come from something random):
     a change is caught with a RuntimeError.
 
-    ``"sas"`` / ``"clipcov"`` (:data:`GROUPED`) need ``groups``, a dask array
+    ``"sas"`` / ``"clipcov"`` (:data:`GROUPED`) take ``groups``, a dask array
     like ``labels`` (or ``labels`` itself), and ``"clipcov"`` takes
-    ``features=(image_emb, text_emb)``, two dask arrays. Without them select
-    would cluster the embeddings of all the rows by one k-means fit, which
-    ``select_dask`` does not run: compute the groups first. Their tasks take
+    ``features=(image_emb, text_emb)``, two dask arrays. Without groups,
+    select's default: one task fits select's k-means (its seed, its
+    ``n_groups``) on the embeddings of all the rows, which needs them all
+    (n x d) on one worker; the groups are persisted for the passes that read
+    them. Pass groups you computed to keep that off one worker. Their tasks take
     whole groups (select takes the groups of a call as its own classes, so a
     call on part of a group would re-cut it): memory per task is the largest
     group's rows.
@@ -882,12 +884,7 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
             f"{_FUNC} with strategy={strategy!r} needs 'sources': a dask array of one int source id per row, "
             "chunked like the rows (each task selects whole sources). Got None."
         )
-    if strategy in GROUPED and not given:
-        raise ValueError(
-            f"{_FUNC} with strategy={strategy!r} needs 'groups': a dask array of one int latent-group id per row, "
-            "chunked like 'features'. select's default, k-means of the embeddings of all the rows, is one fit over "
-            f"the whole dataset, which {_FUNC} does not run; compute the groups first and pass them. Got None."
-        )
+    kmeans_groups = strategy in GROUPED and not given  # select's default: k-means of all the rows, one task
     class_name, class_ids = next(iter(given.items()), (None, None))
     colm_params = None
     if strategy in SOURCED:  # checked here (select's checks and messages): the client needs them after the pass
@@ -948,6 +945,10 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
                 f"worker); got row chunks {_short(a.chunks[0])} against {_short(rows)}. Rechunk it with "
                 f"{nm}.rechunk({{0: {labels_of[0]}.chunks[0]}})."
             )
+    rng = check_random_state(random_state, "random_state", _FUNC)
+    state = rng.bit_generator.state
+    if kmeans_groups:
+        class_name, class_ids = "groups", _kmeans_groups(arrays[0], strategy, select_kwargs, rng)
     if class_ids is not None:  # the shuffle forms the class chunks: any row chunks will do
         _check_class_ids(class_ids, class_name, n, rows, labels_of[0])
     elif not _aligned_chunks(n, rows, batch_size):
@@ -959,8 +960,6 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
         colm_state = colm_params["state"]
         colm, quotas = _colm_plan(strategy, grads_kind, arrays, names, user_params, colm_params)
 
-    rng = check_random_state(random_state, "random_state", _FUNC)
-    state = rng.bit_generator.state
     rng.integers(2**63)  # the caller's generator moves on as after one select call
     kwargs = dict(select_kwargs, fraction=fraction, budget=budget)
     plan = _Plan(batch_size, tuple(names), grads_kind, kwargs, type(rng.bit_generator), state, colm)
@@ -1006,6 +1005,27 @@ def select_dask(features, grads=None, *, batch_size=128, fraction=0.25, random_s
                   for p in parts]
         outs.append(da.concatenate(pieces) if len(pieces) > 1 else pieces[0])
     return tuple(outs)
+
+
+def _kmeans_groups(emb, strategy, select_kwargs, rng):
+    """select's default latent groups of "sas" / "clipcov": k-means of the embeddings of all the rows.
+
+    One task fits it on every row (``_family.kmeans_labels`` on the rows in order, with the seed one select
+    call draws), so that the groups are select's; the fit needs all the embeddings (n x d) on one worker.
+    Persisted: the class counts, the shuffle and (budget="call") its second pass read the same labels.
+    """
+    from .. import _family
+
+    params = _family.check_params(strategy, select_kwargs.get("strategy_params"))
+    seed = int(generator_at(type(rng.bit_generator), rng.bit_generator.state).integers(2**63))  # select's draw
+    fit = dask.delayed(_kmeans_fit, pure=True)(emb.to_delayed().ravel().tolist(), params["n_groups"], seed)
+    return da.from_delayed(fit, shape=(emb.shape[0],), dtype=np.int64).rechunk({0: emb.chunks[0]}).persist()
+
+
+def _kmeans_fit(blocks, n_groups, seed):
+    from .._family import kmeans_labels
+
+    return kmeans_labels(np.concatenate([np.asarray(b) for b in blocks], axis=0), None, n_groups, seed)
 
 
 def _colm_plan(strategy, grads_kind, arrays, names, user_params, params):

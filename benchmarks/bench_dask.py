@@ -300,24 +300,30 @@ def main(argv=None):
                 ("call", small, True, False), ("batch", small, True, True)]}
     out_dir = os.path.join(args.root, "selection")
     for workers in (1, 2):
-        lc, client, pids = cluster(workers, args.memory_limit)
-        try:
-            run_select_dask(client, pids, paths, 4 * chunk_rows, "call")  # warm-up: imports, zarr, the graph
-            for budget, n, per_chunk, labels in plan[workers]:
+        for budget, n, per_chunk, labels in plan[workers]:
+            # a fresh cluster for each run (a worker's resident memory does not shrink between runs), then a
+            # warm-up run of 4 chunks: imports, zarr, the graph
+            lc, client, pids = cluster(workers, args.memory_limit)
+            try:
+                run_select_dask(client, pids, paths, 4 * chunk_rows, budget, None, labels)
                 dt, dpeak, peak, out, nchunks = run_select_dask(client, pids, paths, n, budget,
                                                                 out_dir if per_chunk else None, labels)
-                results[(workers, budget, n, per_chunk, labels)] = out
-                how = "written per chunk" if per_chunk else "gathered"
-                rows.append(dict(what=f"select_dask, {workers} worker(s), budget={budget!r}"
-                                      f"{', labels' if labels else ''}, {how}", n=n,
-                                 t=dt, peak=dpeak, peak_abs=peak, nchunks=nchunks, sel=len(out[0])))
-                print(f"  {rows[-1]['what']} n={n:,}: {dt:.1f} s", flush=True)
-            if workers == 2:
-                shutil.rmtree(os.path.join(args.root, "data"), ignore_errors=True)  # disk and page cache for V
-                mv = bench_maxvol(args.root, args.maxvol_rows, 32, 32, client, args.lu_max_rows)
-        finally:
-            client.close()
-            lc.close()
+            finally:
+                client.close()
+                lc.close()
+            results[(workers, budget, n, per_chunk, labels)] = out
+            how = "written per chunk" if per_chunk else "gathered"
+            rows.append(dict(what=f"select_dask, {workers} worker(s), budget={budget!r}"
+                                  f"{', labels' if labels else ''}, {how}", n=n,
+                             t=dt, peak=dpeak, peak_abs=peak, nchunks=nchunks, sel=len(out[0])))
+            print(f"  {rows[-1]['what']} n={n:,}: {dt:.1f} s", flush=True)
+    shutil.rmtree(os.path.join(args.root, "data"), ignore_errors=True)  # disk and page cache for V
+    lc, client, pids = cluster(2, args.memory_limit)
+    try:
+        mv = bench_maxvol(args.root, args.maxvol_rows, 32, 32, client, args.lu_max_rows)
+    finally:
+        client.close()
+        lc.close()
 
     same = all(np.array_equal(a, b) for a, b in zip(results[(1, "batch", small, True, False)],
                                                     results[(2, "batch", small, True, False)]))
@@ -327,16 +333,16 @@ def main(argv=None):
     one = next(r for r in rows if r["what"].startswith("select_dask, 1"))
     rate1 = one["n"] / one["t"]
     print()
-    print(f"{'task':<66} {'rows':>11} {'time':>8} {'rows/s':>10} {'peak RSS +':>11} {'vs select_dataset':>17} "
-          f"{'vs 1 worker':>11}")
+    print(f"{'task':<66} {'rows':>11} {'time':>8} {'rows/s':>10} {'peak RSS +':>11} {'peak RSS':>9} "
+          f"{'vs select_dataset':>17} {'vs 1 worker':>11}")
     for r in rows:
         rate = r["n"] / r["t"]
         vs1 = f"{rate / rate1:.2f}x" if r["what"].startswith("select_dask") else ""
-        print(f"{r['what']:<66} {r['n']:>11,} {r['t']:>7.1f}s {rate:>10,.0f} {r['peak'] / 2**20:>8.0f} MiB "
-              f"{rate / rate0:>16.2f}x {vs1:>11}")
+        print(f"{r['what']:<66} {r['n']:>11,} {r['t']:>7.1f}s {rate:>10,.0f} {r['peak'] / 2**20:>7.0f} MiB "
+              f"{r['peak_abs'] / 2**20:>5.0f} MiB {rate / rate0:>16.2f}x {vs1:>11}")
     print("  (rows/s ratios; peak RSS +: the largest increase of one process's resident memory during the run "
-          "over its resident memory before, per worker for select_dask; a worker's absolute peak: "
-          f"{max(r['peak_abs'] for r in rows[1:]) / 2**20:.0f} MiB)")
+          "over its resident memory before; peak RSS: the largest resident memory of one process (per worker for "
+          "select_dask: fresh worker processes for each run, after a warm-up run of 4 chunks))")
     print(f"  select_dask with 1 and 2 workers gave the same indices and weights: {same}; written per chunk and "
           f"gathered gave the same: {same_io}")
     sel = next(r for r in rows if r["what"].startswith("select_dask, 2") and r["n"] == big and "gathered" in r["what"])

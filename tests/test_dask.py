@@ -117,9 +117,6 @@ def test_every_strategy_is_supported_or_refused():
     assert set(NAMES) - set(SUPPORTED) - set(GROUPED) == {"colm"}  # CoLM: whole sources, see test_dask_labels.py
     with pytest.raises(ValueError, match="strategy='colm' needs 'sources'"):
         select_dask(_dask(X, 256), None, strategy="colm")
-    for strategy in GROUPED:  # their default groups are one k-means fit over all the rows
-        with pytest.raises(ValueError, match="needs 'groups'"):
-            select_dask(_dask(X, 256), None, strategy=strategy)
 
 
 @pytest.mark.parametrize("budget", ["call", "batch", 300])

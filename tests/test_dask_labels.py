@@ -265,14 +265,34 @@ def test_groups_equal_one_select_call(strategy, chunks):
                              strategy_params={"penalty": False}))
 
 
+@pytest.mark.parametrize("chunks", [BS * 3, 110, (250, 0, 200, N - 450)], ids=["aligned", "misaligned", "empty"])
+@pytest.mark.parametrize("strategy", GROUPED)
+def test_groups_default_kmeans_equals_one_select_call(strategy, chunks):
+    """Without groups: select's k-means of all the rows (one task, select's seed), then the grouped path."""
+    X, *_ = _data(seed=14)
+    T = np.random.default_rng(15).standard_normal((N, 7))
+    features = (X, T) if strategy == "clipcov" else X
+    params = {"n_groups": 4}
+    for random_state in (5, 2**40):
+        ref = ga.select(_cut(features, N, BS), None, strategy=strategy, strategy_params=params, fraction=0.2,
+                        random_state=random_state, return_info=True)
+        out = select_dask(_dask(features, chunks), None, batch_size=BS, strategy=strategy, strategy_params=params,
+                          fraction=0.2, random_state=random_state)
+        with dask.config.set(scheduler="sync"):
+            _assert_equal(dask.compute(*out), ref)
+    g_ref, g = np.random.default_rng(3), np.random.default_rng(3)  # a Generator moves on by select's one draw
+    ref = ga.select(_cut(features, N, BS), None, strategy=strategy, random_state=g_ref, return_info=True)
+    out = select_dask(_dask(features, chunks), None, batch_size=BS, strategy=strategy, random_state=g)
+    with dask.config.set(scheduler="sync"):
+        _assert_equal(dask.compute(*out), ref)
+    assert g.integers(2**63) == g_ref.integers(2**63)
+
+
 def test_every_strategy_is_supported_grouped_or_sourced():
     X, *_, labels = _data()
     Xd = _dask(X, 200)
     assert set(SUPPORTED) | set(GROUPED) | set(SOURCED) == set(ga.strategies.NAMES)
     assert SOURCED == ("colm",) and not gdask._UNSUPPORTED
-    for strategy in GROUPED:
-        with pytest.raises(ValueError, match=f"strategy='{strategy}' needs 'groups'.*k-means"):
-            select_dask(Xd, None, strategy=strategy)
     with pytest.raises(ValueError, match="strategy='colm' needs 'sources'"):
         select_dask(Xd, _dask(X, 200), strategy="colm")
 
