@@ -11,6 +11,7 @@ shortfall from the same stream.
 import numpy as np
 from numba import njit, prange
 
+from .. import _numba  # noqa: F401  (first: the stamped cache locators of the kernels below)
 from .._agnostic import criterion
 
 __all__ = ["random_keys_nb", "random_subset_nb", "random_keys", "random_subset", "run"]
