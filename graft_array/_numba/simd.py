@@ -274,24 +274,7 @@ def _transpose_block(typingctx, W, i0, X, rows, c0):
             load.align = 1
             v.append(load)
 
-        def sh(a, b, idx):
-            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), vw), idx))
-
-        if vw == 4:
-            t0, t1 = sh(v[0], v[1], [0, 4, 2, 6]), sh(v[0], v[1], [1, 5, 3, 7])
-            t2, t3 = sh(v[2], v[3], [0, 4, 2, 6]), sh(v[2], v[3], [1, 5, 3, 7])
-            out = [sh(t0, t2, [0, 1, 4, 5]), sh(t1, t3, [0, 1, 4, 5]),
-                   sh(t0, t2, [2, 3, 6, 7]), sh(t1, t3, [2, 3, 6, 7])]
-        else:
-            ulo, uhi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
-            t = []
-            for k in range(4):
-                t += [sh(v[2 * k], v[2 * k + 1], ulo), sh(v[2 * k], v[2 * k + 1], uhi)]
-            slo, shi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-            q = [sh(t[0], t[2], slo), sh(t[0], t[2], shi), sh(t[1], t[3], slo), sh(t[1], t[3], shi),
-                 sh(t[4], t[6], slo), sh(t[4], t[6], shi), sh(t[5], t[7], slo), sh(t[5], t[7], shi)]
-            lo, hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
-            out = [sh(q[k], q[k + 4], lo) for k in range(4)] + [sh(q[k], q[k + 4], hi) for k in range(4)]
+        out = _shuffle_transpose(builder, v, vw)
         for k in range(vw):
             st = builder.store(out[k], builder.bitcast(ptr(wa, tys[0], [builder.add(c0v, ir.Constant(intp, k)), i0v]),
                                                        vptr))
@@ -299,6 +282,26 @@ def _transpose_block(typingctx, W, i0, X, rows, c0):
         return context.get_dummy_value()
 
     return types.none(W, i0, X, rows, c0), codegen
+
+
+def _shuffle_transpose(builder, v, vw):
+    """In-register transpose of the ``vw`` vectors ``v`` (``vw`` x ``vw``; the AVX unpack / shuffle / lane pattern)."""
+    def sh(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), vw), idx))
+
+    if vw == 4:
+        t0, t1 = sh(v[0], v[1], [0, 4, 2, 6]), sh(v[0], v[1], [1, 5, 3, 7])
+        t2, t3 = sh(v[2], v[3], [0, 4, 2, 6]), sh(v[2], v[3], [1, 5, 3, 7])
+        return [sh(t0, t2, [0, 1, 4, 5]), sh(t1, t3, [0, 1, 4, 5]), sh(t0, t2, [2, 3, 6, 7]), sh(t1, t3, [2, 3, 6, 7])]
+    ulo, uhi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = []
+    for k in range(4):
+        t += [sh(v[2 * k], v[2 * k + 1], ulo), sh(v[2 * k], v[2 * k + 1], uhi)]
+    slo, shi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    q = [sh(t[0], t[2], slo), sh(t[0], t[2], shi), sh(t[1], t[3], slo), sh(t[1], t[3], shi),
+         sh(t[4], t[6], slo), sh(t[4], t[6], shi), sh(t[5], t[7], slo), sh(t[5], t[7], shi)]
+    lo, hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return [sh(q[k], q[k + 4], lo) for k in range(4)] + [sh(q[k], q[k + 4], hi) for k in range(4)]
 
 
 @intrinsic
