@@ -38,10 +38,19 @@ Rows are zeroed, not swapped: the selected row of each lane is set to zero in
 that lane's remaining columns (each column just before its panel pass, see :func:`_ccore`).
 
 Measured against :func:`._deim_batched` on a quiet 2-core AMD EPYC (AVX2), 2
-threads, same process, alternating, best of 30-60 (the pivots checked equal):
-400 x 128 x 32 float64 1.06x, float32 1.36x; 1000 x 64 x 16 float64 1.26x,
-float32 2.10x; 2000 x 32 x 8 float64 1.57x; 400 x 512 x 32 float64 1.27x;
-400 x 128 x 24 float64 1.11x; but 100 x 256 x 64 float64 0.98x, float32 0.97x.
+threads, same process, alternating, best of 60 (the pivots checked equal):
+400 x 128 x 32 float64 1.16x, float32 1.39x; 1000 x 64 x 16 float64 1.40x,
+float32 2.08x; 2000 x 32 x 8 float64 1.72x; 400 x 512 x 32 float64 1.34x;
+400 x 128 x 24 float64 1.27x; earlier (before the load's fix below) 100 x 256 x 64
+float64 0.98x, float32 0.97x.
+
+The interleaving load (:func:`_cload`) carries only one max and one sum of
+``x 0`` per row block from block to block: a dependent FMA per vector (the
+NaN flag) made it latency-bound, at about 4 cycles a vector (0.46 ms of the
+2.5 ms that 400 x 128 x 32 float64 took on one thread; 0.30 ms now). No
+software prefetch of the next group: it measured 2.5% slower with ``V`` in
+the cache and 17% slower with ``V`` in memory than the hardware prefetchers,
+and loading the next group a slice per step was 13% slower (both tried).
 The number of fused multiply-adds is the same as the single-batch kernel's; the
 saving on reductions and per-step work is partly eaten by the group's L2-sized
 working set (the single-batch buffer of 128 x 32 float64 is 36 KB and lives in
