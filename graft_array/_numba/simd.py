@@ -465,16 +465,24 @@ def _vfnma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-@intrinsic
-def _vmul(typingctx, a, b):
-    """``a * b`` lane by lane."""
-    if not (isinstance(a, _Vec) and a == b):
-        return None
+def _lanewise(op, doc):
+    """An intrinsic ``f(a, b)``: the IEEE operation ``op`` (an llvmlite builder method) on two vectors, lane by lane."""
 
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], args[1])
+    def typer(typingctx, a, b):
+        if not (isinstance(a, _Vec) and a == b):
+            return None
 
-    return a(a, b), codegen
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+_vmul = _lanewise("fmul", "``a * b`` lane by lane.")
+_vdiv = _lanewise("fdiv", "``a / b`` lane by lane.")
 
 
 @intrinsic
@@ -846,13 +854,3 @@ def _vgather(typingctx, A, c, idx):
     return vt(A, c, idx), codegen
 
 
-@intrinsic
-def _vdiv(typingctx, a, b):
-    """``a / b`` lane by lane."""
-    if not (isinstance(a, _Vec) and a == b):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fdiv(args[0], args[1])
-
-    return a(a, b), codegen
