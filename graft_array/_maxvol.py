@@ -143,9 +143,8 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
     _warn_rank(ranks, kk, k, batched)
     if refine:
         _warn_skipped(iterations, k, batched)
-    converged = np.asarray(converged, dtype=bool)
-    if refine and not converged.all():
-        bad = int(np.count_nonzero(~converged))
+    bad = len(converged) - int(np.count_nonzero(converged)) if refine else 0
+    if bad:
         where = f" in {bad} of {len(converged)} batches" if batched else ""
         warnings.warn(
             f"maxvol refinement did not reach max|B| <= tol={tol} within max_iters={max_iters} swaps{where}; "
