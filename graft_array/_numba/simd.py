@@ -415,9 +415,7 @@ def _vbcast(typingctx, A, i, j):
     def codegen(context, builder, sig, args):
         p = _elt_ptr(context, builder, sig.args[0], args[0], sig.args[1:], args[1:])
         x = builder.load(p)
-        vty = context.get_value_type(vt)
-        v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0] * vt.lanes))
+        return _splat(builder, x, vt.lanes)
 
     return vt(A, i, j), codegen
 
@@ -430,10 +428,7 @@ def _vsplat(typingctx, A, x):
     vt = _Vec(A.dtype)
 
     def codegen(context, builder, sig, args):
-        xv = context.cast(builder, args[1], sig.args[1], A.dtype)
-        vty = context.get_value_type(vt)
-        v = builder.insert_element(ir.Constant(vty, ir.Undefined), xv, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0] * vt.lanes))
+        return _splat(builder, context.cast(builder, args[1], sig.args[1], A.dtype), vt.lanes)
 
     return vt(A, x), codegen
 
@@ -540,6 +535,20 @@ class _VecIModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(ir.IntType(fe_type.dtype.bitwidth), fe_type.lanes))
 
 
+def _splat(builder, x, lanes):
+    """The scalar IR value ``x`` in every one of ``lanes`` lanes (insert, then a zero-mask shuffle: one broadcast)."""
+    vty = ir.VectorType(x.type, lanes)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _splat_int(builder, x, bits, lanes):
+    """The integer ``x`` (truncated or sign-extended to ``bits``) in every one of ``lanes`` lanes."""
+    ity = ir.IntType(bits)
+    x = builder.trunc(x, ity) if bits < x.type.width else (builder.sext(x, ity) if bits > x.type.width else x)
+    return _splat(builder, x, lanes)
+
+
 @intrinsic
 def _viota(typingctx, A, i):
     """Lane indices ``[i, i + 1, ..., i + lanes - 1]`` for vectors of ``A``'s dtype."""
@@ -548,12 +557,8 @@ def _viota(typingctx, A, i):
     it = _VecI(A.dtype)
 
     def codegen(context, builder, sig, args):
-        ity = ir.IntType(A.dtype.bitwidth)
-        vty = ir.VectorType(ity, it.lanes)
-        x = builder.trunc(args[1], ity) if ity.width < args[1].type.width else args[1]
-        v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-        v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), it.lanes), [0] * it.lanes))
-        return builder.add(v, ir.Constant(vty, list(range(it.lanes))))
+        v = _splat_int(builder, args[1], A.dtype.bitwidth, it.lanes)
+        return builder.add(v, ir.Constant(v.type, list(range(it.lanes))))
 
     return it(A, i), codegen
 
@@ -788,13 +793,7 @@ def _visplat(typingctx, A, i):
     it = _VecI(A.dtype)
 
     def codegen(context, builder, sig, args):
-        ity = ir.IntType(A.dtype.bitwidth)
-        vty = ir.VectorType(ity, it.lanes)
-        x = args[1]
-        x = builder.trunc(x, ity) if ity.width < x.type.width else (
-            builder.sext(x, ity) if ity.width > x.type.width else x)
-        v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), it.lanes), [0] * it.lanes))
+        return _splat_int(builder, args[1], A.dtype.bitwidth, it.lanes)
 
     return it(A, i), codegen
 
