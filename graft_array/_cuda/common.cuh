@@ -3,7 +3,7 @@
 // Compiled by NVRTC for the GPU and, in the tests, by the system C++ compiler with
 // shim.h (each thread a std::thread, blocks one after another). Only what the shim
 // expresses is used: __syncthreads, __shfl_down_sync with the full mask, __shared__
-// arrays, threadIdx / blockIdx / blockDim, and plain C math (fabs, sqrt, frexp, ldexp).
+// arrays, threadIdx / blockIdx / blockDim, and plain C math (fabs, sqrt, frexp, ldexp, fma, fmaf).
 #pragma once
 
 #define GRAFT_FULL_MASK 0xffffffffu
@@ -11,6 +11,11 @@
 namespace graft {
 
 typedef long long i64;
+
+// c - a b rounded once: the elimination update of graft_array._numba's kernels (simd._vfnma,
+// llvm.fma(-a, b, c)). Explicit, so that --fmad does not change it and every backend rounds alike.
+__device__ __forceinline__ float fnma(float a, float b, float c) { return fmaf(-a, b, c); }
+__device__ __forceinline__ double fnma(double a, double b, double c) { return fma(-a, b, c); }
 
 // The reductions' total order on (value, index) pairs: the larger value first,
 // then the lower index. Inactive entries carry a value below every live one.

@@ -7,8 +7,10 @@
 // search's tie rule "lowest row index" is the contract of every graft_array kernel
 // (see graft_array.testing). Per step: a warp-shuffle argmax over (|value|, row)
 // with that total order, the pivot row through shared memory, one rank-1 update of
-// the remaining rows. The decisions are those of graft_array._numba.maxvol's
-// _deim_batched: the same tolerance rank_factor(n, r) eps max|V_b|, the same exact power-of-two
+// the remaining rows, in the Numba kernels' arithmetic (U's row = pivot row times the
+// rounded 1 / pivot, then row -= a U by one fused multiply-add per entry), so that the
+// values, not only the decisions, are those of graft_array._numba.maxvol's
+// _deim_batched, with or without --fmad: the same tolerance rank_factor(n, r) eps max|V_b|, the same exact power-of-two
 // scaling of a batch whose max|V_b| leaves the elimination band, the same fill row
 // (the free row of largest Euclidean norm, in float64) for a step at or below the
 // tolerance, and a batch with a NaN or an infinity flagged (bad = 1) and skipped.
@@ -91,20 +93,20 @@ __device__ __forceinline__ void deim_batched(const T* __restrict__ V, int n, int
         if (i == 0) piv[(i64)b * kk + j] = p;
         if (i == p) {
             cand = false;
-            if (ok) {
+            if (ok) {  // U's row: the pivot row times 1 / pivot, rounded as the Numba kernels round it
+                const T f = (T)1 / row[j];
 #pragma unroll
                 for (int c = 0; c < R; ++c)
-                    if (c >= j) s_row[c] = row[c];
+                    if (c > j) s_row[c] = row[c] * f;
             }
         }
         if (ok) {
             ++rank;
             __syncthreads();
-            if (cand) {
-                const T l = a / s_row[j];
+            if (cand) {  // unscaled multiplier a, one fused multiply-add per entry (simd._vfnma)
 #pragma unroll
                 for (int c = 0; c < R; ++c)
-                    if (c > j && c < kk) row[c] = row[c] - l * s_row[c];
+                    if (c > j && c < kk) row[c] = fnma(a, s_row[c], row[c]);
             }
             __syncthreads();  // s_row is written again at the next accepted step
         }

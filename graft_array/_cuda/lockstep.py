@@ -8,9 +8,39 @@ compiler is at hand.
 """
 
 import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
 
 from .._common import rank_tol_factor
 from .._numba.checks import unit_scale
+from .._numba.simd import _vec_call
+
+
+@intrinsic
+def _fnma1(typingctx, a, b, c):
+    """``c - a b`` rounded once (``llvm.fma(-a, b, c)``): common.cuh's ``fnma``, exactly (NumPy has no fma)."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y, z = args
+        return _vec_call(builder, f"llvm.fma.f{a.bitwidth}", x.type, [builder.fneg(x), y, z])
+
+    return a(a, b, c), codegen
+
+
+@njit
+def _fnma_flat(a, b, c, out):
+    for t in range(out.shape[0]):
+        out[t] = _fnma1(a[t], b[t], c[t])
+
+
+def fnma(a, b, c):
+    """``c - a b`` rounded once, elementwise and broadcast, in the arrays' common dtype."""
+    a, b, c = np.broadcast_arrays(a, b, c)
+    out = np.empty(c.shape, dtype=c.dtype)
+    _fnma_flat(*(np.ascontiguousarray(x, dtype=c.dtype).reshape(-1) for x in (a, b, c)), out.reshape(-1))
+    return out
 
 
 def _better(va, ia, vb, ib):
@@ -93,8 +123,8 @@ def deim_batched(V, kk):
             if ok:
                 rank[b] += 1
                 live = np.nonzero(cand[:n])[0]
-                if j + 1 < kk:
-                    lmul = W[live, j] / W[p, j]  # in the batch's dtype, as the kernel
-                    W[np.ix_(live, np.arange(j + 1, kk))] = (
-                        W[np.ix_(live, np.arange(j + 1, kk))] - lmul[:, None] * W[p, j + 1:kk][None, :])
+                if j + 1 < kk:  # in the batch's dtype, as the kernel: U's row = pivot row x rounded 1 / pivot,
+                    u = W[p, j + 1:kk] * (T(1) / W[p, j])  # then one fused multiply-add per entry
+                    cols = np.ix_(live, np.arange(j + 1, kk))
+                    W[cols] = fnma(W[live, j][:, None], u[None, :], W[cols])
     return piv, rank, bad

@@ -94,14 +94,17 @@ __device__ __forceinline__ void deim_tile(const T* __restrict__ V, int n, int r,
             picks[j] = p;
             live[p] = 0;
         }
-        for (int c = j + t; c < kt; c += blockDim.x) prow[c] = W[(i64)c * s + p];
+        if (ok) {  // U's row: the pivot row times the rounded 1 / pivot (the Numba kernels' arithmetic)
+            const T f = (T)1 / W[(i64)j * s + p];
+            for (int c = j + 1 + t; c < kt; c += blockDim.x) prow[c] = W[(i64)c * s + p] * f;
+        }
         __syncthreads();
         if (ok) {
             ++rank;
             for (int i = t; i < s; i += blockDim.x)
-                if (live[i]) {
-                    const T l = W[(i64)j * s + i] / prow[j];
-                    for (int c = j + 1; c < kt; ++c) W[(i64)c * s + i] = W[(i64)c * s + i] - l * prow[c];
+                if (live[i]) {  // unscaled multiplier, one fused multiply-add per entry (simd._vfnma)
+                    const T a = W[(i64)j * s + i];
+                    for (int c = j + 1; c < kt; ++c) W[(i64)c * s + i] = fnma(a, prow[c], W[(i64)c * s + i]);
                 }
         }
         __syncthreads();
