@@ -85,6 +85,22 @@ def test_every_kernel_instance_compiles_to_a_cubin(src, arch):
 
 
 @needs_nvrtc
+def test_a_generated_instance_compiles_alone():
+    """A launch compiles one instance of deim_warp.cu (seconds), not all of them (a minute)."""
+    from cupy.cuda import nvrtc
+
+    text = build.full_source("deim_warp.cu", "deim_warp_f32_r8_q2")
+    assert text.count("GRAFT_DEIM_WARP_INSTANCE(") == 2  # the macro's definition and the one instance
+    prog = nvrtc.createProgram(text, "deim_warp.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, build.nvrtc_options("sm_90"))
+        res = build.resources(nvrtc.getProgramLog(prog))
+    finally:
+        nvrtc.destroyProgram(prog)
+    assert set(res) == {"deim_warp_f32_r8_q2"}
+
+
+@needs_nvrtc
 def test_a_broken_source_fails_with_the_compiler_log(monkeypatch):
     real = build.source
     monkeypatch.setattr(build, "source", lambda name: real(name).replace("block_max(amax, s_val)", "block_max(amax)"))
@@ -129,10 +145,11 @@ def _cases(rng, dt):
 
 
 @needs_cxx
+@pytest.mark.parametrize("warp", [False, None])
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_shim_runs_the_kernel_and_matches_numba_and_lapack(dt, rng):
+def test_shim_runs_the_kernel_and_matches_numba_and_lapack(dt, warp, rng):
     for V, kk in _cases(rng, dt):
-        piv, rank, bad = _bounded(cdeim.emulate_deim_batched, V, kk)
+        piv, rank, bad = _bounded(lambda V, kk: cdeim.emulate_deim_batched(V, kk, warp=warp), V, kk)
         want_piv, want_rank = _numba(V, kk)
         np.testing.assert_array_equal(piv, want_piv)
         np.testing.assert_array_equal(rank, want_rank)
@@ -142,7 +159,8 @@ def test_shim_runs_the_kernel_and_matches_numba_and_lapack(dt, rng):
 
 
 @needs_cxx
-def test_shim_ties_fill_rows_scaling_and_nonfinite_batches(rng):
+@pytest.mark.parametrize("warp", [False, True])
+def test_shim_ties_fill_rows_scaling_and_nonfinite_batches(warp, rng):
     V = rng.standard_normal((7, 40, 6))
     V[0] = np.round(V[0])  # many exact ties: the lowest row index wins
     V[1] = 0.0  # every step a fill row
@@ -151,7 +169,7 @@ def test_shim_ties_fill_rows_scaling_and_nonfinite_batches(rng):
     V[4] *= 1e-300
     V[5, 11, 2] = np.nan
     V[6, 0, 0] = np.inf
-    piv, rank, bad = _bounded(cdeim.emulate_deim_batched, V, 6)
+    piv, rank, bad = _bounded(lambda V, kk: cdeim.emulate_deim_batched(V, kk, warp=warp), V, 6)
     np.testing.assert_array_equal(bad, [0, 0, 0, 0, 0, 1, 1])
     good = V[:5]
     want_piv, want_rank = _numba(good, 6)
@@ -161,7 +179,62 @@ def test_shim_ties_fill_rows_scaling_and_nonfinite_batches(rng):
     for b in range(5):
         np.testing.assert_array_equal(piv[b], reference_deim(good[b], 6)[0])
     f32 = (V[:5] * 1e-290).astype(np.float32)  # float32 with subnormal-free, band-crossing values
-    np.testing.assert_array_equal(_bounded(cdeim.emulate_deim_batched, f32, 6)[0], _numba(f32, 6)[0])
+    np.testing.assert_array_equal(_bounded(lambda V, kk: cdeim.emulate_deim_batched(V, kk, warp=warp), f32, 6)[0],
+                                  _numba(f32, 6)[0])
+
+
+@needs_cxx
+@given(st.integers(1, 6), st.integers(1, 256), st.integers(1, 32), st.integers(1, 32),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
+@example(B=6, n=2, r=2, kk=1, dt=np.float32, seed=0)  # a -0.0 candidate: its sign bit once outranked 1.0
+def test_shim_warp_kernel_is_the_numba_kernel(B, n, r, kk, dt, seed):
+    """The warp kernel (one warp per batch, rows in registers): Numba's pivots and ranks, bit for bit, with
+    ties, duplicate rows, rank-deficient, zero, band-crossing and non-finite batches among the others."""
+    kk = min(kk, r, n)
+    if cdeim.warp_instance(dt, n, r, kk) is None:
+        with pytest.raises(ValueError, match="warp=True needs"):
+            cdeim.emulate_deim_batched(np.zeros((1, n, r), dt), kk, warp=True)
+        return
+    rng = np.random.default_rng(seed)
+    V = rng.standard_normal((B, n, r)).astype(dt)
+    kinds = rng.permutation(6)[:B]
+    for b, kind in enumerate(kinds):
+        if kind == 1:
+            V[b] = np.round(V[b])  # ties
+        elif kind == 2 and r > 1:
+            V[b, :, r // 2:] = V[b, :, :r - r // 2]  # rank deficient: fill rows
+        elif kind == 3:
+            V[b] = 0.0
+        elif kind == 4:
+            V[b] *= dt(1e-30) if dt == np.float32 else 1e-300  # out of the elimination band: scaled
+        elif kind == 5:
+            V[b, rng.integers(n), rng.integers(r)] = np.nan
+    piv, rank, bad = _bounded(lambda V, kk: cdeim.emulate_deim_batched(V, kk, warp=True), V, kk)
+    fin = np.isfinite(V).all(axis=(1, 2))
+    np.testing.assert_array_equal(bad, ~fin)
+    np.testing.assert_array_equal(piv[~fin], np.broadcast_to(np.arange(kk), (int((~fin).sum()), kk)))
+    if fin.any():
+        want_piv, want_rank = _numba(V[fin], kk)
+        np.testing.assert_array_equal(piv[fin], want_piv)
+        np.testing.assert_array_equal(rank[fin], want_rank)
+
+
+def test_warp_instances_cover_their_shapes():
+    names = {n for n, _ in build.KERNELS["deim_warp.cu"]}
+    assert names == set(build.GENERATED["deim_warp.cu"])  # one generated line per declared instance
+    assert cdeim.warp_instance(np.float32, 128, 32, 32) == "deim_warp_f32_r32_q4"
+    assert cdeim.warp_instance(np.float64, 128, 32, 32) is None  # 256 registers of rows: the block kernel
+    assert cdeim.warp_instance(np.float64, 64, 32, 32) == "deim_warp_f64_r32_q2"
+    assert cdeim.warp_instance(np.float32, 257, 8, 8) is None and cdeim.warp_instance(np.float32, 6, 6, 6) == \
+        "deim_warp_f32_r8_q1"
+    assert cdeim.warp_instance(np.float32, 100, 40, 12) is None  # r > 32: the block kernel
+    assert cdeim.warp_instance(np.float32, 4, 8, 4) == "deim_warp_f32_r8_q1"
+    assert cdeim.warp_instance(np.float32, 3, 8, 4) is None  # n < kk
+    for dt in (np.float32, np.float64):
+        for n in range(1, 257):
+            for r in (1, 7, 8, 9, 16, 17, 31, 32):
+                w = cdeim.warp_instance(dt, n, r, min(r, n))
+                assert w is None or w in names
 
 
 def _gram_problem(rng, B, kk, d, *, deficient=True):
@@ -465,10 +538,11 @@ def test_lockstep_fnma_is_one_rounding():
 
 
 @needs_cxx
-def test_shim_equals_lockstep(rng):
+@pytest.mark.parametrize("warp", [False, True])
+def test_shim_equals_lockstep(warp, rng):
     V = rng.standard_normal((3, 45, 10)).astype(np.float32)
     V[1, 20:] = V[1, :25]
-    got = _bounded(cdeim.emulate_deim_batched, V, 10)
+    got = _bounded(lambda V, kk: cdeim.emulate_deim_batched(V, kk, warp=warp), V, 10)
     want = lockstep.deim_batched(V, 10)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
@@ -493,16 +567,42 @@ gpu = pytest.mark.skipif(not _gpu_available(), reason="needs a CUDA device")
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("warp", [False, None])
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_gpu_kernel_equals_numba(dt, rng):
+def test_gpu_kernel_equals_numba(dt, warp, rng):
     import cupy
 
     for V, kk in _cases(rng, dt):
-        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False)
+        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False, warp=warp)
         want_piv, want_rank = _numba(V, kk)
         np.testing.assert_array_equal(piv.get(), want_piv)
         np.testing.assert_array_equal(rank.get(), want_rank)
         assert not bad.get().any()
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("shape", [(128, 32), (64, 32), (200, 16), (33, 8)])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_gpu_warp_kernel_equals_numba_on_mixed_batches(dt, shape, rng):
+    """Thousands of batches through the warp kernel (where it has an instance): ties, rank-deficient, zero,
+    band-crossing and non-finite batches among random ones; Numba's pivots and ranks, and the block kernel's."""
+    import cupy
+
+    n, r = shape
+    V = rng.standard_normal((3000, n, r)).astype(dt)
+    V[1::6] = np.round(V[1::6])
+    V[2::6, :, r // 2:] = V[2::6, :, :r - r // 2]
+    V[3::6] = 0.0
+    V[4::6] *= dt(1e-30) if dt == np.float32 else 1e-300
+    V[5::6, 3, 1] = np.inf
+    fin = np.isfinite(V).all(axis=(1, 2))
+    want_piv, want_rank = _numba(V[fin], r)
+    for warp in (None, False):
+        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), r, fmad=False, warp=warp)
+        np.testing.assert_array_equal(bad.get(), ~fin)
+        np.testing.assert_array_equal(piv.get()[fin], want_piv)
+        np.testing.assert_array_equal(rank.get()[fin], want_rank)
 
 
 @pytest.mark.gpu
@@ -648,6 +748,58 @@ def test_gpu_select_and_maxvol_equal_the_numpy_path(rng):
     out = ga.maxvol(t, 16)
     assert out.device.type == "cuda"
     np.testing.assert_array_equal(out.cpu().numpy(), ga.maxvol(V, 16))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_launchers_capture_into_a_graph_with_launches_independent_of_the_batches(rng, monkeypatch):
+    """No host synchronisation inside the kernels' launchers: a stream capture would be invalidated by one (a
+    device-to-host copy or a stream sync raises during capture); the replayed graph gives the direct results;
+    the number of kernel launches does not depend on the number of batches."""
+    import cupy
+
+    from graft_array._cuda import rect as crect
+    from graft_array._cuda import refine as cref
+    from graft_array._cuda import tournament as ctour
+    from graft_array._cuda import volume as cvol
+
+    def work(V):
+        piv, rank, _ = cdeim.deim_batched(V, 16)
+        vpiv, _ = cvol.volume_batched(V, 16)
+        tpiv, _ = ctour.tournament(V, 16, 40)
+        ext = crect.rect_extend(V, piv, rank, 40)
+        ref = piv.copy()
+        cref.refine(V, ref, rank, 1.01, 20)
+        return piv, vpiv, tpiv, ext, ref
+
+    launches = []
+    real = build.function
+
+    def counted(*a, **k):
+        fn = real(*a, **k)
+        return lambda *args, **kw: (launches.append(a[1]), fn(*args, **kw))[1]
+
+    monkeypatch.setattr(build, "function", counted)
+    counts = []
+    for B in (3, 300):
+        V = cupy.asarray(rng.standard_normal((B, 128, 16)).astype(np.float32))
+        direct = work(V)
+        cupy.cuda.Device().synchronize()
+        counts.append(len(launches))
+        launches.clear()
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            try:
+                captured = work(V)
+            finally:
+                graph = stream.end_capture()
+            graph.launch()
+        stream.synchronize()
+        launches.clear()
+        for got, want in zip(captured, direct):
+            np.testing.assert_array_equal(got.get(), want.get())
+    assert counts[0] == counts[1] >= 5
 
 
 def test_bench_gpu_runs_or_says_there_is_no_device(tmp_path):
@@ -857,5 +1009,6 @@ def test_gpu_session_script_parses_and_runs_its_steps():
     out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     text = script.read_text()
-    for step in ("check-gpu", "-m gpu", "bench_gpu.py --out"):
+    for step in ("gpu_warm.py", "check-gpu --compile-only", "check-gpu >", "-m gpu", "bench_gpu.py --quick",
+                 "bench_gpu.py --repeats"):
         assert step in text

@@ -27,6 +27,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: source file -> its kernel instances: (C name, argument C types for the shim's entry)
 _DEIM_ARGS = ("const {T}*", "int", "int", "int", "double", "long long*", "long long*", "int*")
 DEIM_RANKS = (8, 16, 32, 64)
+#: the warp kernel's instances: (dtype suffix, R) -> its Q values (rows per lane), Q R <= 128 registers of data
+DEIM_WARP = {("f32", 8): (1, 2, 4, 8), ("f32", 16): (1, 2, 4, 8), ("f32", 32): (1, 2, 4),
+             ("f64", 8): (1, 2, 4, 8), ("f64", 16): (1, 2, 4), ("f64", 32): (1, 2)}
+_C_TYPE = {"f32": "float", "f64": "double"}
+_DEIM_WARP_ARGS = ("const {T}*", "int", "int", "int", "int", "double", "long long*", "long long*", "int*")
 RHO_SIZES = (32, 64)
 RECT_RANKS = (16, 64)  # also greedy volume's
 _TILE_ARGS = ("const {T}*", "int", "int", "int", "const long long*", "int", "int", "const double*", "double", "{T}*",
@@ -47,7 +52,10 @@ _RECT_ARGS = ("const {T}*", "const long long*", "const long long*", "int", "int"
 _RHO_ARGS = ("const double*", "const double*", "const double*", "int", "double", "double*", "unsigned char*")
 KERNELS = {
     "deim.cu": [(f"deim_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _DEIM_ARGS))
-                for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS],
+                for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS]
+,
+    "deim_warp.cu": [(f"deim_warp_{suf}_r{R}_q{Q}", tuple(a.format(T=_C_TYPE[suf]) for a in _DEIM_WARP_ARGS))
+                     for (suf, R), qs in DEIM_WARP.items() for Q in qs],
     "criterion.cu": [(f"rho_curve_k{K}", _RHO_ARGS) for K in RHO_SIZES],
     "facility.cu": [("facility_location", ("const double*", "int", "int", "double*", "long long*", "double*"))],
     "gradmatch.cu": [("gradmatch_pursuit", ("const double*", "const double*", "const double*", "int", "int",
@@ -98,8 +106,23 @@ def _inline_includes(text):
     return re.sub(r'^#include "([^"]+)"\s*$', sub, text, flags=re.M)
 
 
-def full_source(name):
-    return _inline_includes(source(name))
+#: sources whose instances are generated here (one macro line each), not written in the file: a launch
+#: compiles only the instance it runs (all of deim_warp.cu's take about a minute of NVRTC)
+GENERATED = {
+    "deim_warp.cu": {f"deim_warp_{suf}_r{R}_q{Q}": f"GRAFT_DEIM_WARP_INSTANCE({_C_TYPE[suf]}, {suf}, {R}, {Q})"
+                     for (suf, R), qs in DEIM_WARP.items() for Q in qs},
+}
+
+
+def instance_lines(name, only=None):
+    """The generated instance lines of source ``name`` (every instance, or the one named ``only``)."""
+    lines = GENERATED.get(name, {})
+    return "".join(line + "\n" for k, line in lines.items() if only is None or k == only)
+
+
+def full_source(name, only=None):
+    """Source ``name`` with its headers inlined and its generated instances (all, or the one ``only``)."""
+    return _inline_includes(source(name)) + instance_lines(name, only)
 
 
 def nvrtc_options(arch="sm_90", *, fmad=True, verbose=True):
@@ -158,6 +181,7 @@ def _entry_source():
     parts = ['#include "shim.h"']
     for name, kernels in KERNELS.items():
         parts.append(f'#include "{name}"')
+        parts.append(instance_lines(name))
         for kname, args in kernels:
             params = ", ".join(f"{a} a{i}" for i, a in enumerate(args))
             names = ", ".join(f"a{i}" for i in range(len(args)))
@@ -185,7 +209,7 @@ def emulator():
         raise RuntimeError("the CUDA emulation needs a C++20 compiler (g++ >= 11 or clang++); none found "
                            "(set CXX).")
     src = _entry_source()
-    key = hashlib.sha256((src + "".join(source(n) for n in (*KERNELS, "common.cuh", "shim.h"))).encode())
+    key = hashlib.sha256((src + "".join(source(n) for n in (*KERNELS, "common.cuh", "elim.cuh", "shim.h"))).encode())
     out_dir = tempfile.mkdtemp(prefix="graft_array_shim_")
     lib = os.path.join(out_dir, f"shim_{key.hexdigest()[:16]}.so")
     cpp = os.path.join(out_dir, "entry.cpp")
@@ -225,13 +249,15 @@ def emulate(kernel, grid, block, *args):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(name, fmad):
+def _module(name, fmad, only):
     import cupy
 
-    return cupy.RawModule(code=full_source(name), options=tuple(o for o in nvrtc_options(verbose=False, fmad=fmad)
-                                                                if not o.startswith("--gpu-architecture")))
+    return cupy.RawModule(code=full_source(name, only),
+                          options=tuple(o for o in nvrtc_options(verbose=False, fmad=fmad)
+                                        if not o.startswith("--gpu-architecture")))
 
 
 def function(name, kernel, *, fmad=True):
-    """The ``cupy.RawKernel`` of instance ``kernel`` of source ``name`` (compiled once, cached by CuPy)."""
-    return _module(name, fmad).get_function(kernel)
+    """The ``cupy.RawKernel`` of instance ``kernel`` of source ``name`` (compiled once, cached by CuPy): the
+    whole source, or, for a source with generated instances, the source with that one instance."""
+    return _module(name, fmad, kernel if name in GENERATED else None).get_function(kernel)

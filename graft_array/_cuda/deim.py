@@ -18,14 +18,44 @@ def instance(dtype, kk):
     return build.sized("deim_batched_r", build.DEIM_RANKS, kk, dtype)
 
 
+WARPS = 4  # batches per block of the warp kernel (GRAFT_WARPS in deim.cu)
+
+
+def warp_instance(dtype, n, r, kk):
+    """The warp kernel's instance for batches of n x r and kk pivots, or None where it does not apply.
+
+    It takes r <= 32 columns and n <= 256 rows (n >= kk), held in registers: Q = 1, 2, 4 or 8 rows per lane,
+    as many as :data:`build.DEIM_WARP` compiles for the dtype and R, the smallest of 8, 16, 32 >= r.
+    """
+    if not (1 <= kk <= r <= 32 and kk <= n):
+        return None
+    R = next(R for R in (8, 16, 32) if R >= r)
+    Q = next((q for q in (1, 2, 4, 8) if 32 * q >= n), None)
+    suf = build.suffix(dtype)
+    if Q is None or Q not in build.DEIM_WARP.get((suf, R), ()):
+        return None
+    return f"deim_warp_{suf}_r{R}_q{Q}"
+
+
+def _choose(dtype, n, r, kk, warp):
+    """The warp kernel's instance, or None for the block kernel (``warp``: None where it applies, True, False)."""
+    wname = warp_instance(dtype, n, r, kk) if warp is not False else None
+    if warp and wname is None:
+        raise ValueError(f"deim_batched: warp=True needs n <= 256 rows, kk <= r <= 32 columns and n >= kk (and an "
+                         f"instance for the dtype); got n={n}, r={r}, kk={kk} ({np.dtype(dtype).name})")
+    return wname
+
+
 def _block(n):
     return max(32, -(-n // 32) * 32)
 
 
-def deim_batched(V, kk, *, fmad=True):
+def deim_batched(V, kk, *, fmad=True, warp=None):
     """``(piv (B, kk) int64, rank (B,) int64, bad (B,) int32)`` of the CuPy array ``V`` (B, n, r), on its device.
 
-    One launch for all batches, on CuPy's current stream; no host synchronisation.
+    One launch for all batches, on CuPy's current stream; no host synchronisation. ``warp``: the warp
+    kernel (one warp per batch, see :func:`warp_instance`) where it applies (None, the default), always
+    (True: ValueError where it does not apply) or never (False: the block kernel, a thread per row).
     """
     import cupy
 
@@ -34,20 +64,31 @@ def deim_batched(V, kk, *, fmad=True):
     piv = cupy.empty((B, kk), dtype=cupy.int64)
     rank = cupy.empty(B, dtype=cupy.int64)
     bad = cupy.empty(B, dtype=cupy.int32)
+    wname = _choose(V.dtype, n, r, kk, warp)
     if B:
-        fn = build.function("deim.cu", instance(V.dtype, kk), fmad=fmad)
         eps = float(np.finfo(V.dtype).eps)
-        fn((B,), (_block(n),), (V, np.int32(n), np.int32(r), np.int32(kk), np.float64(eps), piv, rank, bad))
+        if wname is not None:
+            fn = build.function("deim_warp.cu", wname, fmad=fmad)
+            fn((-(-B // WARPS),), (32 * WARPS,), (V, np.int32(B), np.int32(n), np.int32(r), np.int32(kk),
+                                                  np.float64(eps), piv, rank, bad))
+        else:
+            fn = build.function("deim.cu", instance(V.dtype, kk), fmad=fmad)
+            fn((B,), (_block(n),), (V, np.int32(n), np.int32(r), np.int32(kk), np.float64(eps), piv, rank, bad))
     return piv, rank, bad
 
 
-def emulate_deim_batched(V, kk):
-    """The same kernel on a NumPy array, run by the CPU shim (slow: one std::thread per GPU thread)."""
+def emulate_deim_batched(V, kk, *, warp=None):
+    """The same kernels on a NumPy array, run by the CPU shim (slow: one std::thread per GPU thread), chosen as
+    :func:`deim_batched` chooses them (``warp``: None, True or False)."""
     V = np.ascontiguousarray(V)
     B, n, r = V.shape
     piv = np.zeros((B, kk), dtype=np.int64)
     rank = np.zeros(B, dtype=np.int64)
     bad = np.zeros(B, dtype=np.int32)
-    if B:
-        build.emulate(instance(V.dtype, kk), B, _block(n), V, n, r, kk, float(np.finfo(V.dtype).eps), piv, rank, bad)
+    eps = float(np.finfo(V.dtype).eps)
+    wname = _choose(V.dtype, n, r, kk, warp)
+    if B and wname is not None:
+        build.emulate(wname, -(-B // WARPS), 32 * WARPS, V, B, n, r, kk, eps, piv, rank, bad)
+    elif B:
+        build.emulate(instance(V.dtype, kk), B, _block(n), V, n, r, kk, eps, piv, rank, bad)
     return piv, rank, bad

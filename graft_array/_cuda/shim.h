@@ -96,6 +96,26 @@ V __shfl_down_sync(unsigned, V v, int delta) {
     return graft_shim::exchange(v, lane + delta < 32 ? lane + delta : lane);
 }
 
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+template <typename V>
+V __shfl_sync(unsigned, V v, int src_lane) {
+    return graft_shim::exchange(v, src_lane & 31);
+}
+
+// every lane of the warp meets here (the per-warp barrier of the shuffles)
+inline void __syncwarp(unsigned = 0xffffffffu) { graft_shim::cur->warp_bar[threadIdx.x >> 5]->arrive_and_wait(); }
+
 template <typename V>
 V __shfl_xor_sync(unsigned, V v, int mask) {
     return graft_shim::exchange(v, (int)(threadIdx.x & 31) ^ mask);

@@ -11,19 +11,9 @@
 // The pivot search scans each thread's rows in increasing order and keeps the first
 // largest, then the block argmax keeps the lowest row: ties go to the lowest row index.
 #include "common.cuh"
+#include "elim.cuh"
 
 namespace graft {
-
-template <typename T>
-struct TileElimBand;
-template <> struct TileElimBand<float> {
-    static __device__ __forceinline__ double lo() { return 8.673617379884035e-19; }
-    static __device__ __forceinline__ double hi() { return 1.152921504606847e+18; }
-};
-template <> struct TileElimBand<double> {
-    static __device__ __forceinline__ double lo() { return 3.054936363499605e-151; }
-    static __device__ __forceinline__ double hi() { return 3.273390607896142e+150; }
-};
 
 template <typename T>
 __device__ __forceinline__ void deim_tile(const T* __restrict__ V, int n, int r, int kk,
@@ -48,7 +38,7 @@ __device__ __forceinline__ void deim_tile(const T* __restrict__ V, int n, int r,
     unsigned char* live = alive + base;
 
     const double vmax = amax_b[b];
-    const double sc = ((vmax >= TileElimBand<T>::lo() && vmax <= TileElimBand<T>::hi()) || vmax == 0.0)
+    const double sc = ((vmax >= ElimBand<T>::lo() && vmax <= ElimBand<T>::hi()) || vmax == 0.0)
                           ? 1.0 : unit_scale(vmax);
     const double tol = rank_factor(n, r) * eps * (vmax * sc);
     const bool nband = vmax == 0.0 || (vmax >= 8.636168555094445e-78 && vmax * sqrt((double)r) <= 1.157920892373162e+77);
