@@ -3,6 +3,7 @@
     python benchmarks/bench_gpu.py                 # on a machine with a CUDA device and the [gpu] extra
     python benchmarks/bench_gpu.py --quick         # smaller problems
     python benchmarks/bench_gpu.py --out DIR       # also write gpu.md there
+    python benchmarks/bench_gpu.py --tables deim   # only some of the tables (deim, select, tall)
 
 Tables (each time the median of ``--repeats`` runs, CUDA events around the work):
 
@@ -16,7 +17,7 @@ Tables (each time the median of ``--repeats`` runs, CUDA events around the work)
   CPU cores (the same problem, 64 batches of 128 rows per call).
 
 * tall DEIM (one tile of every row) and the tournament (the CPU path's default
-  tiles) on one 1e7 x 64 float32 matrix (1e6 with ``--quick``) against
+  tiles) on one 2e6 x 64 float32 matrix (1e6 with ``--quick``) against
   ``cupyx.scipy.linalg.lu_factor`` (getrf, partial pivoting) on it.
 
 Without a device the script says so and exits 0. Nothing here asserts anything.
@@ -27,6 +28,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -62,9 +64,17 @@ def bandwidth(repeats):
     return 2 * x.nbytes / t / 1e9
 
 
-def deim_rows(sizes, repeats, bw):
+def _time_subset(fn, B, m, repeats):
+    """Seconds for all B batches, timed on the first m (<= B) and scaled by B / m: the peers that loop or
+    launch per matrix would take minutes on a million batches; m is in the table's header."""
+    m = min(B, m)
+    return _time_gpu(lambda: fn(m), repeats) * B / m
+
+
+def deim_rows(sizes, repeats, bw, peer_batches):
     import cupy
     import torch
+    from cupyx.scipy.linalg import lu_factor
 
     from graft_array._cuda import deim as cdeim
 
@@ -72,15 +82,16 @@ def deim_rows(sizes, repeats, bw):
     for dt in (np.float32, np.float64):
         for B in sizes:
             V = cupy.random.default_rng(0).standard_normal((B, 128, 32), dtype=dt)
-            t = _time_gpu(lambda: cdeim.deim_batched(V, 32), repeats)
+            t = _time_gpu(lambda: cdeim.deim_batched(V, 32), repeats)  # the warp kernel where it applies
+            tb = _time_gpu(lambda: cdeim.deim_batched(V, 32, warp=False), repeats)  # a thread per row
             tv = torch.from_dlpack(V)
-            tt = _time_gpu(lambda: torch.linalg.lu_factor(tv), repeats)
-            from cupyx.scipy.linalg import lu_factor
-
-            m = min(B, 100)
-            tl = _time_gpu(lambda: [lu_factor(V[b]) for b in range(m)], max(1, repeats // 2)) * B / m
+            tt = _time_subset(lambda m: torch.linalg.lu_factor(tv[:m]), B, peer_batches, repeats)
+            tl = _time_subset(lambda m: [lu_factor(V[b]) for b in range(m)], B, 100, max(1, repeats // 2))
             gbs = V.nbytes / t / 1e9
-            rows.append((np.dtype(dt).name, B, B / t, gbs, gbs / bw, tt / t, tl / t))
+            kernel = "warp" if cdeim.warp_instance(V.dtype, 128, 32, 32) else "block"
+            rows.append((np.dtype(dt).name, B, kernel, B / t, gbs, gbs / bw, tb / t, tt / t, tl / t))
+            V = tv = None  # free the stack before the next size
+            cupy.get_default_memory_pool().free_all_blocks()
     return rows
 
 
@@ -123,6 +134,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tables", default="deim,select,tall", help="which tables, comma-separated (default: all)")
+    ap.add_argument("--peer-batches", type=int, default=10_000, help="torch.linalg.lu_factor is timed on at most "
+                    "this many batches and scaled (default 10000)")
     args = ap.parse_args(argv)
     try:
         import cupy
@@ -135,31 +149,56 @@ def main(argv=None):
         print("# no CUDA device; nothing to measure")
         return 0
     props = cupy.cuda.runtime.getDeviceProperties(0)
-    lines = [f"# graft_array {graft_array.__version__} GPU benchmark, {time.strftime('%Y-%m-%d')}",
-             f"# device: {props['name'].decode()}, host: {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} logical CPUs"]
+    lines = []
+
+    def emit(*new):
+        """Print as measured, and keep gpu.md current: a run cut short still leaves its tables."""
+        lines.extend(new)
+        print("\n".join(new), flush=True)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "gpu.md"), "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+
+    emit(f"# graft_array {graft_array.__version__} GPU benchmark, {time.strftime('%Y-%m-%d')}",
+         f"# device: {props['name'].decode()}, host: {platform.processor() or platform.machine()}, "
+         f"{os.cpu_count()} logical CPUs")
     bw = bandwidth(args.repeats)
-    lines.append(f"# device copy bandwidth: {bw:.0f} GB/s (read + write)")
-    sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
-    lines += ["", "| dtype | batches of 128 x 32 | batches/s | GB/s | share of copy bandwidth | "
-              "vs torch.linalg.lu_factor | vs a CuPy lu_factor loop |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for dt, B, bps, gbs, share, vt, vl in deim_rows(sizes, args.repeats, bw):
-        lines.append(f"| {dt} | {B} | {bps:.3g} | {gbs:.1f} | {100 * share:.1f}% | {vt:.1f}x | {vl:.0f}x |")
-    n_tall = 1_000_000 if args.quick else 10_000_000
-    lines += ["", f"| {n_tall:.0e} x 64, float32 | time | speed-up over lu_factor |", "|---|---:|---:|"]
-    for name, t, ratio in tall_rows(n_tall, 64, args.repeats):
-        lines.append(f"| {name} | {1000 * t:.1f} ms | {ratio:.1f}x |")
-    cpu, gpu = select_rows(args.repeats)
-    lines += ["", "| select, 64 batches of 128 x 64 (float32) | Numba on the CPU | GPU | GPU speed-up |",
-              "|---|---:|---:|---:|", f"| fraction 0.25 | {1000 * cpu:.1f} ms | {1000 * gpu:.1f} ms | "
-              f"{cpu / gpu:.1f}x |"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "gpu.md"), "w") as fh:
-            fh.write(text + "\n")
-    return 0
+    emit(f"# device copy bandwidth: {bw:.0f} GB/s (read + write)")
+    failed = []
+
+    def deim_table():
+        sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
+        emit("", "| dtype | batches of 128 x 32 | kernel | batches/s | GB/s | share of copy bandwidth | "
+             "vs the block kernel (a thread per row) | "
+             f"vs torch.linalg.lu_factor (on {args.peer_batches} batches, scaled) | vs a CuPy lu_factor loop "
+             "(on 100, scaled) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|")
+        for dt, B, kern, bps, gbs, share, vb, vt, vl in deim_rows(sizes, args.repeats, bw, args.peer_batches):
+            emit(f"| {dt} | {B} | {kern} | {bps:.3g} | {gbs:.1f} | {100 * share:.1f}% | {vb:.2f}x | {vt:.1f}x | "
+                 f"{vl:.0f}x |")
+
+    def select_table():
+        cpu, gpu = select_rows(args.repeats)
+        emit("", "| select, 64 batches of 128 x 64 (float32) | Numba on the CPU | GPU | GPU speed-up |",
+             "|---|---:|---:|---:|", f"| fraction 0.25 | {1000 * cpu:.1f} ms | {1000 * gpu:.1f} ms | "
+             f"{cpu / gpu:.1f}x |")
+
+    def tall_table():
+        n_tall = 1_000_000 if args.quick else 2_000_000
+        emit("", f"| {n_tall:.0e} x 64, float32 | time | speed-up over lu_factor |", "|---|---:|---:|")
+        for name, t, ratio in tall_rows(n_tall, 64, min(args.repeats, 2)):  # one tile of 2e6 rows is slow
+            emit(f"| {name} | {1000 * t:.1f} ms | {ratio:.1f}x |")
+
+    chosen = set(args.tables.split(","))
+    for table in (deim_table, select_table, tall_table):
+        if table.__name__.removesuffix("_table") not in chosen:
+            continue
+        try:
+            table()
+        except Exception:  # noqa: BLE001 - report it, measure the other tables, fail at the end
+            failed.append(table.__name__)
+            emit("", f"# {table.__name__} FAILED:", *("#   " + ln for ln in traceback.format_exc().splitlines()))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
