@@ -102,6 +102,11 @@ __device__ __forceinline__ double rank_factor(long long n, long long r) {
     return (double)(m > r ? m : r);
 }
 
+// graft_array._numba.maxvol._in_band: a float64 norm of r entries of largest |entry| amax needs no scaling.
+__device__ __forceinline__ bool norm_in_band(double amax, int r) {
+    return amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
+}
+
 // 2^k with m 2^k in [1/2, 1), k clamped to [-1022, 1023]; 1 for 0 or a non-finite m
 // (graft_array._numba.checks.unit_scale).
 __device__ __forceinline__ double unit_scale(double m) {
@@ -128,7 +133,7 @@ __device__ __forceinline__ double load_row64(const T* Vb, int i, int n, int r, d
             amax = fabs(v) > amax ? fabs(v) : amax;
         }
     amax = block_max(amax, s_val);
-    const bool band = amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
+    const bool band = norm_in_band(amax, r);
     const double sc = band ? 1.0 : unit_scale(amax);
     if (live) {
         double q = 0.0;

@@ -40,17 +40,11 @@ __device__ __forceinline__ void deim_batched(const T* __restrict__ V, int n, int
     }
     const double vmax = block_max(amax, s_val);
     if (block_max(nonfinite, s_val) > 0.0) {
-        for (int j = i; j < kk; j += blockDim.x) piv[(i64)b * kk + j] = j;
-        if (i == 0) {
-            rank_out[b] = 0;
-            bad_out[b] = 1;
-        }
+        flag_nonfinite(piv + (i64)b * kk, kk, i, blockDim.x, rank_out + b, bad_out + b);
         return;
     }
-    const double sc = ((vmax >= ElimBand<T>::lo() && vmax <= ElimBand<T>::hi()) || vmax == 0.0) ? 1.0
-                                                                                                : unit_scale(vmax);
-    const double tol = rank_factor(n, r) * eps * (vmax * sc);
-    const double nsc = norm_in_band(vmax, r) ? 1.0 : unit_scale(vmax);
+    const Elim e = elim_setup<T>(vmax, n, r, eps);
+    const double sc = e.sc, tol = e.tol, nsc = e.nsc;
 
     T row[R];
     double nrm = -1.0;

@@ -113,17 +113,11 @@ __device__ __forceinline__ void deim_warp(const T* __restrict__ V, int B, int n,
     }
     const double vmax = warp_allmax(amax);
     if (warp_allmax(nonfinite) > 0.0) {
-        if (lane < kk) piv[(i64)b * kk + lane] = lane;
-        if (lane == 0) {
-            rank_out[b] = 0;
-            bad_out[b] = 1;
-        }
+        flag_nonfinite(piv + (i64)b * kk, kk, lane, 32, rank_out + b, bad_out + b);
         return;
     }
-    const double sc = ((vmax >= ElimBand<T>::lo() && vmax <= ElimBand<T>::hi()) || vmax == 0.0) ? 1.0
-                                                                                                : unit_scale(vmax);
-    const double tol = rank_factor(n, r) * eps * (vmax * sc);
-    const double nsc = norm_in_band(vmax, r) ? 1.0 : unit_scale(vmax);
+    const Elim e = elim_setup<T>(vmax, n, r, eps);
+    const double sc = e.sc, tol = e.tol, nsc = e.nsc;
     double nrm[Q];
     bool cand[Q];
 #pragma unroll

@@ -40,7 +40,7 @@ __device__ __forceinline__ void refine(const T* __restrict__ V, i64* __restrict_
         amax = v > amax ? v : amax;
     }
     amax = block_max(amax, s_val);
-    const bool band = amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
+    const bool band = norm_in_band(amax, r);
     const double sc = band ? 1.0 : unit_scale(amax);
     const double stol = rank_factor(n, r) * eps * amax * sc;
     if (i == 0) {  // Gauss-Jordan with partial pivoting (graft_array._numba.rect._inverse)

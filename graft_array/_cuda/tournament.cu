@@ -38,11 +38,8 @@ __device__ __forceinline__ void deim_tile(const T* __restrict__ V, int n, int r,
     unsigned char* live = alive + base;
 
     const double vmax = amax_b[b];
-    const double sc = ((vmax >= ElimBand<T>::lo() && vmax <= ElimBand<T>::hi()) || vmax == 0.0)
-                          ? 1.0 : unit_scale(vmax);
-    const double tol = rank_factor(n, r) * eps * (vmax * sc);
-    const bool nband = vmax == 0.0 || (vmax >= 8.636168555094445e-78 && vmax * sqrt((double)r) <= 1.157920892373162e+77);
-    const double nsc = nband ? 1.0 : unit_scale(vmax);
+    const Elim e = elim_setup<T>(vmax, n, r, eps);
+    const double sc = e.sc, tol = e.tol, nsc = e.nsc;
     for (int i = t; i < s; i += blockDim.x) {
         const T* x = Vb + cb[i] * r;
         for (int c = 0; c < kt; ++c) W[(i64)c * s + i] = sc == 1.0 ? x[c] : (T)((double)x[c] * sc);

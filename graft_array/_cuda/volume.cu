@@ -115,7 +115,7 @@ namespace graft {
 template <typename T>
 __device__ __forceinline__ double tall_scale(const double* stats, int r) {
     const double amax = stats[0];
-    const bool band = amax == 0.0 || (amax >= 8.636168555094445e-78 && amax * sqrt((double)r) <= 1.157920892373162e+77);
+    const bool band = norm_in_band(amax, r);
     return band ? 1.0 : unit_scale(amax);
 }
 
