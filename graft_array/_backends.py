@@ -57,7 +57,7 @@ ROUTINES = {
     },
     "tall_deim": {
         "numba": "graft_array._numba.deim:_deim_rowpar",
-        "cuda": "graft_array._cuda.tournament:tournament",
+        "cuda": "graft_array._cuda.deim:deim_tall",
         "array_api": "graft_array._agnostic.maxvol:_deim",
     },
     "tournament": {

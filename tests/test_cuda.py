@@ -219,6 +219,29 @@ def test_shim_warp_kernel_is_the_numba_kernel(B, n, r, kk, dt, seed):
         np.testing.assert_array_equal(rank[fin], want_rank)
 
 
+@needs_cxx
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_shim_tall_deim_is_the_numba_kernel(dt, rng):
+    """deim_tall.cu over a grid of blocks (each step a scan and a commit): the Numba kernel's pivots and ranks
+    with ties across blocks, duplicate rows, rank deficiency (fill rows), a zero matrix and a band-crossing one."""
+    V = rng.standard_normal((5, 1300, 12)).astype(dt)
+    V[0] = np.round(V[0])  # many exact ties, across the blocks' slices
+    V[1, 1100] = V[1, 3]
+    V[2, :, 6:] = V[2, :, :6]  # rank 6: fill rows
+    V[3] = 0.0
+    V[4] *= dt(1e-30) if dt == np.float32 else 1e-300
+    piv, rank = _bounded(cdeim.emulate_deim_tall, V, 12)
+    want_piv, want_rank = _numba(V, 12)
+    np.testing.assert_array_equal(piv, want_piv)
+    np.testing.assert_array_equal(rank, want_rank)
+    np.testing.assert_array_equal(rank, [12, 12, 6, 0, 12])
+    one = _bounded(lambda V, kk: cdeim.emulate_deim_tall(V, kk, threads=32, max_blocks=7), V[1:2, :, :9], 9)
+    np.testing.assert_array_equal(one[0], _numba(V[1:2, :, :9], 9)[0])
+    assert cdeim.fits_tall(1, 1300, 12) and not cdeim.fits_tall(0, 1300, 12) and not cdeim.fits_tall(1, 5, 6)
+    with pytest.raises(ValueError, match="got B=1, n=5, kk=6"):
+        cdeim.emulate_deim_tall(np.zeros((1, 5, 6)), 6)
+
+
 def test_warp_instances_cover_their_shapes():
     names = {n for n, _ in build.KERNELS["deim_warp.cu"]}
     assert names == set(build.GENERATED["deim_warp.cu"])  # one generated line per declared instance
@@ -409,7 +432,7 @@ def test_shim_refine_makes_the_numba_swaps(dt, rng):
 @needs_cxx
 def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     """The cuda entry's plan (DEIM, volume or the tournament, then the extension) with the kernels run by the
-    shim, and the tall DEIM (more than 1024 rows) through the tournament kernel."""
+    shim, and the tall DEIM (more than 1024 rows) through deim_tall.cu."""
     from graft_array._cuda import deim as cdeim2
     from graft_array._cuda import maxvol as cmaxvol
     from graft_array._cuda import rect as crect
@@ -432,6 +455,7 @@ def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
             np.testing.assert_array_equal(piv, want[0])
             assert ranks == want[1].tolist() and conv == [True] * 4 and iters == [0] * 4
     T = rng.standard_normal((2, 1500, 10))
+    monkeypatch.setattr(cdeim2, "deim_tall", cdeim2.emulate_deim_tall)
     piv, ranks, _, _ = cmaxvol.run_maxvol(T, 10, method="deim", xp=np, device="cpu")
     np.testing.assert_array_equal(piv, run_maxvol(T, 10, method="deim")[0])
     monkeypatch.setattr(cvol, "volume_tall", cvol.emulate_volume_tall)
@@ -631,7 +655,16 @@ def test_gpu_tournament_and_tall_deim_equal_numba(rng):
     piv, rank = ctour.tournament(cupy.asarray(V), 32, 4096, fmad=False)
     np.testing.assert_array_equal(piv.get(), run_maxvol(V, 32, method="tournament", tile_rows=4096)[0])
     piv, rank = ctour.tournament(cupy.asarray(V[:, :20_000]), 32, 20_000, fmad=False)
-    np.testing.assert_array_equal(piv.get(), run_maxvol(V[:, :20_000], 32, method="deim")[0])
+    want = run_maxvol(V[:, :20_000], 32, method="deim")[0]
+    np.testing.assert_array_equal(piv.get(), want)
+    piv, rank = cdeim.deim_tall(cupy.asarray(V[:, :20_000]), 32, fmad=False)
+    np.testing.assert_array_equal(piv.get(), want)
+    T = rng.standard_normal((3, 300_000, 24))
+    T[1, :, 12:] = T[1, :, :12]  # fill rows
+    piv, rank = cdeim.deim_tall(cupy.asarray(T), 24, fmad=False)
+    want_piv, want_rank, _, _ = run_maxvol(T, 24, method="deim")
+    np.testing.assert_array_equal(piv.get(), want_piv)
+    np.testing.assert_array_equal(rank.get(), want_rank)
 
 
 @pytest.mark.gpu
@@ -933,6 +966,7 @@ def test_gpu_kernels_run_without_host_synchronisation(rng, monkeypatch):
             ref = piv.copy()
             cref.refine(V, ref, rank, 1.01, 20)
             return (piv, ref, crect.rect_extend(V, piv, rank, 40), cvol.volume_batched(V, 16)[0],
+                    cdeim.deim_tall(V, 16)[0],
                     ctour.tournament(V, 16, 64)[0], ccrit.rho_curve(K, b, gg)[0],
                     cnnls.nnls_weights(K, b, sizes, 128.0, 0.0))
 
@@ -949,7 +983,7 @@ def test_gpu_kernels_run_without_host_synchronisation(rng, monkeypatch):
         stream.synchronize()
         for got, want in zip(captured, direct):
             np.testing.assert_array_equal(got.get(), want.get())
-    assert counts[0] == counts[1] >= 7
+    assert counts[0] == counts[1] >= 7 + 33
 
 
 @pytest.mark.gpu

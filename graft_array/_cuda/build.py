@@ -31,6 +31,13 @@ DEIM_RANKS = (8, 16, 32, 64)
 DEIM_WARP = {("f32", 8): (1, 2, 4, 8), ("f32", 16): (1, 2, 4, 8), ("f32", 32): (1, 2, 4),
              ("f64", 8): (1, 2, 4, 8), ("f64", 16): (1, 2, 4), ("f64", 32): (1, 2)}
 _C_TYPE = {"f32": "float", "f64": "double"}
+_DEIM_TALL_ARGS = (
+    ("init", ("const {T}*", "long long", "int", "int", "const double*", "{T}*", "double*", "unsigned char*")),
+    ("scan", ("long long", "int", "int", "{T}*", "const {T}*", "const double*", "const unsigned char*", "const int*",
+              "double*", "int*", "double*", "int*")),
+    ("commit", ("long long", "int", "int", "int", "double", "const double*", "const {T}*", "{T}*", "unsigned char*",
+                "int*", "const double*", "const int*", "const double*", "const int*", "int", "long long*")),
+)
 _DEIM_WARP_ARGS = ("const {T}*", "int", "int", "int", "int", "double", "long long*", "long long*", "int*")
 RHO_SIZES = (32, 64)
 RECT_RANKS = (16, 64)  # also greedy volume's
@@ -56,6 +63,8 @@ KERNELS = {
 ,
     "deim_warp.cu": [(f"deim_warp_{suf}_r{R}_q{Q}", tuple(a.format(T=_C_TYPE[suf]) for a in _DEIM_WARP_ARGS))
                      for (suf, R), qs in DEIM_WARP.items() for Q in qs],
+    "deim_tall.cu": [(f"deim_tall_{part}_{suf}", tuple(a.format(T=_C_TYPE[suf]) for a in args))
+                     for suf in ("f32", "f64") for part, args in _DEIM_TALL_ARGS],
     "criterion.cu": [(f"rho_curve_k{K}", _RHO_ARGS) for K in RHO_SIZES],
     "facility.cu": [("facility_location", ("const double*", "int", "int", "double*", "long long*", "double*"))],
     "gradmatch.cu": [("gradmatch_pursuit", ("const double*", "const double*", "const double*", "int", "int",

@@ -80,6 +80,7 @@ def main(argv=None, prog="graft-array check-gpu"):
             ok &= _compare("deim_batched " + name, cdeim.emulate_deim_batched(V, kk)[:2], want)
             if cdeim.warp_instance(V.dtype, *V.shape[1:], kk):
                 ok &= _compare("deim_warp " + name, cdeim.emulate_deim_batched(V, kk, warp=True)[:2], want)
+            ok &= _compare("deim_tall " + name, cdeim.emulate_deim_tall(V, kk), want)
             if cvol.fits(*V.shape[1:]):
                 ok &= _compare("volume_batched " + name, cvol.emulate_volume_batched(V, kk),
                                run_maxvol(V, kk, method="volume")[:2])
@@ -160,6 +161,8 @@ def main(argv=None, prog="graft-array check-gpu"):
             if cdeim.warp_instance(V.dtype, *V.shape[1:], kk):
                 piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False, warp=True)
                 ok &= _compare("GPU deim_warp " + name, (piv.get(), rank.get()), want)
+            piv, rank = cdeim.deim_tall(cupy.asarray(V), kk, fmad=False)
+            ok &= _compare("GPU deim_tall " + name, (piv.get(), rank.get()), want)
             if cvol.fits(*V.shape[1:]):
                 piv, rank = cvol.volume_batched(cupy.asarray(V), kk, fmad=False)
                 ok &= _compare("GPU volume_batched " + name, (piv.get(), rank.get()),

@@ -92,3 +92,70 @@ def emulate_deim_batched(V, kk, *, warp=None):
     elif B:
         build.emulate(instance(V.dtype, kk), B, _block(n), V, n, r, kk, eps, piv, rank, bad)
     return piv, rank, bad
+
+
+# --------------------------------------------------------------------------- tall DEIM (deim_tall.cu)
+
+TALL_THREADS = 256
+TALL_MAX_BLOCKS = 1024  # blocks per batch: a grid-stride scan, so any n
+MAX_TALL_BATCHES = 65535  # the batches go on the grid's y dimension
+MAX_TALL_COLS = 1 << 10
+
+
+def fits_tall(B, n, kk):
+    """Whether deim_tall.cu takes B matrices of n rows (row indices are int32) and kk <= n pivots."""
+    return 1 <= B <= MAX_TALL_BATCHES and 1 <= kk <= min(n, MAX_TALL_COLS) and n < 2**31
+
+
+def _tall_launches(xp, V, kk, *, blocks, threads, launch):
+    """The 2 kk + 1 launches of the tall DEIM on ``V`` (B, n, r) with array module ``xp`` (CuPy, or NumPy for the
+    shim); ``launch(kernel, grid, threads, *args)`` runs one. Returns ``(piv (B, kk) int64, rank (B,) int64)``."""
+    B, n, r = V.shape
+    suf = build.suffix(V.dtype)
+    amax = xp.abs(V).reshape(B, n * r).max(axis=1).astype(xp.float64)
+    W = xp.empty(B * n * kk, dtype=V.dtype)
+    nrm = xp.empty(B * n, dtype=xp.float64)
+    sel = xp.empty(B * n, dtype=xp.uint8)
+    U = xp.zeros(B * kk, dtype=V.dtype)
+    state = xp.zeros(2 * B, dtype=xp.int32)
+    piv = xp.zeros((B, kk), dtype=xp.int64)
+    pv, pnv = xp.empty(B * blocks, dtype=xp.float64), xp.empty(B * blocks, dtype=xp.float64)
+    pi, pni = xp.empty(B * blocks, dtype=xp.int32), xp.empty(B * blocks, dtype=xp.int32)
+    eps = float(np.finfo(V.dtype).eps)
+    launch("deim_tall_init_" + suf, (blocks, B), threads, V, n, r, kk, amax, W, nrm, sel)
+    for j in range(kk):
+        launch("deim_tall_scan_" + suf, (blocks, B), threads, n, kk, j, W, U, nrm, sel, state, pv, pi, pnv, pni)
+        launch("deim_tall_commit_" + suf, (B, 1), threads, n, r, kk, j, eps, amax, W, U, sel, state, pv, pi, pnv,
+               pni, blocks, piv)
+    return piv, state[0::2].astype(xp.int64)
+
+
+def deim_tall(V, kk, *, fmad=True):
+    """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r) (finite, :func:`fits_tall`): DEIM of
+    any number of rows, 2 kk + 1 launches whatever B and n (no host synchronisation), on CuPy's current stream."""
+    import cupy
+
+    B, n, r = V.shape
+    if not fits_tall(B, n, kk):
+        raise ValueError(f"deim_tall: needs 1 <= B <= {MAX_TALL_BATCHES}, 1 <= kk <= min(n, {MAX_TALL_COLS}) and "
+                         f"n < 2**31; got B={B}, n={n}, kk={kk}")
+    types = {"int": np.int32, "long long": np.int64, "double": np.float64}
+    args_of = {k: a for k, a in build.KERNELS["deim_tall.cu"]}
+
+    def launch(kernel, grid, threads, *args):
+        conv = [a if t.endswith("*") else types[t](a) for t, a in zip(args_of[kernel], args)]
+        build.function("deim_tall.cu", kernel, fmad=fmad)(grid, (threads,), tuple(conv))
+
+    blocks = max(1, min(TALL_MAX_BLOCKS, -(-n // TALL_THREADS)))
+    return _tall_launches(cupy, cupy.ascontiguousarray(V), kk, blocks=blocks, threads=TALL_THREADS, launch=launch)
+
+
+def emulate_deim_tall(V, kk, *, threads=64, max_blocks=4):
+    """The same launches on a NumPy array, each run by the CPU shim (few threads and blocks: thread start-ups)."""
+    V = np.ascontiguousarray(V)
+    B, n, r = V.shape
+    if not fits_tall(B, n, kk):
+        raise ValueError(f"emulate_deim_tall: got B={B}, n={n}, kk={kk}")
+    blocks = max(1, min(max_blocks, -(-n // threads)))
+    return _tall_launches(np, V, kk, blocks=blocks, threads=threads,
+                          launch=lambda kernel, grid, t, *args: build.emulate(kernel, grid, t, *args))

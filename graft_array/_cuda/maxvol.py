@@ -2,8 +2,9 @@
 
 The kernels take every method where ``min(k, r) <= 64``:
 
-* ``"deim"``: batches of at most 1024 rows in one launch (a thread per row,
-  rows in registers); taller ones as one tile of the tournament kernel (tall DEIM);
+* ``"deim"``: batches of at most 1024 rows in one launch (the warp kernel where
+  a batch fits 256 rows and 32 columns, else a thread per row); taller ones by
+  the tall kernel (``deim_tall.cu``: 2 kk + 1 launches over the whole grid);
 * ``"tournament"``: one launch per level of the tree (the same tiles as the
   CPU path: ``tile_rows``, or :func:`graft_array._common.default_tile_rows`);
 * ``"volume"``: ``r <= 64``; batches of at most 1024 rows in one launch, taller
@@ -35,7 +36,7 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     if method == "tournament":
         tiles = max(default_tile_rows(n, kk) if tile_rows is None else int(tile_rows), kk + 1)  # the CPU guard
     if method == "deim":
-        greedy = _tournament.fits(kk) and (_deim.fits(n, kk) or _tournament.fits_tiles(n, kk, n))
+        greedy = _tournament.fits(kk) and (_deim.fits(n, kk) or _deim.fits_tall(nb, n, kk))
     elif method == "tournament":
         greedy = _tournament.fits(kk) and _tournament.fits_tiles(n, kk, tiles)
     else:
@@ -49,8 +50,8 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         Vc = as_cupy(V)
         if method == "deim" and _deim.fits(n, kk):
             piv, rank, _ = _deim.deim_batched(Vc, kk)
-        elif method == "deim":  # tall: one tile of every row
-            piv, rank = _tournament.tournament(Vc, kk, n)
+        elif method == "deim":  # tall: the whole grid on every step, 2 kk + 1 launches
+            piv, rank = _deim.deim_tall(Vc, kk)
         elif method == "tournament":
             piv, rank = _tournament.tournament(Vc, kk, tiles)
         elif _volume.fits(n, r):
