@@ -64,6 +64,20 @@ __device__ __forceinline__ int block_argmax(V v, int i, V* sv, int* si, V* best,
     return r;
 }
 
+// The best (value, index) pair of a grid's per-block partials pv[0..nparts), pi[0..nparts), returned to
+// every thread of the reducing block (the tall kernels' commits). Values are >= -1; -1 is "none".
+template <typename V>
+__device__ __forceinline__ int reduce_parts(const V* pv, const int* pi, int nparts, V* sv, int* si, V* best) {
+    V bv = (V)-1;
+    int bi = 0x7fffffff;
+    for (int a = threadIdx.x; a < nparts; a += blockDim.x)
+        if (better(pv[a], pi[a], bv, bi)) {
+            bv = pv[a];
+            bi = pi[a];
+        }
+    return block_argmax(bv, bi, sv, si, best);
+}
+
 __device__ __forceinline__ double warp_max(double v) {
     for (int off = 16; off > 0; off >>= 1) {
         const double o = __shfl_down_sync(GRAFT_FULL_MASK, v, off);

@@ -96,22 +96,10 @@ __device__ __forceinline__ void deim_tall_commit(i64 n, int r, int kk, int j, do
     __shared__ double s_val[33];
     __shared__ int s_idx[33];
     const int b = blockIdx.x, t = threadIdx.x;
-    double bv = -1.0, bn = -1.0;
-    int bi = 0x7fffffff, bni = 0x7fffffff;
-    for (int a = t; a < nparts; a += blockDim.x) {
-        const i64 s = (i64)b * nparts + a;
-        if (better(part_v[s], part_i[s], bv, bi)) {
-            bv = part_v[s];
-            bi = part_i[s];
-        }
-        if (better(part_nv[s], part_ni[s], bn, bni)) {
-            bn = part_nv[s];
-            bni = part_ni[s];
-        }
-    }
+    const i64 base = (i64)b * nparts;
     double best, fbest;
-    int p = block_argmax(bv, bi, s_val, s_idx, &best);
-    const int pf = block_argmax(bn, bni, s_val, s_idx, &fbest);
+    int p = reduce_parts(part_v + base, part_i + base, nparts, s_val, s_idx, &best);
+    const int pf = reduce_parts(part_nv + base, part_ni + base, nparts, s_val, s_idx, &fbest);
     const double tol = elim_setup<T>(amax[b], n, r, eps).tol;
     const bool ok = best > tol;  // the same on every thread
     if (!ok) p = pf;  // the fill row: the free row of largest norm

@@ -206,21 +206,9 @@ __device__ __forceinline__ void volume_tall_commit(const T* __restrict__ V, i64 
     __shared__ double w[64];
     __shared__ double s_wn;
     const int t = threadIdx.x;
-    double bv = -1.0, bn = -1.0;
-    int bi = 0x7fffffff, bni = 0x7fffffff;
-    for (int a = t; a < nparts; a += blockDim.x) {
-        if (better(part_v[a], part_i[a], bv, bi)) {
-            bv = part_v[a];
-            bi = part_i[a];
-        }
-        if (better(part_nv[a], part_ni[a], bn, bni)) {
-            bn = part_nv[a];
-            bni = part_ni[a];
-        }
-    }
-    double best;
-    int p = block_argmax(bv, bi, s_val, s_idx, &best);
-    const int pf = block_argmax(bn, bni, s_val, s_idx, &bn);
+    double best, bn;
+    int p = reduce_parts(part_v, part_i, nparts, s_val, s_idx, &best);
+    const int pf = reduce_parts(part_nv, part_ni, nparts, s_val, s_idx, &bn);
     const double sc = tall_scale<T>(stats, r);
     const int nq = state[0];
     if (t == 0) {  // CGS2 of the pivot row against the directions so far
