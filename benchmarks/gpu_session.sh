@@ -10,10 +10,11 @@
 #      beside `graft-array check-gpu --compile-only` for the device's architecture (NVRTC);
 #   3. `graft-array check-gpu` (every kernel's parity with the Numba path, compiled with --fmad=false) and the
 #      `gpu`-marked tests, side by side;
-#   4. benchmarks/bench_gpu.py alone (its tables also go to $OUT/gpu.md as they are measured).
-# Every log goes to $OUT. The package is used from the checkout (PYTHONPATH), not installed. Each step is bounded
-# (at most 10 minutes in all; on the H200 of 2026-11-30 the steps took about 50 s, 200 s and 35 s, the tests being
-# most of the second: run it with a device timeout of 600 s). --quick runs bench_gpu.py --quick.
+#   4. benchmarks/bench_gpu.py alone (its tables also go to $OUT/gpu.md as they are measured);
+#   5. Nsight Compute on the DEIM kernels (benchmarks/gpu_profile.py: occupancy, stall reasons) where ncu runs.
+# Every log goes to $OUT. The package is used from the checkout (PYTHONPATH), not installed. Each step is bounded,
+# 10 minutes in all (on the H200 of 2026-11-30 the first four took about 50 s, 200 s and 35 s, the tests being most
+# of the second): run it with a device timeout of 600 s. --quick runs bench_gpu.py --quick.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 QUICK=${1:-}
@@ -47,6 +48,11 @@ grep -c "same as the Numba path" "$OUT/check_gpu.txt"
 if [ "$QUICK" = "--quick" ]; then
     timeout 90 "$PY" benchmarks/bench_gpu.py --quick --repeats 3 --out "$OUT" > "$OUT/bench_gpu.txt" 2>&1
 else
-    timeout 180 "$PY" benchmarks/bench_gpu.py --repeats 5 --out "$OUT" > "$OUT/bench_gpu.txt" 2>&1
+    timeout 150 "$PY" benchmarks/bench_gpu.py --repeats 5 --out "$OUT" > "$OUT/bench_gpu.txt" 2>&1
 fi
 echo "bench_gpu: rc $? (${SECONDS} s)"; cat "$OUT/bench_gpu.txt"
+timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    --section LaunchStats -k "regex:deim_warp|deim_batched|deim_tall_scan" -c 4 "$PY" benchmarks/gpu_profile.py \
+    > "$OUT/ncu_deim.txt" 2>&1
+echo "ncu: rc $? (${SECONDS} s)"; grep -E "^  [a-z_]+deim|Achieved Occupancy|Memory Throughput|Duration|Registers" \
+    "$OUT/ncu_deim.txt" | head -n 40
