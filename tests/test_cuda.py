@@ -242,6 +242,19 @@ def test_shim_tall_deim_is_the_numba_kernel(dt, rng):
         cdeim.emulate_deim_tall(np.zeros((1, 5, 6)), 6)
 
 
+def test_launch_converts_numbers_to_the_kernels_parameter_types(monkeypatch):
+    """build.launch, emulate's GPU twin: the kernel's source, the grid as a tuple, numbers as their C types."""
+    calls = []
+    monkeypatch.setattr(build, "function", lambda src, kernel, fmad: lambda *a: calls.append((src, kernel, fmad, a)))
+    W = np.zeros(4, np.float32)
+    build.launch("deim_tall_scan_f32", (3, 2), 64, 10, 4, 1, W, W, W, W, W, W, W, W, W, fmad=False)
+    build.launch("deim_batched_f64_r8", 5, 32, W, 9, 8, 8, 0.5, W, W, W)
+    (src, kernel, fmad, (grid, block, args)), second = calls
+    assert (src, kernel, fmad, grid, block) == ("deim_tall.cu", "deim_tall_scan_f32", False, (3, 2), (64,))
+    assert [type(a) for a in args[:3]] == [np.int64, np.int32, np.int32] and args[3] is W
+    assert second[0] == "deim.cu" and second[3][0] == (5,) and type(second[3][2][4]) is np.float64
+
+
 def test_warp_instances_cover_their_shapes():
     names = {n for n, _ in build.KERNELS["deim_warp.cu"]}
     assert names == set(build.GENERATED["deim_warp.cu"])  # one generated line per declared instance

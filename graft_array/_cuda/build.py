@@ -38,6 +38,7 @@ _DEIM_TALL_ARGS = (
     ("commit", ("long long", "int", "int", "int", "double", "const double*", "const {T}*", "{T}*", "unsigned char*",
                 "int*", "const double*", "const int*", "const double*", "const int*", "int", "long long*")),
 )
+_WARP_INSTANCES = [(f"deim_warp_{suf}_r{R}_q{Q}", suf, R, Q) for (suf, R), qs in DEIM_WARP.items() for Q in qs]
 _DEIM_WARP_ARGS = ("const {T}*", "int", "int", "int", "int", "double", "long long*", "long long*", "int*")
 RHO_SIZES = (32, 64)
 RECT_RANKS = (16, 64)  # also greedy volume's
@@ -59,10 +60,9 @@ _RECT_ARGS = ("const {T}*", "const long long*", "const long long*", "int", "int"
 _RHO_ARGS = ("const double*", "const double*", "const double*", "int", "double", "double*", "unsigned char*")
 KERNELS = {
     "deim.cu": [(f"deim_batched_{suf}_r{R}", tuple(a.format(T=T) for a in _DEIM_ARGS))
-                for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS]
-,
-    "deim_warp.cu": [(f"deim_warp_{suf}_r{R}_q{Q}", tuple(a.format(T=_C_TYPE[suf]) for a in _DEIM_WARP_ARGS))
-                     for (suf, R), qs in DEIM_WARP.items() for Q in qs],
+                for suf, T in (("f32", "float"), ("f64", "double")) for R in DEIM_RANKS],
+    "deim_warp.cu": [(name, tuple(a.format(T=_C_TYPE[suf]) for a in _DEIM_WARP_ARGS))
+                     for name, suf, _, _ in _WARP_INSTANCES],
     "deim_tall.cu": [(f"deim_tall_{part}_{suf}", tuple(a.format(T=_C_TYPE[suf]) for a in args))
                      for suf in ("f32", "f64") for part, args in _DEIM_TALL_ARGS],
     "criterion.cu": [(f"rho_curve_k{K}", _RHO_ARGS) for K in RHO_SIZES],
@@ -118,8 +118,8 @@ def _inline_includes(text):
 #: sources whose instances are generated here (one macro line each), not written in the file: a launch
 #: compiles only the instance it runs (all of deim_warp.cu's take about a minute of NVRTC)
 GENERATED = {
-    "deim_warp.cu": {f"deim_warp_{suf}_r{R}_q{Q}": f"GRAFT_DEIM_WARP_INSTANCE({_C_TYPE[suf]}, {suf}, {R}, {Q})"
-                     for (suf, R), qs in DEIM_WARP.items() for Q in qs},
+    "deim_warp.cu": {name: f"GRAFT_DEIM_WARP_INSTANCE({_C_TYPE[suf]}, {suf}, {R}, {Q})"
+                     for name, suf, R, Q in _WARP_INSTANCES},
 }
 
 
@@ -270,3 +270,22 @@ def function(name, kernel, *, fmad=True):
     """The ``cupy.RawKernel`` of instance ``kernel`` of source ``name`` (compiled once, cached by CuPy): the
     whole source, or, for a source with generated instances, the source with that one instance."""
     return _module(name, fmad, kernel if name in GENERATED else None).get_function(kernel)
+
+
+def grid_blocks(n, threads, max_blocks):
+    """Blocks of a grid-stride pass over n rows: one row per thread where that fits, at most ``max_blocks``."""
+    return max(1, min(max_blocks, -(-n // threads)))
+
+
+_NP_TYPES = {"int": "int32", "long long": "int64", "double": "float64"}
+
+
+def launch(kernel, grid, block, *args, fmad=True):
+    """:func:`emulate`'s twin on the GPU: kernel instance ``kernel`` on ``grid`` blocks (an int or (gx, gy)) of
+    ``block`` threads, CuPy arrays by pointer and numbers as the kernel's C parameter types (from :data:`KERNELS`),
+    on CuPy's current stream."""
+    import numpy as np
+
+    src, types = next((src, a) for src, kernels in KERNELS.items() for name, a in kernels if name == kernel)
+    conv = tuple(a if t.endswith("*") else np.dtype(_NP_TYPES[t]).type(a) for t, a in zip(types, args))
+    function(src, kernel, fmad=fmad)(grid if isinstance(grid, tuple) else (grid,), (block,), conv)

@@ -1,5 +1,7 @@
 """Launcher of ``deim.cu``'s batched DEIM: on a CuPy array (the GPU), or on NumPy through the CPU shim."""
 
+import functools
+
 import numpy as np
 
 from . import build
@@ -18,7 +20,7 @@ def instance(dtype, kk):
     return build.sized("deim_batched_r", build.DEIM_RANKS, kk, dtype)
 
 
-WARPS = 4  # batches per block of the warp kernel (GRAFT_WARPS in deim.cu)
+WARPS = 4  # batches per block of the warp kernel (GRAFT_WARPS in deim_warp.cu)
 
 
 def warp_instance(dtype, n, r, kk):
@@ -107,10 +109,15 @@ def fits_tall(B, n, kk):
     return 1 <= B <= MAX_TALL_BATCHES and 1 <= kk <= min(n, MAX_TALL_COLS) and n < 2**31
 
 
-def _tall_launches(xp, V, kk, *, blocks, threads, launch):
+def _tall_launches(xp, V, kk, *, threads, max_blocks, launch):
     """The 2 kk + 1 launches of the tall DEIM on ``V`` (B, n, r) with array module ``xp`` (CuPy, or NumPy for the
-    shim); ``launch(kernel, grid, threads, *args)`` runs one. Returns ``(piv (B, kk) int64, rank (B,) int64)``."""
+    shim), ``max_blocks`` blocks per batch at most; ``launch(kernel, grid, threads, *args)`` runs one. Returns
+    ``(piv (B, kk) int64, rank (B,) int64)``."""
     B, n, r = V.shape
+    if not fits_tall(B, n, kk):
+        raise ValueError(f"deim_tall: needs 1 <= B <= {MAX_TALL_BATCHES}, 1 <= kk <= min(n, {MAX_TALL_COLS}) and "
+                         f"n < 2**31; got B={B}, n={n}, kk={kk}")
+    blocks = build.grid_blocks(n, threads, max_blocks)
     suf = build.suffix(V.dtype)
     amax = xp.abs(V).reshape(B, n * r).max(axis=1).astype(xp.float64)
     W = xp.empty(B * n * kk, dtype=V.dtype)
@@ -131,31 +138,16 @@ def _tall_launches(xp, V, kk, *, blocks, threads, launch):
 
 
 def deim_tall(V, kk, *, fmad=True):
-    """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r) (finite, :func:`fits_tall`): DEIM of
-    any number of rows, 2 kk + 1 launches whatever B and n (no host synchronisation), on CuPy's current stream."""
+    """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r) (finite, :func:`fits_tall`, else
+    ValueError): DEIM of any number of rows, 2 kk + 1 launches whatever B and n (no host synchronisation), on
+    CuPy's current stream."""
     import cupy
 
-    B, n, r = V.shape
-    if not fits_tall(B, n, kk):
-        raise ValueError(f"deim_tall: needs 1 <= B <= {MAX_TALL_BATCHES}, 1 <= kk <= min(n, {MAX_TALL_COLS}) and "
-                         f"n < 2**31; got B={B}, n={n}, kk={kk}")
-    types = {"int": np.int32, "long long": np.int64, "double": np.float64}
-    args_of = {k: a for k, a in build.KERNELS["deim_tall.cu"]}
-
-    def launch(kernel, grid, threads, *args):
-        conv = [a if t.endswith("*") else types[t](a) for t, a in zip(args_of[kernel], args)]
-        build.function("deim_tall.cu", kernel, fmad=fmad)(grid, (threads,), tuple(conv))
-
-    blocks = max(1, min(TALL_MAX_BLOCKS, -(-n // TALL_THREADS)))
-    return _tall_launches(cupy, cupy.ascontiguousarray(V), kk, blocks=blocks, threads=TALL_THREADS, launch=launch)
+    return _tall_launches(cupy, cupy.ascontiguousarray(V), kk, threads=TALL_THREADS, max_blocks=TALL_MAX_BLOCKS,
+                          launch=functools.partial(build.launch, fmad=fmad))
 
 
 def emulate_deim_tall(V, kk, *, threads=64, max_blocks=4):
     """The same launches on a NumPy array, each run by the CPU shim (few threads and blocks: thread start-ups)."""
-    V = np.ascontiguousarray(V)
-    B, n, r = V.shape
-    if not fits_tall(B, n, kk):
-        raise ValueError(f"emulate_deim_tall: got B={B}, n={n}, kk={kk}")
-    blocks = max(1, min(max_blocks, -(-n // threads)))
-    return _tall_launches(np, V, kk, blocks=blocks, threads=threads,
-                          launch=lambda kernel, grid, t, *args: build.emulate(kernel, grid, t, *args))
+    return _tall_launches(np, np.ascontiguousarray(V), kk, threads=threads, max_blocks=max_blocks,
+                          launch=build.emulate)

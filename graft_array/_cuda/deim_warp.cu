@@ -13,11 +13,12 @@ namespace graft {
 // n <= 32 Q rows and r <= R columns, n >= kk. Lane l holds rows l, l + 32, ..., l + 32 (Q - 1) in registers
 // (the step loop is unrolled over the R columns, so every register index is a constant). The batch is read
 // coalesced, 32 rows at a time, through a per-warp staging tile in shared memory (row stride R + 1: no bank
-// conflict). A step's argmax is two warp reductions (the largest |value|, then the lowest row holding it)
-// with no barrier; the pivot row goes to the lanes by shuffles. The same decisions and the same arithmetic
-// as deim.cu's deim_batched: tolerance, scaling, fill row, non-finite flag, U's row = pivot row x rounded
-// 1 / pivot, one fused multiply-add per entry. Rows already chosen are updated too (their values are never
-// read again), which keeps the update free of predicates.
+// conflict). A step's argmax is a warp reduction with no barrier (the largest |value|, then the lowest row
+// holding it; one 64-bit key for float32); U's row goes to the lanes through the staging tile, written by
+// the pivot's lane. The same decisions and the same arithmetic as deim.cu's deim_batched: tolerance,
+// scaling, fill row, non-finite flag, U's row = pivot row x rounded 1 / pivot, one fused multiply-add per
+// entry. Rows already chosen are updated too (their values are never read again), which keeps the update
+// free of predicates.
 #define GRAFT_WARPS 4
 
 template <typename V>

@@ -51,10 +51,6 @@ def emulate_volume_batched(V, kk):
     return piv, rank
 
 
-def _tall_plan(n, threads, max_blocks):
-    return max(1, min(max_blocks, -(-n // threads)))
-
-
 def volume_tall(V, kk, *, fmad=True):
     """``(piv (kk,) int64, rank (1,) int64)`` of one CuPy matrix V (n, r) of any height: 2 kk + 1 launches.
 
@@ -73,7 +69,7 @@ def volume_tall(V, kk, *, fmad=True):
     rho0 = cupy.empty(n, dtype=cupy.float64)
     nrm = cupy.empty(n, dtype=cupy.float64)
     sel = cupy.empty(n, dtype=cupy.uint8)
-    blocks = _tall_plan(n, _TALL_THREADS, 4096)
+    blocks = build.grid_blocks(n, _TALL_THREADS, 4096)
     build.function("volume.cu", "volume_tall_init_" + suf, fmad=fmad)((blocks,), (_TALL_THREADS,),
                                                            (V, np.int64(n), np.int32(r), stats, rho, rho0, nrm, sel))
     stats[1] = nrm.max()
@@ -104,7 +100,7 @@ def emulate_volume_tall(V, kk, threads=64, max_blocks=4):
     stats[0] = np.abs(V).max() if n * r else 0.0
     rho, rho0, nrm = np.zeros(n), np.zeros(n), np.zeros(n)
     sel = np.zeros(n, dtype=np.uint8)
-    blocks = _tall_plan(n, threads, max_blocks)
+    blocks = build.grid_blocks(n, threads, max_blocks)
     build.emulate("volume_tall_init_" + suf, blocks, threads, V, n, r, stats, rho, rho0, nrm, sel)
     stats[1] = nrm.max() if n else 0.0
     Q = np.zeros((kk, r))
