@@ -96,7 +96,7 @@ def deim_rows(sizes, repeats, bw, peer_batches):
 
 
 def tall_rows(n, r, repeats):
-    """Tall DEIM (one tile of every row) and the tournament (default tiles) against cupyx's lu_factor."""
+    """Tall DEIM (deim_tall.cu) and the tournament (default tiles) against cupyx's lu_factor."""
     import cupy
     from cupyx.scipy.linalg import lu_factor
 
