@@ -14,10 +14,12 @@ Tables (each time the median of ``--repeats`` runs, CUDA events around the work)
   also partial pivoting) and to a CuPy loop of ``cupyx.scipy.linalg.lu_factor``
   over batches (on the first 100 batches, scaled);
 * ``select`` end to end on the GPU against the Numba path on this machine's
-  CPU cores (the same problem, 64 batches of 128 rows per call).
+  CPU cores (the same problem, 64 batches of 128 rows per call), then where the
+  GPU call spends its time, stage by stage (:func:`select_stages`: wall and
+  device time of each);
 
 * tall DEIM (``deim_tall.cu``: a scan and a commit per step) and the tournament (the CPU path's default
-  tiles) on one 2e6 x 64 float32 matrix (1e6 with ``--quick``) against
+  tiles) on one 1e7 x 64 float32 matrix (1e6 with ``--quick``) against
   ``cupyx.scipy.linalg.lu_factor`` (getrf, partial pivoting) on it.
 
 Without a device the script says so and exits 0. Nothing here asserts anything.
@@ -130,6 +132,81 @@ def select_rows(repeats):
     return float(np.median(cpu)), gpu
 
 
+#: select's stages on a device (strategies/graft.py's run_generic): (label, module, attribute) of each call timed
+STAGES = (
+    ("max |F| per batch", "graft_array._agnostic.criterion", "batch_abs_max"),
+    ("low rank (Grams, Cholesky QR, eigh)", "graft_array._agnostic.lowrank", "lowrank"),
+    ("maxvol (DEIM kernel)", "graft_array.strategies.graft", "kernel"),
+    ("criterion Grams", "graft_array._agnostic.criterion", "gram_plain"),
+    ("criterion Grams", "graft_array._agnostic.criterion", "gram_last_layer"),
+    ("rho(m) curves", "graft_array._cuda.criterion", "rho_curve_on"),
+    ("weights (NNLS kernel)", "graft_array._cuda.nnls", "nnls_weights_like"),
+)
+
+
+def select_stages(F, G, repeats, backend="cuda"):
+    """Where one ``select`` call on device arrays spends its time: each stage's wall time (host, including its
+    launches and any host synchronisation) and device time (CUDA events), the median over ``repeats`` calls.
+
+    Each stage is timed by wrapping its entry (``STAGES``); the device is synchronised before each stage, so the
+    wall times add up to more than an unwrapped call. Returns ``[(label, wall s, device s)]``, the last row being
+    the whole call (its device time is the events around it)."""
+    import importlib
+
+    import cupy
+
+    times = {}
+
+    def wrap(label, fn, maxvol=False):
+        def timed(*a, **k):
+            if maxvol:  # strategies.graft.kernel("maxvol", name) returns the entry that runs it: time that
+                return wrap(label, fn(*a, **k))
+            cupy.cuda.get_current_stream().synchronize()
+            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+            t0 = time.perf_counter()
+            e0.record()
+            out = fn(*a, **k)
+            e1.record()
+            e1.synchronize()
+            times.setdefault(label, []).append((time.perf_counter() - t0, cupy.cuda.get_elapsed_time(e0, e1) / 1e3))
+            return out
+        return timed
+
+    saved = []
+    try:
+        for label, mod, attr in STAGES:
+            m = importlib.import_module(mod)
+            saved.append((m, attr, getattr(m, attr)))
+            setattr(m, attr, wrap(label, getattr(m, attr), maxvol=attr == "kernel"))
+
+        def call():
+            graft_array.select(F, G, fraction=0.25, random_state=0, backend=backend)
+
+        call()  # warm (compiles)
+        times.clear()
+        rows = []
+        for _ in range(repeats):
+            cupy.cuda.get_current_stream().synchronize()
+            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+            t0 = time.perf_counter()
+            e0.record()
+            call()
+            e1.record()
+            e1.synchronize()
+            rows.append((time.perf_counter() - t0, cupy.cuda.get_elapsed_time(e0, e1) / 1e3))
+    finally:
+        for m, attr, fn in reversed(saved):
+            setattr(m, attr, fn)
+    out = []
+    for label in dict.fromkeys(lb for lb, _, _ in STAGES):
+        if label in times:  # per call: the stage's calls summed, then the median over the calls
+            per = np.asarray(times[label]).reshape(repeats, -1, 2).sum(axis=1)
+            out.append((label, float(np.median(per[:, 0])), float(np.median(per[:, 1]))))
+    whole = np.asarray(rows)
+    out.append(("the whole call (stages wrapped)", float(np.median(whole[:, 0])), float(np.median(whole[:, 1]))))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -183,9 +260,18 @@ def main(argv=None):
         emit("", "| select, 64 batches of 128 x 64 (float32) | Numba on the CPU | GPU | GPU speed-up |",
              "|---|---:|---:|---:|", f"| fraction 0.25 | {1000 * cpu:.1f} ms | {1000 * gpu:.1f} ms | "
              f"{cpu / gpu:.1f}x |")
+        import cupy
+
+        rng = np.random.default_rng(0)
+        F = cupy.asarray(rng.standard_normal((64, 128, 64)).astype(np.float32))
+        G = cupy.asarray(rng.standard_normal((64, 128, 10)).astype(np.float32))
+        emit("", "| select on the GPU, by stage (each stage synchronised) | wall | device (events) |",
+             "|---|---:|---:|")
+        for label, wall, dev in select_stages(F, G, args.repeats):
+            emit(f"| {label} | {1000 * wall:.2f} ms | {1000 * dev:.2f} ms |")
 
     def tall_table():
-        n_tall = 1_000_000 if args.quick else 2_000_000
+        n_tall = 1_000_000 if args.quick else 10_000_000
         emit("", f"| {n_tall:.0e} x 64, float32 | time | speed-up over lu_factor |", "|---|---:|---:|")
         for name, t, ratio in tall_rows(n_tall, 64, args.repeats):
             emit(f"| {name} | {1000 * t:.1f} ms | {ratio:.1f}x |")
