@@ -926,6 +926,93 @@ def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
     assert sorted(set(calls)) == ["deim", "nnls", "rect", "rho"], calls  # every kernel of the plan ran
 
 
+@needs_cxx
+def test_select_cuda_plan_makes_a_fixed_number_of_host_round_trips(monkeypatch, rng):
+    """``select``'s cuda plan on arrays that live on a device other than the host (array_api_strict's
+    "device1": an implicit conversion to NumPy raises there, as it does for CuPy), every kernel run by the shim
+    on copies that are not counted: the device-to-host round trips the plan itself makes (a scalar read, a DLPack
+    export, a copy to the host, cupy.asnumpy) are as many for 12 batches as for 3, a handful, and the rows are
+    the NumPy path's. Shows that no host synchronisation happens per batch outside the kernels."""
+    import contextlib
+    from collections import Counter
+
+    import graft_array as ga
+    import graft_array._select as sel
+    from graft_array._cuda import criterion as ccrit
+    from graft_array._cuda import deim as cd
+    from graft_array._cuda import maxvol as cmaxvol
+    from graft_array._cuda import nnls as cnnls
+    from graft_array._cuda import rect as crect
+
+    xs = pytest.importorskip("array_api_strict")
+    cupy = pytest.importorskip("cupy")
+    dev, host_dev = xs.Device("device1"), xs.Device("CPU_DEVICE")
+    A = type(xs.asarray([1.0]))
+    quiet, trips = [0], Counter()
+
+    def counting(name, orig):
+        def run(self, *a, **k):
+            if not quiet[0] and (name != "to_device" or (a and a[0] == host_dev and self.device != host_dev)):
+                trips[name] += 1
+            return orig(self, *a, **k)
+        return run
+
+    for name in ("__bool__", "__int__", "__float__", "__index__", "__dlpack__", "to_device"):
+        monkeypatch.setattr(A, name, counting(name, getattr(A, name)))
+
+    @contextlib.contextmanager
+    def uncounted():
+        quiet[0] += 1
+        try:
+            yield
+        finally:
+            quiet[0] -= 1
+
+    def to_host(x):
+        with uncounted():
+            return np.asarray(x.to_device(host_dev)) if isinstance(x, A) else x
+
+    def to_dev(y):
+        if isinstance(y, tuple):
+            return tuple(to_dev(v) for v in y)
+        return xs.asarray(y, device=dev) if isinstance(y, np.ndarray) else y
+
+    def on_device(fn):  # the kernel's work: inputs and outputs cross without being counted
+        return lambda *args: to_dev(fn(*(to_host(a) for a in args)))
+
+    def asnumpy(a, *args, **kw):
+        trips["cupy.asnumpy"] += 1
+        return to_host(a)
+
+    real = sel.resolve
+    monkeypatch.setattr(sel, "resolve",
+                        lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
+    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
+    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
+    monkeypatch.setattr(cd, "deim_batched", on_device(cd.emulate_deim_batched))
+    monkeypatch.setattr(crect, "rect_extend", on_device(crect.emulate_rect_extend))
+    monkeypatch.setattr(ccrit, "rho_curve_like", on_device(ccrit.emulate_rho_curve))
+    monkeypatch.setattr(cnnls, "nnls_weights_like", on_device(cnnls.emulate_nnls_weights))
+    monkeypatch.setattr(cupy, "asnumpy", asnumpy)
+    totals = []
+    for B in (3, 12):
+        F = rng.standard_normal((B, 100, 24)).astype(np.float32)
+        E, H = (rng.standard_normal((B, 100, c)).astype(np.float32) for c in (5, 16))
+        want = ga.select(F, ga.LastLayerGrads(E, H), fraction=0.3, random_state=0, return_info=True)
+        Fd, Ed, Hd = (xs.asarray(a, device=dev) for a in (F, E, H))
+        trips.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = _bounded(lambda: ga.select(Fd, ga.LastLayerGrads(Ed, Hd), fraction=0.3, random_state=0,
+                                             return_info=True, backend="cuda"), timeout=300)
+        totals.append(dict(trips))
+        assert got.indices.device == dev
+        np.testing.assert_array_equal(to_host(got.indices), want.indices)
+        np.testing.assert_allclose(to_host(got.weights), want.weights, rtol=1e-5)
+    assert totals[0] == totals[1], totals
+    assert 0 < sum(totals[0].values()) <= 12, totals
+
+
 def test_capability_table_names_importable_entries():
     """Every routine's CPU, GPU and generic entry in graft_array._backends.ROUTINES exists (None: not yet)."""
     import importlib
