@@ -443,6 +443,56 @@ def test_shim_refine_makes_the_numba_swaps(dt, rng):
     assert cref.fits(1024, 64) and not cref.fits(1025, 4) and not cref.fits(100, 65)
 
 
+def _permuted_rows(seed, n, r, i, j):
+    """A float64 batch whose column 0 is zero (step 0 takes a fill row: the largest norm) and whose rows i < j,
+    the largest, hold the same entries in two orders: equal norms in exact arithmetic, which differ in the last
+    bits when summed in column order. Returns (V (1, n, r), whether those two sums differ)."""
+    rng = np.random.default_rng(seed)
+    V = 0.01 * rng.standard_normal((1, n, r))
+    a = rng.standard_normal(r)
+    a[0] = 0.0
+    V[0, i] = a
+    V[0, j] = np.concatenate([[0.0], rng.permutation(a[1:])])
+    V[0, :, 0] = 0.0
+
+    def sq(x):
+        s = 0.0
+        for v in x:
+            s = s + v * v
+        return s
+
+    return V, sq(V[0, i]) != sq(V[0, j])
+
+
+@needs_cxx
+def test_shim_fill_rows_of_near_equal_norm_are_every_backends_choice(rng):
+    """Rows whose norms tie in exact arithmetic and differ in the last bits as summed: every backend sums the
+    squares in column order, each product and sum rounded (no fused or reordered sum: Numba's kernels, the
+    shim, NVRTC under either --fmad, the generic path), so each picks the Numba kernels' fill row. Found by a
+    review: Numba's fast-math row norms (reordered, fused) picked another row than the CUDA kernels."""
+    from graft_array._agnostic.maxvol import run_maxvol as generic_run_maxvol
+    from graft_array._cuda import tournament as ctour
+    from graft_array._cuda import volume as cvol
+
+    differ = 0
+    for seed in range(6):
+        V, d = _permuted_rows(seed, 120, 13, 30, 100)
+        differ += d
+        want = run_maxvol(V, 3, method="deim")[0]
+        assert want[0, 0] in (30, 100)
+        for warp in (False, True):
+            np.testing.assert_array_equal(_bounded(lambda V, kk: cdeim.emulate_deim_batched(V, kk, warp=warp),
+                                                   V, 3)[0], want)
+        np.testing.assert_array_equal(_bounded(cdeim.emulate_deim_tall, V, 3)[0], want)
+        np.testing.assert_array_equal(generic_run_maxvol(V, 3, method="deim", xp=np, device="cpu")[0], want)
+        np.testing.assert_array_equal(_bounded(ctour.emulate_tournament, V, 3, 64)[0],
+                                      run_maxvol(V, 3, method="tournament", tile_rows=64)[0])
+        want_vol = run_maxvol(V, 3, method="volume")[0]
+        np.testing.assert_array_equal(_bounded(cvol.emulate_volume_batched, V, 3)[0], want_vol)
+        np.testing.assert_array_equal(generic_run_maxvol(V, 3, method="volume", xp=np, device="cpu")[0], want_vol)
+    assert differ >= 3  # the cases tell the orders apart
+
+
 @needs_cxx
 def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     """The cuda entry's plan (DEIM, volume or the tournament, then the extension) with the kernels run by the

@@ -106,10 +106,14 @@ class _Batch:
 
     @property
     def sq(self):
-        """Squared row norms of :attr:`X`."""
+        """Squared row norms of :attr:`X`, summed in column order with each square and sum rounded (as the Numba
+        and CUDA kernels sum them: a row and its permutation, whose norms may differ in the last bits, rank alike)."""
         if self._sq is None:
-            X = self.X
-            self._sq = self.ctx.xp.sum(X * X, axis=1)
+            xp, X = self.ctx.xp, self.X
+            sq = xp.zeros(X.shape[:1], dtype=X.dtype, device=self.ctx.device)
+            for c in range(X.shape[1]):
+                sq = sq + X[:, c] * X[:, c]
+            self._sq = sq
         return self._sq
 
     @property

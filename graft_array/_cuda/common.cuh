@@ -17,6 +17,11 @@ typedef long long i64;
 __device__ __forceinline__ float fnma(float a, float b, float c) { return fmaf(-a, b, c); }
 __device__ __forceinline__ double fnma(double a, double b, double c) { return fma(-a, b, c); }
 
+// s + v^2 with the square and the sum each rounded (never fused, whatever --fmad): the squared row norms
+// (fill rows, greedy volume's first residuals) summed in column order, as graft_array._numba.simd._sq_row_norms
+// and the generic path sum them, so that rows whose norms differ in the last bits rank alike everywhere.
+__device__ __forceinline__ double add_square(double s, double v) { return __dadd_rn(s, __dmul_rn(v, v)); }
+
 // The reductions' total order on (value, index) pairs: the larger value first,
 // then the lower index. Inactive entries carry a value below every live one.
 template <typename V>
@@ -143,7 +148,7 @@ __device__ __forceinline__ double load_row64(const T* Vb, int i, int n, int r, d
     if (live)
         for (int c = 0; c < r; ++c) {
             const double v = (double)Vb[(i64)i * r + c];
-            s = s + v * v;
+            s = add_square(s, v);
             amax = fabs(v) > amax ? fabs(v) : amax;
         }
     amax = block_max(amax, s_val);

@@ -35,7 +35,7 @@ __device__ __forceinline__ void deim_tall_init(const T* __restrict__ V, i64 n, i
         double ss = 0.0;
         for (int c = 0; c < r; ++c) {
             const double v = (double)x[c] * e.nsc;
-            ss += v * v;
+            ss = add_square(ss, v);
         }
         nrm[(i64)b * n + i] = sqrt(ss);
         sel[(i64)b * n + i] = 0;

@@ -107,7 +107,7 @@ __device__ __forceinline__ void deim_warp(const T* __restrict__ V, int B, int n,
             const T v = live && c < r ? st[lane * (R + 1) + c] : (T)0;
             row[q][c] = c < kk ? v : (T)0;
             const double d = (double)v;
-            s += d * d;
+            s = add_square(s, d);
         }
         ss[q] = live ? s : -1.0;
         __syncwarp();  // the tile is written again by the next chunk
@@ -133,7 +133,7 @@ __device__ __forceinline__ void deim_warp(const T* __restrict__ V, int B, int n,
             double s = 0.0;
             for (int c = 0; c < r; ++c) {
                 const double v = (double)x[c] * nsc;
-                s += v * v;
+                s = add_square(s, v);
             }
             ss[q] = s;
         }

@@ -108,6 +108,10 @@ inline float __uint_as_float(unsigned u) {
     return x;
 }
 
+// round-to-nearest product and sum, never fused (the shim is compiled with -ffp-contract=off)
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+
 template <typename V>
 V __shfl_sync(unsigned, V v, int src_lane) {
     return graft_shim::exchange(v, src_lane & 31);

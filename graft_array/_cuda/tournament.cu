@@ -46,7 +46,7 @@ __device__ __forceinline__ void deim_tile(const T* __restrict__ V, int n, int r,
         double ss = 0.0;
         for (int c = 0; c < r; ++c) {
             const double v = (double)x[c] * nsc;
-            ss += v * v;
+            ss = add_square(ss, v);
         }
         nrm[i] = sqrt(ss);
         live[i] = 1;

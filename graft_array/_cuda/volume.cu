@@ -128,7 +128,7 @@ __device__ __forceinline__ void volume_tall_init(const T* __restrict__ V, i64 n,
         double s = 0.0;
         for (int c = 0; c < r; ++c) {
             const double v = sc == 1.0 ? (double)V[i * r + c] : (double)V[i * r + c] * sc;
-            s = s + v * v;
+            s = add_square(s, v);
         }
         rho[i] = s;
         rho0[i] = s;

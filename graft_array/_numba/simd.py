@@ -726,12 +726,16 @@ def _absmax_finite(x):
     return best, ok
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
+@njit(cache=True, nogil=True)
 def _sq_row_norms(X, rows, m, out):
     """``out[i] = ||X[rows[i], :]||^2`` (float64 accumulation) for ``i < m``; returns their max ``|entry|`` (0 if none).
 
     The one "squared row norms" pass of the float64 kernels (initial residuals
     of volume, fill norms, k > r); the max decides their band (:func:`_band_scale`).
+    Summed in column order, each square and each sum rounded (no fast-math: no
+    fused or reordered sum), as the CUDA kernels (``add_square``) and the
+    generic path sum them: rows whose norms differ only in the last bits (a row
+    and its permutation) rank alike on every backend.
     """
     r = X.shape[1]
     amax = 0.0
