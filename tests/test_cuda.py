@@ -443,6 +443,25 @@ def test_shim_refine_makes_the_numba_swaps(dt, rng):
     assert cref.fits(1024, 64) and not cref.fits(1025, 4) and not cref.fits(100, 65)
 
 
+def test_every_launcher_compiles_with_fmad_false_by_default():
+    """What ships is what the parity checks run: every launcher, build.function, build.launch and NVRTC's
+    options default to --fmad=false (a multiply and an add fused only where the source writes fma)."""
+    import importlib
+    import inspect
+
+    mods = ("criterion", "deim", "facility", "gradmatch", "nnls", "rect", "refine", "tournament", "volume")
+    found = []
+    for mod in ("build",) + mods:
+        m = importlib.import_module(f"graft_array._cuda.{mod}")
+        for name, fn in inspect.getmembers(m, inspect.isfunction):
+            param = inspect.signature(fn).parameters.get("fmad")
+            if fn.__module__ == m.__name__ and param is not None:
+                assert param.default is False, f"{mod}.{name}"
+                found.append(f"{mod}.{name}")
+    assert len(found) >= 15 and "build.launch" in found and "deim.deim_batched" in found, found
+    assert "--fmad=false" in build.nvrtc_options()
+
+
 def _permuted_rows(seed, n, r, i, j):
     """A float64 batch whose column 0 is zero (step 0 takes a fill row: the largest norm) and whose rows i < j,
     the largest, hold the same entries in two orders: equal norms in exact arithmetic, which differ in the last
@@ -661,7 +680,7 @@ def test_gpu_kernel_equals_numba(dt, warp, rng):
     import cupy
 
     for V, kk in _cases(rng, dt):
-        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False, warp=warp)
+        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), kk, warp=warp)
         want_piv, want_rank = _numba(V, kk)
         np.testing.assert_array_equal(piv.get(), want_piv)
         np.testing.assert_array_equal(rank.get(), want_rank)
@@ -687,7 +706,7 @@ def test_gpu_warp_kernel_equals_numba_on_mixed_batches(dt, shape, rng):
     fin = np.isfinite(V).all(axis=(1, 2))
     want_piv, want_rank = _numba(V[fin], r)
     for warp in (None, False):
-        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), r, fmad=False, warp=warp)
+        piv, rank, bad = cdeim.deim_batched(cupy.asarray(V), r, warp=warp)
         np.testing.assert_array_equal(bad.get(), ~fin)
         np.testing.assert_array_equal(piv.get()[fin], want_piv)
         np.testing.assert_array_equal(rank.get()[fin], want_rank)
@@ -702,7 +721,7 @@ def test_gpu_volume_equals_numba(dt, rng):
     from graft_array._cuda import volume as cvol
 
     V = rng.standard_normal((30, 256, 32)).astype(dt)
-    piv, rank = cvol.volume_batched(cupy.asarray(V), 32, fmad=False)
+    piv, rank = cvol.volume_batched(cupy.asarray(V), 32)
     want_piv, want_rank, _, _ = run_maxvol(V, 32, method="volume")
     np.testing.assert_array_equal(piv.get(), want_piv)
     np.testing.assert_array_equal(rank.get(), want_rank)
@@ -716,16 +735,16 @@ def test_gpu_tournament_and_tall_deim_equal_numba(rng):
     from graft_array._cuda import tournament as ctour
 
     V = rng.standard_normal((2, 200_000, 32)).astype(np.float32)
-    piv, rank = ctour.tournament(cupy.asarray(V), 32, 4096, fmad=False)
+    piv, rank = ctour.tournament(cupy.asarray(V), 32, 4096)
     np.testing.assert_array_equal(piv.get(), run_maxvol(V, 32, method="tournament", tile_rows=4096)[0])
-    piv, rank = ctour.tournament(cupy.asarray(V[:, :20_000]), 32, 20_000, fmad=False)
+    piv, rank = ctour.tournament(cupy.asarray(V[:, :20_000]), 32, 20_000)
     want = run_maxvol(V[:, :20_000], 32, method="deim")[0]
     np.testing.assert_array_equal(piv.get(), want)
-    piv, rank = cdeim.deim_tall(cupy.asarray(V[:, :20_000]), 32, fmad=False)
+    piv, rank = cdeim.deim_tall(cupy.asarray(V[:, :20_000]), 32)
     np.testing.assert_array_equal(piv.get(), want)
     T = rng.standard_normal((3, 300_000, 24))
     T[1, :, 12:] = T[1, :, :12]  # fill rows
-    piv, rank = cdeim.deim_tall(cupy.asarray(T), 24, fmad=False)
+    piv, rank = cdeim.deim_tall(cupy.asarray(T), 24)
     want_piv, want_rank, _, _ = run_maxvol(T, 24, method="deim")
     np.testing.assert_array_equal(piv.get(), want_piv)
     np.testing.assert_array_equal(rank.get(), want_rank)
@@ -741,7 +760,7 @@ def test_gpu_refine_equals_numba(rng):
     V = rng.standard_normal((30, 256, 24))
     piv, rank, _, _ = run_maxvol(V, 24, method="deim")
     got = cupy.asarray(piv)
-    conv, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 50, fmad=False)
+    conv, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 50)
     want = run_maxvol(V, 24, method="deim", refine=True, tol=1.01, max_iters=50)
     np.testing.assert_array_equal(got.get(), want[0])
     np.testing.assert_array_equal(iters.get(), want[3])
@@ -763,7 +782,7 @@ def test_gpu_gradmatch_pursuit_equals_numba(rng):
     K, bv, gg = (cupy.asarray(np.stack([pt[i] for pt in parts])) for i in range(3))
     from array_api_compat import array_namespace
 
-    got_order, got_w = cgm.finish(array_namespace(K), *cgm.pursuit(K, bv, gg, 32, 0.5, fmad=False), 32, 3, starts)
+    got_order, got_w = cgm.finish(array_namespace(K), *cgm.pursuit(K, bv, gg, 32, 0.5), 32, 3, starts)
     np.testing.assert_array_equal(got_order.get(), order)
     np.testing.assert_allclose(got_w.get(), w, rtol=1e-12)
 
@@ -776,7 +795,7 @@ def test_gpu_tall_volume_equals_numba(rng):
     from graft_array._cuda import volume as cvol
 
     V = rng.standard_normal((100_000, 32))
-    piv, rank = cvol.volume_tall(cupy.asarray(V), 32, fmad=False)
+    piv, rank = cvol.volume_tall(cupy.asarray(V), 32)
     np.testing.assert_array_equal(piv.get(), run_maxvol(V[None], 32, method="volume")[0][0])
 
 
@@ -790,7 +809,7 @@ def test_gpu_rect_extension_equals_numba(rng):
 
     V = rng.standard_normal((30, 128, 20))
     piv, rank, _, _ = run_maxvol(V, 20, method="deim")
-    got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), 50, fmad=False)
+    got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), 50)
     np.testing.assert_array_equal(got.get(), _rect_batched(V, piv, rank, 50))
 
 
@@ -807,8 +826,30 @@ def test_gpu_nnls_weights_match_numba(rng):
     K = G @ G.transpose(0, 2, 1)
     b = np.einsum("bkd,bd->bk", G, g)
     sizes = rng.integers(1, 33, 40)
-    got = cnnls.nnls_weights(cupy.asarray(K), cupy.asarray(b), cupy.asarray(sizes), 128.0, 0.0, fmad=False)
+    got = cnnls.nnls_weights(cupy.asarray(K), cupy.asarray(b), cupy.asarray(sizes), 128.0, 0.0)
     np.testing.assert_allclose(got.get(), nnls_batched(K, b, sizes, 128.0, 0.0), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_facility_location_equals_numba(rng):
+    """facility.cu on the device (a block of 1024 threads for n = 1024, one warp for n = 7): the Numba kernel's
+    order and weights, duplicates and ties included."""
+    import cupy
+
+    from graft_array._cuda import facility as cfac
+    from graft_array.strategies._batch import batch_gram_plain_nb
+    from graft_array.strategies.facility import facility_location_plain_nb
+
+    for B, n, p, m in ((3, 1024, 16, 40), (2, 7, 3, 7), (2, 300, 5, 60)):
+        G = rng.standard_normal((B, n, p))
+        G[0, 5] = G[0, n - 1]
+        G[-1, :3] = 0.0
+        order, w, _ = facility_location_plain_nb(G, m, True)
+        K = np.stack([batch_gram_plain_nb(G[b])[0] for b in range(B)])
+        got_order, got_w = cfac.facility_location(cupy.asarray(K), m)
+        np.testing.assert_array_equal(cupy.asnumpy(got_order), order)
+        np.testing.assert_array_equal(cupy.asnumpy(got_w), w)
 
 
 @pytest.mark.gpu
@@ -820,7 +861,7 @@ def test_gpu_rho_curve_equals_numba(rng):
     from graft_array._numba.criterion import rho_curve
 
     K, b, gg = _gram_problem(rng, 50, 40, 30)
-    rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg), fmad=False)
+    rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg))
     want_rho, want_skipped = rho_curve(K, b, gg)
     np.testing.assert_array_equal(rho.get(), want_rho)
     np.testing.assert_array_equal(skipped.get(), want_skipped)

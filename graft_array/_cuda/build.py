@@ -134,7 +134,12 @@ def full_source(name, only=None):
     return _inline_includes(source(name)) + instance_lines(name, only)
 
 
-def nvrtc_options(arch="sm_90", *, fmad=True, verbose=True):
+def nvrtc_options(arch="sm_90", *, fmad=False, verbose=True):
+    """NVRTC's options. ``--fmad=false`` by default, in production as in every parity check: a multiply and an add
+    are fused only where the source says so (``fma``, :func:`fnma` in common.cuh), so the kernels round as the
+    Numba path does and a GPU selection is the CPU's. The DEIM kernels' inner loops are explicit fused
+    multiply-adds either way (the same number of ``fma.rn`` in their PTX with and without it); in greedy volume,
+    the extension, refine, the rho curve and the weights ``--fmad=true`` would fuse hundreds of operations."""
     opts = [f"--gpu-architecture={arch}", "--std=c++17"]
     if not fmad:
         opts.append("--fmad=false")
@@ -143,7 +148,7 @@ def nvrtc_options(arch="sm_90", *, fmad=True, verbose=True):
     return opts
 
 
-def compile_nvrtc(name, arch="sm_90", *, fmad=True):
+def compile_nvrtc(name, arch="sm_90", *, fmad=False):
     """NVRTC-compile source ``name`` for ``arch``: ``(cubin bytes, compiler log)``.
 
     Raises RuntimeError with the log when the source does not compile.
@@ -266,7 +271,7 @@ def _module(name, fmad, only):
                                         if not o.startswith("--gpu-architecture")))
 
 
-def function(name, kernel, *, fmad=True):
+def function(name, kernel, *, fmad=False):
     """The ``cupy.RawKernel`` of instance ``kernel`` of source ``name`` (compiled once, cached by CuPy): the
     whole source, or, for a source with generated instances, the source with that one instance."""
     return _module(name, fmad, kernel if name in GENERATED else None).get_function(kernel)
@@ -280,7 +285,7 @@ def grid_blocks(n, threads, max_blocks):
 _NP_TYPES = {"int": "int32", "long long": "int64", "double": "float64"}
 
 
-def launch(kernel, grid, block, *args, fmad=True):
+def launch(kernel, grid, block, *args, fmad=False):
     """:func:`emulate`'s twin on the GPU: kernel instance ``kernel`` on ``grid`` blocks (an int or (gx, gy)) of
     ``block`` threads, CuPy arrays by pointer and numbers as the kernel's C parameter types (from :data:`KERNELS`),
     on CuPy's current stream."""

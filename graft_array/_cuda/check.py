@@ -40,6 +40,23 @@ def _gram_cases(seed=1):
     return out
 
 
+def _facility_cases(seed=2):
+    """CRAIG's facility location: (name, Grams K (B, n, n), m, the Numba kernel's (order, weights)); duplicate
+    rows and equal similarities (ties), a block of 1024 threads and one of a warp."""
+    from ..strategies._batch import batch_gram_plain_nb
+    from ..strategies.facility import facility_location_plain_nb
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for n, p, m in ((7, 3, 7), (300, 5, 60), (1024, 16, 40)):
+        G = rng.standard_normal((2, n, p))
+        G[0, 5] = G[0, n - 1]
+        G[1, :3] = 0.0
+        K = np.stack([batch_gram_plain_nb(G[b])[0] for b in range(2)])
+        out.append((f"{n}x{n} m={m}", K, m, facility_location_plain_nb(G, m, True)[:2]))
+    return out
+
+
 def _compare_close(name, got, want):
     """The weights: the same active set, values to 1e-6 of the largest (the Numba fit reassociates its dots)."""
     ok = np.array_equal(got > 0, want > 0) and np.allclose(got, want, rtol=1e-6,
@@ -67,6 +84,7 @@ def main(argv=None, prog="graft-array check-gpu"):
     from . import build
     from . import criterion as ccrit
     from . import deim as cdeim
+    from . import facility as cfac
     from . import nnls as cnnls
     from . import rect as crect
     from . import refine as cref
@@ -103,6 +121,8 @@ def main(argv=None, prog="graft-array check-gpu"):
             sizes = np.maximum(1, np.arange(K.shape[0]) % (K.shape[1] + 1))
             got, want = cnnls.emulate_nnls_weights(K, b, sizes, 128.0, 0.0), nnls_batched(K, b, sizes, 128.0, 0.0)
             ok &= _compare_close("nnls_weights " + name, got, want)
+        for name, K, m, want in _facility_cases():
+            ok &= _compare("facility_location " + name, cfac.emulate_facility_location(K, m), want)
         for name, V, kk in _cases():
             n, r = V.shape[1:]
             if crect.fits(n, r, min(n, 2 * r)):
@@ -156,15 +176,15 @@ def main(argv=None, prog="graft-array check-gpu"):
 
         for name, V, kk in _cases():
             want = run_maxvol(V, kk, method="deim")[:2]
-            piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False, warp=False)
+            piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, warp=False)
             ok &= _compare("GPU deim_batched " + name, (piv.get(), rank.get()), want)
             if cdeim.warp_instance(V.dtype, *V.shape[1:], kk):
-                piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, fmad=False, warp=True)
+                piv, rank, _ = cdeim.deim_batched(cupy.asarray(V), kk, warp=True)
                 ok &= _compare("GPU deim_warp " + name, (piv.get(), rank.get()), want)
-            piv, rank = cdeim.deim_tall(cupy.asarray(V), kk, fmad=False)
+            piv, rank = cdeim.deim_tall(cupy.asarray(V), kk)
             ok &= _compare("GPU deim_tall " + name, (piv.get(), rank.get()), want)
             if cvol.fits(*V.shape[1:]):
-                piv, rank = cvol.volume_batched(cupy.asarray(V), kk, fmad=False)
+                piv, rank = cvol.volume_batched(cupy.asarray(V), kk)
                 ok &= _compare("GPU volume_batched " + name, (piv.get(), rank.get()),
                                run_maxvol(V, kk, method="volume")[:2])
         for name, V, kk in _cases():
@@ -172,23 +192,26 @@ def main(argv=None, prog="graft-array check-gpu"):
             if crect.fits(n, r, min(n, 2 * r)):
                 k = min(n, 2 * r)
                 piv, rank, _, _ = run_maxvol(V, r, method="deim")
-                got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), k, fmad=False)
+                got = crect.rect_extend(cupy.asarray(V), cupy.asarray(piv), cupy.asarray(rank), k)
                 ok &= _compare(f"GPU rect_extend {name} -> k={k}", (got.get(), rank),
                                (_rect_batched(V, piv, rank, k), rank))
         for name, V, kk in _cases():
             piv, rank, _, _ = run_maxvol(V, kk, method="deim")
             got = cupy.asarray(piv)
-            _, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 20, fmad=False)
+            _, iters = cref.refine(cupy.asarray(V), got, cupy.asarray(rank), 1.01, 20)
             want = run_maxvol(V, kk, method="deim", refine=True, tol=1.01, max_iters=20)
             ok &= _compare("GPU refine " + name, (got.get(), iters.get()), (want[0], want[3]))
             tiles = max(2 * kk, 16)
-            piv, rank = ctour.tournament(cupy.asarray(V), kk, tiles, fmad=False)
+            piv, rank = ctour.tournament(cupy.asarray(V), kk, tiles)
             ok &= _compare(f"GPU deim_tiles {name} tiles={tiles}", (piv.get(), rank.get()),
                            run_maxvol(V, kk, method="tournament", tile_rows=tiles)[:2])
         for name, K, b, gg in _gram_cases():
             sizes = np.maximum(1, np.arange(K.shape[0]) % (K.shape[1] + 1))
-            got = cnnls.nnls_weights(cupy.asarray(K), cupy.asarray(b), cupy.asarray(sizes), 128.0, 0.0, fmad=False)
+            got = cnnls.nnls_weights(cupy.asarray(K), cupy.asarray(b), cupy.asarray(sizes), 128.0, 0.0)
             ok &= _compare_close("GPU nnls_weights " + name, got.get(), nnls_batched(K, b, sizes, 128.0, 0.0))
-            rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg), fmad=False)
+            rho, skipped = ccrit.rho_curve(cupy.asarray(K), cupy.asarray(b), cupy.asarray(gg))
             ok &= _compare("GPU rho_curve " + name, (rho.get(), skipped.get()), rho_curve(K, b, gg))
+        for name, K, m, want in _facility_cases():
+            order, w = cfac.facility_location(cupy.asarray(K), m)
+            ok &= _compare("GPU facility_location " + name, (order.get(), w.get()), want)
     return 0 if ok else 1

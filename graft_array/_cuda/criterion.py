@@ -19,7 +19,7 @@ def instance(kk):
     return build.sized("rho_curve_k", build.RHO_SIZES, kk)
 
 
-def rho_curve(K, b, gg, *, fmad=True):
+def rho_curve(K, b, gg, *, fmad=False):
     """``(rho (B, kk) float64, skipped (B, kk) bool)`` of CuPy arrays K (B, kk, kk), b (B, kk), gg (B,), float64.
 
     One launch for all batches, on CuPy's current stream; no host synchronisation.

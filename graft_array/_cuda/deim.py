@@ -52,7 +52,7 @@ def _block(n):
     return max(32, -(-n // 32) * 32)
 
 
-def deim_batched(V, kk, *, fmad=True, warp=None):
+def deim_batched(V, kk, *, fmad=False, warp=None):
     """``(piv (B, kk) int64, rank (B,) int64, bad (B,) int32)`` of the CuPy array ``V`` (B, n, r), on its device.
 
     One launch for all batches, on CuPy's current stream; no host synchronisation. ``warp``: the warp
@@ -137,7 +137,7 @@ def _tall_launches(xp, V, kk, *, threads, max_blocks, launch):
     return piv, state[0::2].astype(xp.int64)
 
 
-def deim_tall(V, kk, *, fmad=True):
+def deim_tall(V, kk, *, fmad=False):
     """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r) (finite, :func:`fits_tall`, else
     ValueError): DEIM of any number of rows, 2 kk + 1 launches whatever B and n (no host synchronisation), on
     CuPy's current stream."""

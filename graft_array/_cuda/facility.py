@@ -12,7 +12,7 @@ def fits(n, m):
     return 1 <= m <= n <= MAX_ROWS
 
 
-def facility_location(K, m, *, fmad=True):
+def facility_location(K, m, *, fmad=False):
     """``(order (B, m) int64, weights (B, m) float64)`` from the CuPy Grams K (B, n, n) float64; one launch."""
     import cupy
 

@@ -14,7 +14,7 @@ def fits(n, m):
     return 1 <= m <= min(n, MAX_M) and n <= MAX_ROWS
 
 
-def pursuit(K, b, gg, m, lam, *, fmad=True):
+def pursuit(K, b, gg, m, lam, *, fmad=False):
     """``(act (B, m) int64, w (B, m), q (B,) int64, chosen (B, n) bool)`` of CuPy Grams; one launch."""
     import cupy
 

@@ -13,7 +13,7 @@ def instance(kk):
     return build.sized("nnls_weights_k", build.RHO_SIZES, kk)
 
 
-def nnls_weights(K, b, sizes, n, reg, *, fmad=True):
+def nnls_weights(K, b, sizes, n, reg, *, fmad=False):
     """Weights (B, kk) float64 of each batch's first ``sizes[b]`` pivots, zero beyond, on the device (CuPy).
 
     The fit of :func:`graft_array._numba.criterion.nnls_batched`: K (B, kk, kk),

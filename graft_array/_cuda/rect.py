@@ -17,7 +17,7 @@ def instance(dtype, r):
     return build.sized("rect_extend_r", build.RECT_RANKS, r, dtype)
 
 
-def rect_extend(V, piv, rank, k, *, fmad=True):
+def rect_extend(V, piv, rank, k, *, fmad=False):
     """``(B, k)`` int64 rows of the CuPy arrays V (B, n, r), piv (B, r) int64, rank (B,) int64, on their device.
 
     ``piv`` holds each batch's r greedy pivots (full rank where ``rank == r``);

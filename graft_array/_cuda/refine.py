@@ -16,7 +16,7 @@ def fits(n, k):
 _suffix = build.suffix
 
 
-def refine(V, piv, rank, tol, max_iters, *, fmad=True):
+def refine(V, piv, rank, tol, max_iters, *, fmad=False):
     """Refine the CuPy pivots ``piv`` (B, k) of V (B, n, r) in place where ``rank == k``; one launch.
 
     Returns ``(converged (B,) bool, iterations (B,) int64)`` on the device (-1: singular start, untouched).

@@ -45,7 +45,7 @@ def _levels(n, kk, tile_rows):
 _suffix = build.suffix
 
 
-def tournament(V, kk, tile_rows, *, fmad=True):
+def tournament(V, kk, tile_rows, *, fmad=False):
     """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r) (finite), one launch per level.
 
     Needs :func:`fits_tiles` (else ValueError) and B >= 1.

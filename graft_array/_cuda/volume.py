@@ -25,7 +25,7 @@ def instance(dtype, r):
     return build.sized("volume_batched_r", build.RECT_RANKS, r, dtype)
 
 
-def volume_batched(V, kk, *, fmad=True):
+def volume_batched(V, kk, *, fmad=False):
     """``(piv (B, kk) int64, rank (B,) int64)`` of the CuPy array V (B, n, r), kk <= r; one launch."""
     import cupy
 
@@ -51,7 +51,7 @@ def emulate_volume_batched(V, kk):
     return piv, rank
 
 
-def volume_tall(V, kk, *, fmad=True):
+def volume_tall(V, kk, *, fmad=False):
     """``(piv (kk,) int64, rank (1,) int64)`` of one CuPy matrix V (n, r) of any height: 2 kk + 1 launches.
 
     The launches depend on the shapes only (no host synchronisation): an
