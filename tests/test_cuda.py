@@ -443,6 +443,20 @@ def test_shim_refine_makes_the_numba_swaps(dt, rng):
     assert cref.fits(1024, 64) and not cref.fits(1025, 4) and not cref.fits(100, 65)
 
 
+@given(st.integers(0, 4), st.integers(0, 9), st.integers(0, 5), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 2**31))
+def test_abs_max_is_the_max_of_abs_without_a_copy(B, n, r, dt, seed):
+    """build.abs_max (the tall launchers' scale, two reductions and no |V|-sized temporary) equals
+    abs(V).max() per batch, negative-dominant, zero and empty batches included."""
+    V = (np.random.default_rng(seed).standard_normal((B, n, r)) * 10.0 ** (seed % 7 - 3)).astype(dt)
+    if B and seed % 3 == 0:
+        V[0] = -np.abs(V[0])
+    got = build.abs_max(np, V)
+    want = np.abs(V).reshape(B, -1).max(axis=1) if V.size else np.zeros(B)
+    assert got.dtype == np.float64 and got.shape == (B,)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_every_launcher_compiles_with_fmad_false_by_default():
     """What ships is what the parity checks run: every launcher, build.function, build.launch and NVRTC's
     options default to --fmad=false (a multiply and an add fused only where the source writes fma)."""

@@ -119,7 +119,7 @@ def _tall_launches(xp, V, kk, *, threads, max_blocks, launch):
                          f"n < 2**31; got B={B}, n={n}, kk={kk}")
     blocks = build.grid_blocks(n, threads, max_blocks)
     suf = build.suffix(V.dtype)
-    amax = xp.abs(V).reshape(B, n * r).max(axis=1).astype(xp.float64)
+    amax = build.abs_max(xp, V)
     W = xp.empty(B * n * kk, dtype=V.dtype)
     nrm = xp.empty(B * n, dtype=xp.float64)
     sel = xp.empty(B * n, dtype=xp.uint8)

@@ -57,7 +57,7 @@ def tournament(V, kk, tile_rows, *, fmad=False):
         raise ValueError(f"tournament: {B} batches of {n} rows in tiles of {tile_rows}: no batch, or more than "
                          f"{MAX_TILES} tiles in a level")
     V = cupy.ascontiguousarray(V)
-    amax = cupy.abs(V).reshape(B, n * r).max(axis=1).astype(cupy.float64) if n * r else cupy.zeros(B)
+    amax = build.abs_max(cupy, V)
     cand = cupy.ascontiguousarray(cupy.broadcast_to(cupy.arange(n, dtype=cupy.int64), (B, n)))
     fn = build.function("tournament.cu", "deim_tiles_" + _suffix(V.dtype), fmad=fmad)
     eps = float(np.finfo(V.dtype).eps)
@@ -80,7 +80,7 @@ def emulate_tournament(V, kk, tile_rows, threads=64):
     fewer than the GPU's 256 keep the shim's thread start-ups cheap and give each thread more rows)."""
     V = np.ascontiguousarray(V)
     B, n, r = V.shape
-    amax = np.abs(V).reshape(B, n * r).max(axis=1).astype(np.float64) if n * r else np.zeros(B)
+    amax = build.abs_max(np, V)
     cand = np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int64), (B, n)))
     kernel = "deim_tiles_" + _suffix(V.dtype)
     eps = float(np.finfo(V.dtype).eps)

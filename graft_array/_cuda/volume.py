@@ -63,8 +63,7 @@ def volume_tall(V, kk, *, fmad=False):
     V = cupy.ascontiguousarray(V)
     suf = _suffix(V.dtype)
     stats = cupy.zeros(2, dtype=cupy.float64)
-    if n * r:
-        stats[0] = cupy.abs(V).max()
+    stats[0:1] = build.abs_max(cupy, V[None])
     rho = cupy.empty(n, dtype=cupy.float64)
     rho0 = cupy.empty(n, dtype=cupy.float64)
     nrm = cupy.empty(n, dtype=cupy.float64)
@@ -97,7 +96,7 @@ def emulate_volume_tall(V, kk, threads=64, max_blocks=4):
     n, r = V.shape
     suf = _suffix(V.dtype)
     stats = np.zeros(2)
-    stats[0] = np.abs(V).max() if n * r else 0.0
+    stats[0:1] = build.abs_max(np, V[None])
     rho, rho0, nrm = np.zeros(n), np.zeros(n), np.zeros(n)
     sel = np.zeros(n, dtype=np.uint8)
     blocks = build.grid_blocks(n, threads, max_blocks)
