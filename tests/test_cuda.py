@@ -244,16 +244,27 @@ def test_shim_tall_deim_is_the_numba_kernel(dt, rng):
 
 
 def test_launch_converts_numbers_to_the_kernels_parameter_types(monkeypatch):
-    """build.launch, emulate's GPU twin: the kernel's source, the grid as a tuple, numbers as their C types."""
+    """build.launch, emulate's GPU twin: the kernel's source, the grid as a tuple, numbers as their C types; and
+    both refuse a wrong buffer (count, element type, strides) with a TypeError naming it, before any launch."""
     calls = []
     monkeypatch.setattr(build, "function", lambda src, kernel, fmad: lambda *a: calls.append((src, kernel, fmad, a)))
-    W = np.zeros(4, np.float32)
-    build.launch("deim_tall_scan_f32", (3, 2), 64, 10, 4, 1, W, W, W, W, W, W, W, W, W, fmad=False)
-    build.launch("deim_batched_f64_r8", 5, 32, W, 9, 8, 8, 0.5, W, W, W)
+    f32, f64, i32, i64, u8 = (np.zeros(4, t) for t in (np.float32, np.float64, np.int32, np.int64, np.uint8))
+    build.launch("deim_tall_scan_f32", (3, 2), 64, 10, 4, 1, f32, f32, f64, u8, i32, f64, i32, f64, i32, fmad=True)
+    build.launch("deim_batched_f64_r8", 5, 32, f64, 9, 8, 8, 0.5, i64, i64, i32)
     (src, kernel, fmad, (grid, block, args)), second = calls
-    assert (src, kernel, fmad, grid, block) == ("deim_tall.cu", "deim_tall_scan_f32", False, (3, 2), (64,))
-    assert [type(a) for a in args[:3]] == [np.int64, np.int32, np.int32] and args[3] is W
+    assert (src, kernel, fmad, grid, block) == ("deim_tall.cu", "deim_tall_scan_f32", True, (3, 2), (64,))
+    assert [type(a) for a in args[:3]] == [np.int64, np.int32, np.int32] and args[3] is f32
     assert second[0] == "deim.cu" and second[3][0] == (5,) and type(second[3][2][4]) is np.float64
+    for run in (build.launch, build.emulate):
+        with pytest.raises(TypeError, match=r"argument 5 \(long long\*\) must be a C-contiguous array of int64; "
+                                            r"got ndarray of int32"):
+            run("deim_batched_f64_r8", 5, 32, f64, 9, 8, 8, 0.5, i32, i64, i32)
+        with pytest.raises(TypeError, match=r"argument 0 \(const double\*\) .* of float64; got ndarray of "
+                                            r"float64 \(strided\)"):
+            run("deim_batched_f64_r8", 5, 32, np.zeros(8)[::2], 9, 8, 8, 0.5, i64, i64, i32)
+        with pytest.raises(TypeError, match="takes 8 arguments; got 7"):
+            run("deim_batched_f64_r8", 5, 32, f64, 9, 8, 8, 0.5, i64, i64)
+    assert len(calls) == 2
 
 
 def test_warp_instances_cover_their_shapes():

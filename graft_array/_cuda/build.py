@@ -238,23 +238,32 @@ def emulator():
 
 
 _C_TYPES = {"int": ctypes.c_int, "double": ctypes.c_double, "long long": ctypes.c_longlong}
+_POINTEE = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64", "unsigned char": "uint8"}
+
+
+def _checked(kernel, args):
+    """``(source, parameter types)`` of instance ``kernel`` (from :data:`KERNELS`), once ``args`` fit them: as
+    many, and each pointer a C-contiguous array (NumPy or CuPy) of the pointee's type. TypeError otherwise: a
+    wrong buffer would not fail on the GPU, it would compute garbage."""
+    src, types = next((src, a) for src, kernels in KERNELS.items() for name, a in kernels if name == kernel)
+    if len(args) != len(types):
+        raise TypeError(f"{kernel} takes {len(types)} arguments; got {len(args)}")
+    for i, (t, a) in enumerate(zip(types, args)):
+        if t.endswith("*"):
+            want = _POINTEE[t.removeprefix("const ").removesuffix("*")]
+            if not (hasattr(a, "dtype") and hasattr(a, "flags") and a.flags.c_contiguous and a.dtype == want):
+                got = f"{type(a).__name__} of {getattr(a, 'dtype', '?')}" if hasattr(a, "dtype") else type(a).__name__
+                raise TypeError(f"{kernel}: argument {i} ({t}) must be a C-contiguous array of {want}; got {got}"
+                                f"{'' if getattr(getattr(a, 'flags', None), 'c_contiguous', True) else ' (strided)'}")
+    return src, types
 
 
 def emulate(kernel, grid, block, *args):
     """Launch kernel instance ``kernel`` through the CPU shim: ``grid`` blocks (an int or (gx, gy)) of ``block``
     threads (a multiple of 32). NumPy arrays go by pointer (they must be C-contiguous and of the kernel's
-    element type), numbers as the kernel's C parameter types (from :data:`KERNELS`)."""
-    types = next(a for kernels in KERNELS.values() for name, a in kernels if name == kernel)
-    if len(args) != len(types):
-        raise TypeError(f"{kernel} takes {len(types)} arguments; got {len(args)}")
-    conv = []
-    for t, a in zip(types, args):
-        if t.endswith("*"):
-            if not (hasattr(a, "ctypes") and a.flags.c_contiguous):
-                raise TypeError(f"{kernel}: a pointer argument ({t}) must be a C-contiguous NumPy array")
-            conv.append(a.ctypes.data_as(ctypes.c_void_p))
-        else:
-            conv.append(_C_TYPES[t](a))
+    element type: :func:`_checked`), numbers as the kernel's C parameter types (from :data:`KERNELS`)."""
+    _, types = _checked(kernel, args)
+    conv = [a.ctypes.data_as(ctypes.c_void_p) if t.endswith("*") else _C_TYPES[t](a) for t, a in zip(types, args)]
     gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
     getattr(emulator(), "emulate_" + kernel)(ctypes.c_uint(gx), ctypes.c_uint(gy), ctypes.c_uint(block), *conv)
 
@@ -298,10 +307,10 @@ _NP_TYPES = {"int": "int32", "long long": "int64", "double": "float64"}
 
 def launch(kernel, grid, block, *args, fmad=False):
     """:func:`emulate`'s twin on the GPU: kernel instance ``kernel`` on ``grid`` blocks (an int or (gx, gy)) of
-    ``block`` threads, CuPy arrays by pointer and numbers as the kernel's C parameter types (from :data:`KERNELS`),
-    on CuPy's current stream."""
+    ``block`` threads, CuPy arrays by pointer (checked as :func:`emulate`'s) and numbers as the kernel's C parameter
+    types (from :data:`KERNELS`), on CuPy's current stream."""
     import numpy as np
 
-    src, types = next((src, a) for src, kernels in KERNELS.items() for name, a in kernels if name == kernel)
+    src, types = _checked(kernel, args)
     conv = tuple(a if t.endswith("*") else np.dtype(_NP_TYPES[t]).type(a) for t, a in zip(types, args))
     function(src, kernel, fmad=fmad)(grid if isinstance(grid, tuple) else (grid,), (block,), conv)
