@@ -1047,8 +1047,9 @@ def test_select_cuda_plan_makes_a_fixed_number_of_host_round_trips(monkeypatch, 
     """``select``'s cuda plan on arrays that live on a device other than the host (array_api_strict's
     "device1": an implicit conversion to NumPy raises there, as it does for CuPy), every kernel run by the shim
     on copies that are not counted: the device-to-host round trips the plan itself makes (a scalar read, a DLPack
-    export, a copy to the host, cupy.asnumpy) are as many for 12 batches as for 3, a handful, and the rows are
-    the NumPy path's. Shows that no host synchronisation happens per batch outside the kernels."""
+    export, a copy to the host, cupy.asnumpy) are as many for 12 batches as for 3, a handful, and so are its
+    array operations on the device (each a launch or a few on a GPU); the rows are the NumPy path's. Shows that
+    outside the kernels no host synchronisation and no launch happens per batch."""
     import contextlib
     from collections import Counter
 
@@ -1075,6 +1076,28 @@ def test_select_cuda_plan_makes_a_fixed_number_of_host_round_trips(monkeypatch, 
 
     for name in ("__bool__", "__int__", "__float__", "__index__", "__dlpack__", "to_device"):
         monkeypatch.setattr(A, name, counting(name, getattr(A, name)))
+    ops, depth = Counter(), [0]
+
+    def op(name, fn):  # an operation the plan asks of the namespace (not those it makes inside itself)
+        def run(*a, **k):
+            if not depth[0] and not quiet[0]:
+                ops[name] += 1
+            depth[0] += 1
+            try:
+                return fn(*a, **k)
+            finally:
+                depth[0] -= 1
+        return run
+
+    for mod, prefix in ((xs, ""), (xs.linalg, "linalg.")):
+        for name in dir(mod):
+            fn = getattr(mod, name)
+            if name[:1].islower() and callable(fn) and not isinstance(fn, type) and name != "to_device":
+                monkeypatch.setattr(mod, name, op(prefix + name, fn))
+    for name in ("__add__", "__sub__", "__mul__", "__truediv__", "__matmul__", "__getitem__", "__setitem__",
+                 "__neg__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__and__", "__or__",
+                 "__invert__", "__pow__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__abs__"):
+        monkeypatch.setattr(A, name, op(name, getattr(A, name)))
 
     @contextlib.contextmanager
     def uncounted():
@@ -1110,23 +1133,27 @@ def test_select_cuda_plan_makes_a_fixed_number_of_host_round_trips(monkeypatch, 
     monkeypatch.setattr(ccrit, "rho_curve_like", on_device(ccrit.emulate_rho_curve))
     monkeypatch.setattr(cnnls, "nnls_weights_like", on_device(cnnls.emulate_nnls_weights))
     monkeypatch.setattr(cupy, "asnumpy", asnumpy)
-    totals = []
+    totals, launches = [], []
     for B in (3, 12):
         F = rng.standard_normal((B, 100, 24)).astype(np.float32)
         E, H = (rng.standard_normal((B, 100, c)).astype(np.float32) for c in (5, 16))
         want = ga.select(F, ga.LastLayerGrads(E, H), fraction=0.3, random_state=0, return_info=True)
         Fd, Ed, Hd = (xs.asarray(a, device=dev) for a in (F, E, H))
         trips.clear()
+        ops.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             got = _bounded(lambda: ga.select(Fd, ga.LastLayerGrads(Ed, Hd), fraction=0.3, random_state=0,
                                              return_info=True, backend="cuda"), timeout=300)
         totals.append(dict(trips))
+        launches.append(dict(ops))
         assert got.indices.device == dev
         np.testing.assert_array_equal(to_host(got.indices), want.indices)
         np.testing.assert_allclose(to_host(got.weights), want.weights, rtol=1e-5)
     assert totals[0] == totals[1], totals
     assert 0 < sum(totals[0].values()) <= 12, totals
+    assert launches[0] == launches[1], launches
+    assert 20 < sum(launches[0].values()) <= 250, launches
 
 
 def test_capability_table_names_importable_entries():
