@@ -179,7 +179,8 @@ _rank_factor = njit(cache=True, nogil=True)(rank_tol_factor)  # max(r, min(n, r^
 
 @njit(cache=True, nogil=True)
 def _in_band(amax, r):
-    """A float64 kernel may run unscaled on a batch of ``r`` columns and largest ``|entry|`` ``amax`` (False for NaN)."""
+    """A float64 kernel may run unscaled on a batch of ``r`` columns and largest ``|entry|`` ``amax``
+    (False for NaN)."""
     return amax == 0.0 or (_BAND_LO <= amax and amax * math.sqrt(r) <= _BAND_HI)
 
 
