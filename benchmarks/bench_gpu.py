@@ -3,7 +3,7 @@
     python benchmarks/bench_gpu.py                 # on a machine with a CUDA device and the [gpu] extra
     python benchmarks/bench_gpu.py --quick         # smaller problems
     python benchmarks/bench_gpu.py --out DIR       # also write gpu.md there
-    python benchmarks/bench_gpu.py --tables deim   # only some of the tables (deim, select, tall)
+    python benchmarks/bench_gpu.py --tables deim   # only some of the tables (deim, warp, select, tall)
 
 Tables (each time the median of ``--repeats`` runs, CUDA events around the work):
 
@@ -13,6 +13,9 @@ Tables (each time the median of ``--repeats`` runs, CUDA events around the work)
   the ratio to ``torch.linalg.lu_factor`` on the same stack (batched getrf,
   also partial pivoting) and to a CuPy loop of ``cupyx.scipy.linalg.lu_factor``
   over batches (on the first 100 batches, scaled);
+* the float32 128 x 32 warp kernel as shipped and with 3 or 4 blocks of 4 warps per SM
+  forced by ``__launch_bounds__`` (fewer registers, some spilled: :func:`warp_variant`), to
+  see whether more warps in flight pay for the spills (the shipped one runs 8 warps per SM);
 * ``select`` end to end on the GPU against the Numba path on this machine's
   CPU cores (the same problem, 64 batches of 128 rows per call), then where the
   GPU call spends its time, stage by stage (:func:`select_stages`: wall and
@@ -94,6 +97,59 @@ def deim_rows(sizes, repeats, bw, peer_batches):
             rows.append((np.dtype(dt).name, B, kernel, B / t, gbs, gbs / bw, tb / t, tt / t, tl / t))
             V = tv = None  # free the stack before the next size
             cupy.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+_WARP_BOUNDS = "__launch_bounds__(32 * GRAFT_WARPS)"
+
+
+def warp_variant(inst, min_blocks):
+    """``(source, registers, spill bytes (stores, loads))`` of the warp kernel's instance ``inst`` compiled with
+    ``__launch_bounds__(128, min_blocks)`` (None: as it ships): at least ``min_blocks`` blocks of 4 warps per SM,
+    the registers capped to fit them (the shipped float32 128 x 32 instance takes 228: 2 blocks, 8 warps)."""
+    from cupy.cuda import nvrtc
+
+    from graft_array._cuda import build
+
+    src = build.full_source("deim_warp.cu", inst)
+    if min_blocks is not None:
+        assert src.count(_WARP_BOUNDS) == 1, "deim_warp.cu's launch bounds changed: update bench_gpu.warp_variant"
+        src = src.replace(_WARP_BOUNDS, f"__launch_bounds__(32 * GRAFT_WARPS, {min_blocks})")
+    prog = nvrtc.createProgram(src, "deim_warp.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, build.nvrtc_options("sm_90"))
+        res = build.resources(nvrtc.getProgramLog(prog))[inst]
+    finally:
+        nvrtc.destroyProgram(prog)
+    return src, res["registers"], (res["spill_stores"], res["spill_loads"])
+
+
+def warp_variant_rows(B, repeats, bw):
+    """The float32 128 x 32 warp kernel as shipped and with 3 and 4 blocks per SM forced (12 and 16 warps, fewer
+    registers, some spilled): batches/s, share of the copy bandwidth, and whether the pivots are the shipped
+    kernel's, on B batches."""
+    import cupy
+
+    from graft_array._cuda import build
+    from graft_array._cuda import deim as cdeim
+
+    V = cupy.random.default_rng(0).standard_normal((B, 128, 32), dtype=cupy.float32)
+    inst = cdeim.warp_instance(V.dtype, 128, 32, 32)
+    want = cdeim.deim_batched(V, 32, warp=True)[0]
+    eps = float(np.finfo(np.float32).eps)
+    rows = []
+    for min_blocks in (None, 3, 4):
+        src, regs, spills = warp_variant(inst, min_blocks)
+        fn = cupy.RawModule(code=src, options=tuple(o for o in build.nvrtc_options(verbose=False)
+                                                    if not o.startswith("--gpu-architecture"))).get_function(inst)
+        piv, rank, bad = (cupy.empty((B, 32), cupy.int64), cupy.empty(B, cupy.int64), cupy.empty(B, cupy.int32))
+
+        def run():
+            fn((-(-B // cdeim.WARPS),), (32 * cdeim.WARPS,), (V, np.int32(B), np.int32(128), np.int32(32),
+                                                              np.int32(32), np.float64(eps), piv, rank, bad))
+
+        t = _time_gpu(run, repeats)
+        rows.append((min_blocks, regs, spills, B / t, V.nbytes / t / 1e9 / bw, bool((piv == want).all())))
     return rows
 
 
@@ -212,7 +268,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--tables", default="deim,select,tall", help="which tables, comma-separated (default: all)")
+    ap.add_argument("--tables", default="deim,warp,select,tall", help="which tables, comma-separated "
+                    "(default: all)")
     ap.add_argument("--peer-batches", type=int, default=10_000, help="torch.linalg.lu_factor is timed on at most "
                     "this many batches and scaled (default 10000)")
     args = ap.parse_args(argv)
@@ -255,6 +312,14 @@ def main(argv=None):
             emit(f"| {dt} | {B} | {kern} | {bps:.3g} | {gbs:.1f} | {100 * share:.1f}% | {vb:.2f}x | {vt:.1f}x | "
                  f"{vl:.0f}x |")
 
+    def warp_table():
+        B = 100_000 if args.quick else 1_000_000
+        emit("", f"| warp kernel, float32 128 x 32, {B} batches | registers | spill B (stores / loads) | batches/s | "
+             "share of copy bandwidth | pivots |", "|---|---:|---:|---:|---:|---|")
+        for mb, regs, (st, ld), bps, share, same in warp_variant_rows(B, args.repeats, bw):
+            emit(f"| {'as shipped' if mb is None else f'__launch_bounds__(128, {mb})'} | {regs} | {st} / {ld} | "
+                 f"{bps:.3g} | {100 * share:.1f}% | {'the same' if same else 'DIFFERENT'} |")
+
     def select_table():
         cpu, gpu = select_rows(args.repeats)
         emit("", "| select, 64 batches of 128 x 64 (float32) | Numba on the CPU | GPU | GPU speed-up |",
@@ -277,7 +342,7 @@ def main(argv=None):
             emit(f"| {name} | {1000 * t:.1f} ms | {ratio:.1f}x |")
 
     chosen = set(args.tables.split(","))
-    for table in (deim_table, select_table, tall_table):
+    for table in (deim_table, warp_table, select_table, tall_table):
         if table.__name__.removesuffix("_table") not in chosen:
             continue
         try:

@@ -86,6 +86,25 @@ def test_every_kernel_instance_compiles_to_a_cubin(src, arch):
 
 
 @needs_nvrtc
+def test_bench_gpu_warp_variant_caps_the_registers():
+    """bench_gpu's occupancy variants of the warp kernel compile, and the launch bounds cap the registers so that
+    3 blocks of 128 threads fit an SM's 65536 (the shipped instance's 228 fit 2)."""
+    import importlib
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        bench = importlib.import_module("bench_gpu")
+        src0, regs0, _ = bench.warp_variant("deim_warp_f32_r32_q4", None)
+        src3, regs3, spills3 = bench.warp_variant("deim_warp_f32_r32_q4", 3)
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("bench_gpu", None)
+    assert "__launch_bounds__(32 * GRAFT_WARPS, 3)" in src3 and src3.replace(", 3)", ")", 1) == src0
+    assert regs0 * 128 * 3 > 65536 >= regs3 * 128 * 3 and min(spills3) >= 0
+
+
+@needs_nvrtc
 def test_a_generated_instance_compiles_alone():
     """A launch compiles one instance of deim_warp.cu (seconds), not all of them (a minute)."""
     from cupy.cuda import nvrtc
