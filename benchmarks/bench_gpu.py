@@ -190,7 +190,7 @@ def select_rows(repeats):
 
 #: select's stages on a device (strategies/graft.py's run_generic): (label, module, attribute) of each call timed
 STAGES = (
-    ("max |F| per batch", "graft_array._agnostic.criterion", "batch_abs_max"),
+    ("max |F| and |G| per batch", "graft_array._agnostic.criterion", "batch_abs_max"),
     ("low rank (Grams, Cholesky QR, eigh)", "graft_array._agnostic.lowrank", "lowrank"),
     ("maxvol (DEIM kernel)", "graft_array.strategies.graft", "kernel"),
     ("criterion Grams", "graft_array._agnostic.criterion", "gram_plain"),

@@ -86,22 +86,21 @@ def test_every_kernel_instance_compiles_to_a_cubin(src, arch):
 
 
 @needs_nvrtc
-def test_bench_gpu_warp_variant_caps_the_registers():
+def test_bench_gpu_warp_variant_caps_the_registers(monkeypatch):
     """bench_gpu's occupancy variants of the warp kernel compile, and the launch bounds cap the registers so that
     3 blocks of 128 threads fit an SM's 65536 (the shipped instance's 228 fit 2)."""
     import importlib
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     try:
         bench = importlib.import_module("bench_gpu")
         src0, regs0, _ = bench.warp_variant("deim_warp_f32_r32_q4", None)
-        src3, regs3, spills3 = bench.warp_variant("deim_warp_f32_r32_q4", 3)
+        src3, regs3, _ = bench.warp_variant("deim_warp_f32_r32_q4", 3)
     finally:
-        sys.path.pop(0)
         sys.modules.pop("bench_gpu", None)
     assert "__launch_bounds__(32 * GRAFT_WARPS, 3)" in src3 and src3.replace(", 3)", ")", 1) == src0
-    assert regs0 * 128 * 3 > 65536 >= regs3 * 128 * 3 and min(spills3) >= 0
+    assert regs0 * 128 * 3 > 65536 >= regs3 * 128 * 3
 
 
 @needs_nvrtc
@@ -265,8 +264,10 @@ def test_shim_tall_deim_is_the_numba_kernel(dt, rng):
 def test_launch_converts_numbers_to_the_kernels_parameter_types(monkeypatch):
     """build.launch, emulate's GPU twin: the kernel's source, the grid as a tuple, numbers as their C types; and
     both refuse a wrong buffer (count, element type, strides) with a TypeError naming it, before any launch."""
+    cupy = pytest.importorskip("cupy")
     calls = []
     monkeypatch.setattr(build, "function", lambda src, kernel, fmad: lambda *a: calls.append((src, kernel, fmad, a)))
+    monkeypatch.setattr(cupy, "ndarray", np.ndarray)  # NumPy arrays stand for device arrays here
     f32, f64, i32, i64, u8 = (np.zeros(4, t) for t in (np.float32, np.float64, np.int32, np.int64, np.uint8))
     build.launch("deim_tall_scan_f32", (3, 2), 64, 10, 4, 1, f32, f32, f64, u8, i32, f64, i32, f64, i32, fmad=True)
     build.launch("deim_batched_f64_r8", 5, 32, f64, 9, 8, 8, 0.5, i64, i64, i32)
@@ -275,15 +276,20 @@ def test_launch_converts_numbers_to_the_kernels_parameter_types(monkeypatch):
     assert [type(a) for a in args[:3]] == [np.int64, np.int32, np.int32] and args[3] is f32
     assert second[0] == "deim.cu" and second[3][0] == (5,) and type(second[3][2][4]) is np.float64
     for run in (build.launch, build.emulate):
-        with pytest.raises(TypeError, match=r"argument 5 \(long long\*\) must be a C-contiguous array of int64; "
-                                            r"got ndarray of int32"):
+        with pytest.raises(TypeError, match=r"argument 5 \(long long\*\) must be a C-contiguous numpy.ndarray of "
+                                            r"int64; got ndarray of int32"):
             run("deim_batched_f64_r8", 5, 32, f64, 9, 8, 8, 0.5, i32, i64, i32)
         with pytest.raises(TypeError, match=r"argument 0 \(const double\*\) .* of float64; got ndarray of "
                                             r"float64 \(strided\)"):
             run("deim_batched_f64_r8", 5, 32, np.zeros(8)[::2], 9, 8, 8, 0.5, i64, i64, i32)
+        with pytest.raises(TypeError, match=r"argument 0 .* got float64 of float64$"):  # a scalar is no buffer
+            run("deim_batched_f64_r8", 5, 32, np.float64(1.0), 9, 8, 8, 0.5, i64, i64, i32)
         with pytest.raises(TypeError, match="takes 8 arguments; got 7"):
             run("deim_batched_f64_r8", 5, 32, f64, 9, 8, 8, 0.5, i64, i64)
     assert len(calls) == 2
+    monkeypatch.undo()
+    with pytest.raises(TypeError, match=r"argument 0 \(const double\*\) must be a C-contiguous cupy.ndarray"):
+        build.launch("deim_batched_f64_r8", 5, 32, f64, 9, 8, 8, 0.5, i64, i64, i32)  # a host array on the GPU
 
 
 def test_warp_instances_cover_their_shapes():
@@ -481,6 +487,8 @@ def test_abs_max_is_the_max_of_abs_without_a_copy(B, n, r, dt, seed):
     V = (np.random.default_rng(seed).standard_normal((B, n, r)) * 10.0 ** (seed % 7 - 3)).astype(dt)
     if B and seed % 3 == 0:
         V[0] = -np.abs(V[0])
+    if B > 1 and seed % 5 == 0:
+        V[-1] = 0.0
     got = build.abs_max(np, V)
     want = np.abs(V).reshape(B, -1).max(axis=1) if V.size else np.zeros(B)
     assert got.dtype == np.float64 and got.shape == (B,)
@@ -1298,17 +1306,19 @@ def test_bench_gpu_select_stages_times_every_stage_and_restores_them(monkeypatch
     monkeypatch.setattr(cupy.cuda, "get_elapsed_time", lambda a, b: (b.t - a.t) * 1e3)
     monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: types.SimpleNamespace(synchronize=lambda: None))
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    bench = importlib.import_module("bench_gpu")
-    before = {(mod, attr): getattr(importlib.import_module(mod), attr) for _, mod, attr in bench.STAGES}
-    F = rng.standard_normal((6, 40, 12)).astype(np.float32)
-    G = rng.standard_normal((6, 40, 5)).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rows = bench.select_stages(F, G, 2, backend="array_api")
+    try:
+        bench = importlib.import_module("bench_gpu")
+        before = {(mod, attr): getattr(importlib.import_module(mod), attr) for _, mod, attr in bench.STAGES}
+        F = rng.standard_normal((6, 40, 12)).astype(np.float32)
+        G = rng.standard_normal((6, 40, 5)).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = bench.select_stages(F, G, 2, backend="array_api")
+    finally:
+        sys.modules.pop("bench_gpu", None)
     labels = [r[0] for r in rows]
-    assert labels == ["max |F| per batch", "low rank (Grams, Cholesky QR, eigh)", "maxvol (DEIM kernel)",
+    assert labels == ["max |F| and |G| per batch", "low rank (Grams, Cholesky QR, eigh)", "maxvol (DEIM kernel)",
                       "criterion Grams", "rho(m) curves", "the whole call (stages wrapped)"]  # no NNLS kernel here
     assert all(wall > 0 and dev > 0 for _, wall, dev in rows)
     assert sum(r[1] for r in rows[:-1]) <= rows[-1][1]
     assert all(getattr(importlib.import_module(mod), attr) is fn for (mod, attr), fn in before.items())
-    sys.modules.pop("bench_gpu", None)

@@ -136,10 +136,13 @@ def full_source(name, only=None):
 
 def nvrtc_options(arch="sm_90", *, fmad=False, verbose=True):
     """NVRTC's options. ``--fmad=false`` by default, in production as in every parity check: a multiply and an add
-    are fused only where the source says so (``fma``, :func:`fnma` in common.cuh), so the kernels round as the
-    Numba path does and a GPU selection is the CPU's. The DEIM kernels' inner loops are explicit fused
-    multiply-adds either way (the same number of ``fma.rn`` in their PTX with and without it); in greedy volume,
-    the extension, refine, the rho curve and the weights ``--fmad=true`` would fuse hundreds of operations."""
+    are fused only where the source says so (``fma``, ``fnma`` and ``add_square`` in common.cuh). Where a kernel
+    does the Numba kernel's operations in its order (the DEIM family, the fill and first-residual row norms, the
+    rho curve: see each source's header) its results are the Numba path's bits. Greedy volume's dot products are
+    summed in another order by Numba's vectorised loops, so on near-ties its later pivots can differ. The DEIM
+    kernels' inner loops are explicit fused multiply-adds either way (the same number of ``fma.rn`` in their PTX
+    with and without the flag); in greedy volume, the extension, refine, the rho curve and the weights
+    ``--fmad=true`` would fuse hundreds of operations."""
     opts = [f"--gpu-architecture={arch}", "--std=c++17"]
     if not fmad:
         opts.append("--fmad=false")
@@ -241,20 +244,22 @@ _C_TYPES = {"int": ctypes.c_int, "double": ctypes.c_double, "long long": ctypes.
 _POINTEE = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64", "unsigned char": "uint8"}
 
 
-def _checked(kernel, args):
+def _checked(kernel, args, array_type):
     """``(source, parameter types)`` of instance ``kernel`` (from :data:`KERNELS`), once ``args`` fit them: as
-    many, and each pointer a C-contiguous array (NumPy or CuPy) of the pointee's type. TypeError otherwise: a
-    wrong buffer would not fail on the GPU, it would compute garbage."""
+    many, and each pointer a C-contiguous ``array_type`` (``numpy.ndarray`` for the shim, ``cupy.ndarray`` for the
+    GPU) of the pointee's type. TypeError otherwise: a wrong buffer would not fail on the GPU, it would compute
+    garbage."""
     src, types = next((src, a) for src, kernels in KERNELS.items() for name, a in kernels if name == kernel)
     if len(args) != len(types):
         raise TypeError(f"{kernel} takes {len(types)} arguments; got {len(args)}")
     for i, (t, a) in enumerate(zip(types, args)):
         if t.endswith("*"):
             want = _POINTEE[t.removeprefix("const ").removesuffix("*")]
-            if not (hasattr(a, "dtype") and hasattr(a, "flags") and a.flags.c_contiguous and a.dtype == want):
-                got = f"{type(a).__name__} of {getattr(a, 'dtype', '?')}" if hasattr(a, "dtype") else type(a).__name__
-                raise TypeError(f"{kernel}: argument {i} ({t}) must be a C-contiguous array of {want}; got {got}"
-                                f"{'' if getattr(getattr(a, 'flags', None), 'c_contiguous', True) else ' (strided)'}")
+            if not (isinstance(a, array_type) and a.flags.c_contiguous and a.dtype == want):
+                got = f"{type(a).__name__} of {a.dtype}" if hasattr(a, "dtype") else type(a).__name__
+                strided = isinstance(a, array_type) and not a.flags.c_contiguous
+                raise TypeError(f"{kernel}: argument {i} ({t}) must be a C-contiguous {array_type.__module__}."
+                                f"{array_type.__name__} of {want}; got {got}{' (strided)' if strided else ''}")
     return src, types
 
 
@@ -262,7 +267,9 @@ def emulate(kernel, grid, block, *args):
     """Launch kernel instance ``kernel`` through the CPU shim: ``grid`` blocks (an int or (gx, gy)) of ``block``
     threads (a multiple of 32). NumPy arrays go by pointer (they must be C-contiguous and of the kernel's
     element type: :func:`_checked`), numbers as the kernel's C parameter types (from :data:`KERNELS`)."""
-    _, types = _checked(kernel, args)
+    import numpy as np
+
+    _, types = _checked(kernel, args, np.ndarray)
     conv = [a.ctypes.data_as(ctypes.c_void_p) if t.endswith("*") else _C_TYPES[t](a) for t, a in zip(types, args)]
     gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
     getattr(emulator(), "emulate_" + kernel)(ctypes.c_uint(gx), ctypes.c_uint(gy), ctypes.c_uint(block), *conv)
@@ -309,8 +316,9 @@ def launch(kernel, grid, block, *args, fmad=False):
     """:func:`emulate`'s twin on the GPU: kernel instance ``kernel`` on ``grid`` blocks (an int or (gx, gy)) of
     ``block`` threads, CuPy arrays by pointer (checked as :func:`emulate`'s) and numbers as the kernel's C parameter
     types (from :data:`KERNELS`), on CuPy's current stream."""
+    import cupy
     import numpy as np
 
-    src, types = _checked(kernel, args)
+    src, types = _checked(kernel, args, cupy.ndarray)
     conv = tuple(a if t.endswith("*") else np.dtype(_NP_TYPES[t]).type(a) for t, a in zip(types, args))
     function(src, kernel, fmad=fmad)(grid if isinstance(grid, tuple) else (grid,), (block,), conv)

@@ -159,7 +159,7 @@ __device__ __forceinline__ double load_row64(const T* Vb, int i, int n, int r, d
         for (int c = 0; c < R; ++c) {
             if (c >= r) break;
             x[c] = band ? (double)Vb[(i64)i * r + c] : (double)Vb[(i64)i * r + c] * sc;
-            q = q + x[c] * x[c];
+            q = add_square(q, x[c]);
         }
         if (!band) s = q;
     }
