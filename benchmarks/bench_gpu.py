@@ -107,20 +107,13 @@ def warp_variant(inst, min_blocks):
     """``(source, registers, spill bytes (stores, loads))`` of the warp kernel's instance ``inst`` compiled with
     ``__launch_bounds__(128, min_blocks)`` (None: as it ships): at least ``min_blocks`` blocks of 4 warps per SM,
     the registers capped to fit them (the shipped float32 128 x 32 instance takes 228: 2 blocks, 8 warps)."""
-    from cupy.cuda import nvrtc
-
     from graft_array._cuda import build
 
     src = build.full_source("deim_warp.cu", inst)
     if min_blocks is not None:
         assert src.count(_WARP_BOUNDS) == 1, "deim_warp.cu's launch bounds changed: update bench_gpu.warp_variant"
         src = src.replace(_WARP_BOUNDS, f"__launch_bounds__(32 * GRAFT_WARPS, {min_blocks})")
-    prog = nvrtc.createProgram(src, "deim_warp.cu", [], [])
-    try:
-        nvrtc.compileProgram(prog, build.nvrtc_options("sm_90"))
-        res = build.resources(nvrtc.getProgramLog(prog))[inst]
-    finally:
-        nvrtc.destroyProgram(prog)
+    res = build.resources(build.compile_nvrtc("deim_warp.cu", code=src)[1])[inst]
     return src, res["registers"], (res["spill_stores"], res["spill_loads"])
 
 
@@ -140,8 +133,7 @@ def warp_variant_rows(B, repeats, bw):
     rows = []
     for min_blocks in (None, 3, 4):
         src, regs, spills = warp_variant(inst, min_blocks)
-        fn = cupy.RawModule(code=src, options=tuple(o for o in build.nvrtc_options(verbose=False)
-                                                    if not o.startswith("--gpu-architecture"))).get_function(inst)
+        fn = cupy.RawModule(code=src, options=build.module_options()).get_function(inst)
         piv, rank, bad = (cupy.empty((B, 32), cupy.int64), cupy.empty(B, cupy.int64), cupy.empty(B, cupy.int32))
 
         def run():
@@ -171,12 +163,16 @@ def tall_rows(n, r, repeats):
             (f"tournament (tiles of {tiles})", t_tour, t_lu / t_tour), ("cupyx.scipy.linalg.lu_factor", t_lu, 1.0)]
 
 
+def select_problem():
+    """The select tables' problem: 64 batches of 128 x 64 float32 features and 10-column gradients (NumPy)."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((64, 128, 64)).astype(np.float32), rng.standard_normal((64, 128, 10)).astype(np.float32)
+
+
 def select_rows(repeats):
     import cupy
 
-    rng = np.random.default_rng(0)
-    F = rng.standard_normal((64, 128, 64)).astype(np.float32)
-    G = rng.standard_normal((64, 128, 10)).astype(np.float32)
+    F, G = select_problem()
     Fc, Gc = cupy.asarray(F), cupy.asarray(G)
     graft_array.select(F, G, fraction=0.25, random_state=0)
     cpu = []
@@ -327,9 +323,7 @@ def main(argv=None):
              f"{cpu / gpu:.1f}x |")
         import cupy
 
-        rng = np.random.default_rng(0)
-        F = cupy.asarray(rng.standard_normal((64, 128, 64)).astype(np.float32))
-        G = cupy.asarray(rng.standard_normal((64, 128, 10)).astype(np.float32))
+        F, G = (cupy.asarray(a) for a in select_problem())
         emit("", "| select on the GPU, by stage (each stage synchronised) | wall | device (events) |",
              "|---|---:|---:|")
         for label, wall, dev in select_stages(F, G, args.repeats):

@@ -106,16 +106,9 @@ def test_bench_gpu_warp_variant_caps_the_registers(monkeypatch):
 @needs_nvrtc
 def test_a_generated_instance_compiles_alone():
     """A launch compiles one instance of deim_warp.cu (seconds), not all of them (a minute)."""
-    from cupy.cuda import nvrtc
-
     text = build.full_source("deim_warp.cu", "deim_warp_f32_r8_q2")
     assert text.count("GRAFT_DEIM_WARP_INSTANCE(") == 2  # the macro's definition and the one instance
-    prog = nvrtc.createProgram(text, "deim_warp.cu", [], [])
-    try:
-        nvrtc.compileProgram(prog, build.nvrtc_options("sm_90"))
-        res = build.resources(nvrtc.getProgramLog(prog))
-    finally:
-        nvrtc.destroyProgram(prog)
+    res = build.resources(build.compile_nvrtc("deim_warp.cu", code=text)[1])
     assert set(res) == {"deim_warp_f32_r8_q2"}
 
 
@@ -1029,11 +1022,9 @@ def test_baselines_through_the_cuda_plan_with_the_shim(strategy, monkeypatch, rn
     assert ("omp" if strategy == "gradmatch" else "fac") in calls and "rho" in calls
 
 
-@needs_cxx
-def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
-    """``select``'s cuda plan (DEIM, extension, criterion and weights kernels around the generic low rank
-    and Grams) on NumPy arrays with every kernel run by the shim: the NumPy path's rows, sizes and weights."""
-    import graft_array as ga
+def _select_cuda_plan_through_the_shim(monkeypatch, wrap):
+    """Route ``select(..., backend="cuda")`` to the cuda plan with its kernels run by the shim: each of the plan's
+    kernel entries (deim, rect, rho, nnls) replaced by ``wrap(name, emulating function)``."""
     import graft_array._select as sel
     from graft_array._cuda import criterion as ccrit
     from graft_array._cuda import deim as cd
@@ -1041,14 +1032,26 @@ def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
     from graft_array._cuda import nnls as cnnls
     from graft_array._cuda import rect as crect
 
-    F = rng.standard_normal((6, 100, 24))
-    G = ga.LastLayerGrads(rng.standard_normal((6, 100, 5)), rng.standard_normal((6, 100, 16)))
-    want = ga.select(F, G, fraction=0.3, budget="batch", random_state=0, return_info=True)
     real = sel.resolve
     monkeypatch.setattr(sel, "resolve",
                         lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
     monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
     monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
+    monkeypatch.setattr(cd, "deim_batched", wrap("deim", cd.emulate_deim_batched))
+    monkeypatch.setattr(crect, "rect_extend", wrap("rect", crect.emulate_rect_extend))
+    monkeypatch.setattr(ccrit, "rho_curve_like", wrap("rho", ccrit.emulate_rho_curve))
+    monkeypatch.setattr(cnnls, "nnls_weights_like", wrap("nnls", cnnls.emulate_nnls_weights))
+
+
+@needs_cxx
+def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
+    """``select``'s cuda plan (DEIM, extension, criterion and weights kernels around the generic low rank
+    and Grams) on NumPy arrays with every kernel run by the shim: the NumPy path's rows, sizes and weights."""
+    import graft_array as ga
+
+    F = rng.standard_normal((6, 100, 24))
+    G = ga.LastLayerGrads(rng.standard_normal((6, 100, 5)), rng.standard_normal((6, 100, 16)))
+    want = ga.select(F, G, fraction=0.3, budget="batch", random_state=0, return_info=True)
     calls = []
 
     def record(name, fn):
@@ -1057,10 +1060,7 @@ def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
             return fn(*args)
         return run
 
-    monkeypatch.setattr(cd, "deim_batched", record("deim", cd.emulate_deim_batched))
-    monkeypatch.setattr(crect, "rect_extend", record("rect", crect.emulate_rect_extend))
-    monkeypatch.setattr(ccrit, "rho_curve_like", record("rho", ccrit.emulate_rho_curve))
-    monkeypatch.setattr(cnnls, "nnls_weights_like", record("nnls", cnnls.emulate_nnls_weights))
+    _select_cuda_plan_through_the_shim(monkeypatch, record)
     got = _bounded(lambda: ga.select(F, G, fraction=0.3, budget="batch", random_state=0, return_info=True,
                                      backend="cuda"), timeout=300)
     np.testing.assert_array_equal(got.indices, want.indices)
@@ -1081,12 +1081,6 @@ def test_select_cuda_plan_makes_a_fixed_number_of_host_round_trips(monkeypatch, 
     from collections import Counter
 
     import graft_array as ga
-    import graft_array._select as sel
-    from graft_array._cuda import criterion as ccrit
-    from graft_array._cuda import deim as cd
-    from graft_array._cuda import maxvol as cmaxvol
-    from graft_array._cuda import nnls as cnnls
-    from graft_array._cuda import rect as crect
 
     xs = pytest.importorskip("array_api_strict")
     cupy = pytest.importorskip("cupy")
@@ -1150,15 +1144,7 @@ def test_select_cuda_plan_makes_a_fixed_number_of_host_round_trips(monkeypatch, 
         trips["cupy.asnumpy"] += 1
         return to_host(a)
 
-    real = sel.resolve
-    monkeypatch.setattr(sel, "resolve",
-                        lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
-    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
-    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
-    monkeypatch.setattr(cd, "deim_batched", on_device(cd.emulate_deim_batched))
-    monkeypatch.setattr(crect, "rect_extend", on_device(crect.emulate_rect_extend))
-    monkeypatch.setattr(ccrit, "rho_curve_like", on_device(ccrit.emulate_rho_curve))
-    monkeypatch.setattr(cnnls, "nnls_weights_like", on_device(cnnls.emulate_nnls_weights))
+    _select_cuda_plan_through_the_shim(monkeypatch, lambda name, fn: on_device(fn))
     monkeypatch.setattr(cupy, "asnumpy", asnumpy)
     totals, launches = [], []
     for B in (3, 12):

@@ -151,14 +151,15 @@ def nvrtc_options(arch="sm_90", *, fmad=False, verbose=True):
     return opts
 
 
-def compile_nvrtc(name, arch="sm_90", *, fmad=False):
-    """NVRTC-compile source ``name`` for ``arch``: ``(cubin bytes, compiler log)``.
+def compile_nvrtc(name, arch="sm_90", *, fmad=False, code=None):
+    """NVRTC-compile source ``name`` (or the text ``code`` under that name) for ``arch``: ``(cubin bytes,
+    compiler log)``.
 
     Raises RuntimeError with the log when the source does not compile.
     """
     from cupy.cuda import nvrtc
 
-    prog = nvrtc.createProgram(full_source(name), name, [], [])
+    prog = nvrtc.createProgram(full_source(name) if code is None else code, name, [], [])
     try:
         try:
             nvrtc.compileProgram(prog, nvrtc_options(arch, fmad=fmad))
@@ -278,13 +279,16 @@ def emulate(kernel, grid, block, *args):
 # --------------------------------------------------------------------------- the GPU
 
 
+def module_options(fmad=False):
+    """NVRTC's options for a ``cupy.RawModule`` (CuPy adds the device's architecture)."""
+    return tuple(o for o in nvrtc_options(verbose=False, fmad=fmad) if not o.startswith("--gpu-architecture"))
+
+
 @functools.lru_cache(maxsize=None)
 def _module(name, fmad, only):
     import cupy
 
-    return cupy.RawModule(code=full_source(name, only),
-                          options=tuple(o for o in nvrtc_options(verbose=False, fmad=fmad)
-                                        if not o.startswith("--gpu-architecture")))
+    return cupy.RawModule(code=full_source(name, only), options=module_options(fmad))
 
 
 def function(name, kernel, *, fmad=False):

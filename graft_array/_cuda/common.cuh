@@ -22,6 +22,14 @@ __device__ __forceinline__ double fnma(double a, double b, double c) { return fm
 // and the generic path sum them, so that rows whose norms differ in the last bits rank alike everywhere.
 __device__ __forceinline__ double add_square(double s, double v) { return __dadd_rn(s, __dmul_rn(v, v)); }
 
+// ||x sc||^2 of a row x of r entries (float64, add_square in column order; sc a power of two, 1 in the band).
+template <typename T>
+__device__ __forceinline__ double sq_norm(const T* x, int r, double sc) {
+    double s = 0.0;
+    for (int c = 0; c < r; ++c) s = add_square(s, (double)x[c] * sc);
+    return s;
+}
+
 // The reductions' total order on (value, index) pairs: the larger value first,
 // then the lower index. Inactive entries carry a value below every live one.
 template <typename V>

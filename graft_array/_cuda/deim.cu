@@ -52,12 +52,7 @@ __device__ __forceinline__ void deim_batched(const T* __restrict__ V, int n, int
         const T* x = Vb + (i64)i * r;
 #pragma unroll
         for (int c = 0; c < R; ++c) row[c] = c < kk ? (sc == 1.0 ? x[c] : (T)((double)x[c] * sc)) : (T)0;
-        double ss = 0.0;
-        for (int c = 0; c < r; ++c) {
-            const double v = (double)x[c] * nsc;
-            ss = add_square(ss, v);
-        }
-        nrm = sqrt(ss);
+        nrm = sqrt(sq_norm(x, r, nsc));
     }
     bool cand = live;
     int rank = 0;

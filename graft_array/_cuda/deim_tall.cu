@@ -32,12 +32,7 @@ __device__ __forceinline__ void deim_tall_init(const T* __restrict__ V, i64 n, i
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         const T* x = Vb + i * r;
         for (int c = 0; c < kk; ++c) Wb[(i64)c * n + i] = e.sc == 1.0 ? x[c] : (T)((double)x[c] * e.sc);
-        double ss = 0.0;
-        for (int c = 0; c < r; ++c) {
-            const double v = (double)x[c] * e.nsc;
-            ss = add_square(ss, v);
-        }
-        nrm[(i64)b * n + i] = sqrt(ss);
+        nrm[(i64)b * n + i] = sqrt(sq_norm(x, r, e.nsc));
         sel[(i64)b * n + i] = 0;
     }
 }

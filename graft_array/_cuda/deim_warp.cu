@@ -129,13 +129,7 @@ __device__ __forceinline__ void deim_warp(const T* __restrict__ V, int B, int n,
             for (int c = 0; c < R; ++c) row[q][c] = (T)((double)row[q][c] * sc);
         }
         if (cand[q] && nsc != 1.0) {  // out of the float64 band: the norm of the scaled row, again
-            const T* x = Vb + (i64)(32 * q + lane) * r;
-            double s = 0.0;
-            for (int c = 0; c < r; ++c) {
-                const double v = (double)x[c] * nsc;
-                s = add_square(s, v);
-            }
-            ss[q] = s;
+            ss[q] = sq_norm(Vb + (i64)(32 * q + lane) * r, r, nsc);
         }
         nrm[q] = cand[q] ? sqrt(ss[q]) : -1.0;
     }

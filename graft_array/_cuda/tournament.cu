@@ -43,12 +43,7 @@ __device__ __forceinline__ void deim_tile(const T* __restrict__ V, int n, int r,
     for (int i = t; i < s; i += blockDim.x) {
         const T* x = Vb + cb[i] * r;
         for (int c = 0; c < kt; ++c) W[(i64)c * s + i] = sc == 1.0 ? x[c] : (T)((double)x[c] * sc);
-        double ss = 0.0;
-        for (int c = 0; c < r; ++c) {
-            const double v = (double)x[c] * nsc;
-            ss = add_square(ss, v);
-        }
-        nrm[i] = sqrt(ss);
+        nrm[i] = sqrt(sq_norm(x, r, nsc));
         live[i] = 1;
     }
     __syncthreads();

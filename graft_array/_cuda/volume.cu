@@ -125,11 +125,7 @@ __device__ __forceinline__ void volume_tall_init(const T* __restrict__ V, i64 n,
                                                  double* __restrict__ nrm, unsigned char* __restrict__ sel) {
     const double sc = tall_scale<T>(stats, r);
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        double s = 0.0;
-        for (int c = 0; c < r; ++c) {
-            const double v = sc == 1.0 ? (double)V[i * r + c] : (double)V[i * r + c] * sc;
-            s = add_square(s, v);
-        }
+        const double s = sq_norm(V + i * r, r, sc);
         rho[i] = s;
         rho0[i] = s;
         nrm[i] = sqrt(s);
