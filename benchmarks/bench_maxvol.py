@@ -3,6 +3,7 @@
     python benchmarks/bench_maxvol.py              # full sizes (a few minutes on 2 cores)
     python benchmarks/bench_maxvol.py --quick      # small sizes: a smoke run in seconds
     python benchmarks/bench_maxvol.py --markdown   # the table as Markdown, ready for the README
+    python benchmarks/bench_maxvol.py --only batched   # some of the rows (batched, tall, qrcp, published, teneva)
 
 Peers: LAPACK through SciPy (getrf row pivots = our ``deim``; geqp3 on V.T = our
 ``volume``), ``teneva.maxvol`` (LU start + Goreinov swaps) and
@@ -307,11 +308,17 @@ def machine():
     return f"{name or platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 
+BENCHES = dict(batched=bench_batched, tall=bench_tall, qrcp=bench_qrcp, published=bench_published,
+               teneva=bench_teneva)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--backend", default="auto", help="graft_array backend for our calls (default: auto)")
+    ap.add_argument("--only", nargs="+", choices=sorted(BENCHES), metavar="NAME",
+                    help=f"run only these benchmarks (of {', '.join(BENCHES)})")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
 
@@ -329,7 +336,9 @@ def main():
     print(flush=True)
 
     rows = []
-    for bench in (bench_batched, bench_tall, bench_qrcp, bench_published, bench_teneva):
+    for name, bench in BENCHES.items():
+        if args.only and name not in args.only:
+            continue
         print(f"# running {bench.__name__} ...", file=sys.stderr, flush=True)
         rows += bench(cfg, args.backend)
     print_table(rows, args.markdown)

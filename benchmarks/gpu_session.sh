@@ -11,6 +11,7 @@
 #   3. `graft-array check-gpu` (every kernel's parity with the Numba path, compiled with --fmad=false) and the
 #      `gpu`-marked tests, side by side;
 #   4. benchmarks/bench_gpu.py alone (its tables also go to $OUT/gpu.md as they are measured);
+#   4b. the CPU batched row of benchmarks/bench_maxvol.py on the host's cores, if the clock allows;
 #   5. Nsight Compute on the DEIM kernels (benchmarks/gpu_profile.py: occupancy, stall reasons) where ncu runs.
 # Every log goes to $OUT. The package is used from the checkout (PYTHONPATH), not installed. Each step is bounded,
 # 10 minutes in all (on the H200 of 2026-11-30 the first four took about 50 s, 200 s and 35 s, the tests being most
@@ -51,6 +52,12 @@ else
     timeout 150 "$PY" benchmarks/bench_gpu.py --repeats 5 --out "$OUT" > "$OUT/bench_gpu.txt" 2>&1
 fi
 echo "bench_gpu: rc $? (${SECONDS} s)"; cat "$OUT/bench_gpu.txt"
+if [ "$SECONDS" -lt 420 ]; then  # the CPU batched target on the host's cores (90 + 60 s of ncu after 420 fit 600)
+    timeout 90 "$PY" benchmarks/bench_maxvol.py --only batched --markdown > "$OUT/bench_maxvol.txt" 2>&1
+    echo "bench_maxvol --only batched: rc $? (${SECONDS} s)"; cat "$OUT/bench_maxvol.txt"
+else
+    echo "bench_maxvol --only batched: skipped (${SECONDS} s spent)"
+fi
 timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
     --section LaunchStats -k "regex:deim_warp|deim_batched|deim_tall_scan" -c 4 "$PY" benchmarks/gpu_profile.py \
     > "$OUT/ncu_deim.txt" 2>&1

@@ -57,6 +57,10 @@ def _task(name):
         G = rng.standard_normal((2, 40, 6))
         gradmatch_plain_nb(G, 8, 0.5, np.arange(2, dtype=np.uint64) * 40, np.uint64(3))
         batch_gram_plain_nb(G[0])
+    elif kind == "compact":  # the batch-interleaved DEIM (bench_maxvol's batched row): a whole group per thread
+        import numba
+
+        run_maxvol(rng.standard_normal((8 * numba.get_num_threads(), 100, 12)).astype(dtype), 12, method="deim")
     elif kind == "select":
         import graft_array
 
@@ -68,7 +72,7 @@ def _task(name):
 
 
 TASKS = [f"{k}:{d}" for k in ("deim", "volume", "tournament", "refine", "rect", "select") for d in ("f32", "f64")]
-TASKS += ["criterion:f64", "gradmatch:f64"]
+TASKS += ["criterion:f64", "gradmatch:f64", "compact:f64"]
 
 
 def main(argv=None):

@@ -1267,7 +1267,8 @@ def test_gpu_session_script_parses_and_runs_its_steps():
     assert out.returncode == 0, out.stderr
     text = script.read_text()
     for step in ("gpu_warm.py", "check-gpu --compile-only", "check-gpu >", "-m gpu", "bench_gpu.py --quick",
-                 "bench_gpu.py --repeats", "ncu --clock-control none", "gpu_profile.py"):
+                 "bench_gpu.py --repeats", "bench_maxvol.py --only batched", "ncu --clock-control none",
+                 "gpu_profile.py"):
         assert step in text
 
 
