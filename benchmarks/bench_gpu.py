@@ -14,8 +14,9 @@ Tables (each time the median of ``--repeats`` runs, CUDA events around the work)
   also partial pivoting; the ``_ex`` form skips the error check and its host
   synchronisation, as our kernel has none) and to a CuPy loop of
   ``cupyx.scipy.linalg.lu_factor(..., check_finite=False)`` over batches (on the
-  first 100 batches, scaled). Our side is the bare kernel, so the peers get no
-  input checks either (the public ``maxvol`` on CuPy adds a finiteness pass);
+  first 100 batches, scaled). Our side is the bare kernel (it flags non-finite
+  batches in its own pass, as the public ``maxvol`` uses it), so the peers get no
+  input checks either;
 * the float32 128 x 32 warp kernel as shipped and with 3 or 4 blocks of 4 warps per SM
   forced by ``__launch_bounds__`` (fewer registers, some spilled: :func:`warp_variant`), to
   see whether more warps in flight pay for the spills (the shipped one runs 8 warps per SM);

@@ -133,11 +133,12 @@ def maxvol(V, k, *, method="deim", refine=False, tol=1.05, max_iters=100, tile_r
         pivots, ranks, converged, iterations = res
         out = from_numpy_like(pivots if batched else pivots[0], V)
     else:
-        if not bool(xp.all(xp.isfinite(V))):
-            raise nonfinite_error("V", _FUNC, V0)
         V3 = V if batched else xp.expand_dims(V, axis=0)
         dev = device_of(V)
-        pivots, ranks, converged, iterations = run(V3, k, xp=xp, device=dev, **opts)
+        res = run(V3, k, xp=xp, device=dev, check_finite=True, **opts)  # in a pass the plan makes anyway
+        if res is None:
+            raise nonfinite_error("V", _FUNC, V0)
+        pivots, ranks, converged, iterations = res
         out = xp.asarray(pivots if batched else pivots[0], dtype=xp.int64, device=dev)
 
     _warn_rank(ranks, kk, k, batched)

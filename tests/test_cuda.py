@@ -1044,6 +1044,55 @@ def _select_cuda_plan_through_the_shim(monkeypatch, wrap):
 
 
 @needs_cxx
+def test_maxvol_cuda_plan_finds_non_finite_input_without_a_pass_of_its_own(monkeypatch, rng):
+    """Public maxvol on the cuda plan, kernels run by the shim: on the batched DEIM path the kernel's own flags
+    (read back with the ranks, in the call's one transfer) replace an isfinite pass over V; the paths whose
+    kernels assume finite input (volume, k > r, refine) still make that pass, and the generic fallback (k, r > 64)
+    reads non-finite input off the max |V| it takes anyway. Either way a NaN or an infinity in any one batch
+    gets the NumPy path's error, and finite input the NumPy path's rows."""
+    import array_api_compat
+
+    import graft_array as ga
+    import graft_array._maxvol as mv
+    from graft_array._cuda import maxvol as cmaxvol
+    from graft_array._cuda import rect as crect
+    from graft_array._cuda import refine as cref
+    from graft_array._cuda import volume as cvol
+
+    real = mv.resolve
+    monkeypatch.setattr(mv, "resolve", lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
+    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
+    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
+    monkeypatch.setattr(cdeim, "deim_batched", cdeim.emulate_deim_batched)
+    monkeypatch.setattr(crect, "rect_extend", crect.emulate_rect_extend)
+    monkeypatch.setattr(cvol, "volume_batched", cvol.emulate_volume_batched)
+    monkeypatch.setattr(cref, "refine", cref.emulate_refine)
+    xp = array_api_compat.array_namespace(np.ones(1))  # the namespace maxvol works in on NumPy input
+    passes, isfinite = [], xp.isfinite
+    monkeypatch.setattr(xp, "isfinite", lambda x: passes.append(x.shape) or isfinite(x))
+    cases = [(dict(k=12), 0), (dict(k=12, method="volume"), 1), (dict(k=20), 1),
+             (dict(k=12, refine=True, tol=1.01, max_iters=30), 1)]
+    V = rng.standard_normal((5, 90, 12))
+    W = rng.standard_normal((2, 90, 70))  # min(k, r) > 64: the generic code on the device
+    for A, kw, n_passes in [(V, *c) for c in cases] + [(W, dict(k=70), 0)]:
+        passes.clear()
+        want = ga.maxvol(A, **kw)
+        got = _bounded(lambda: ga.maxvol(A, backend="cuda", **kw))
+        np.testing.assert_array_equal(got, want)
+        assert len(passes) == n_passes, (kw, passes)
+        for bad in (np.nan, np.inf, -np.inf):
+            B = A.copy()
+            B[-1, 7, 3] = bad
+            with pytest.raises(ValueError) as want_err:
+                ga.maxvol(B, **kw)
+            passes.clear()
+            with pytest.raises(ValueError) as got_err:
+                _bounded(lambda: ga.maxvol(B, backend="cuda", **kw))
+            assert str(got_err.value) == str(want_err.value) and "'V'" in str(got_err.value), got_err.value
+            assert len(passes) == n_passes, (kw, bad, passes)
+
+
+@needs_cxx
 def test_select_through_the_cuda_plan_with_the_shim(monkeypatch, rng):
     """``select``'s cuda plan (DEIM, extension, criterion and weights kernels around the generic low rank
     and Grams) on NumPy arrays with every kernel run by the shim: the NumPy path's rows, sizes and weights."""

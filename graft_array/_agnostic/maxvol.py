@@ -340,13 +340,17 @@ def _tournament(ctx, V, kk, tile_rows, tol, batch):
         cand = xp.concat(nxt)
 
 
-def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100, xp, device):
+def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100, xp, device,
+               check_finite=False):
     """Generic twin of :func:`graft_array._numba.maxvol.run_maxvol` for any array-API namespace.
 
     ``V`` is (B, n, r). Returns ``(pivots, rank, converged, iterations)`` as Python
     lists (one entry per batch); the caller builds the output array.
     ``iterations`` is -1 where refinement was skipped for a numerically
     singular start block (``rank`` counts the greedy picks either way).
+    ``check_finite``: return None where V has a NaN or an infinity, found by the
+    per-batch max |V| that the plan reads anyway (the standard's ``max``
+    propagates NaN; an infinity is its own max); else V must be finite.
     """
     ctx = _Ctx(xp, device)
     nb, n, r = V.shape
@@ -355,6 +359,8 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     tiles = default_tile_rows(n, kk) if tile_rows is None else tile_rows
     amaxes = xp.max(xp.abs(xp.reshape(V, (nb, n * r))), axis=1)  # one reduction and one transfer for all batches
     amaxes = [float(amaxes[b]) for b in range(nb)]
+    if check_finite and not all(math.isfinite(a) for a in amaxes):
+        return None
     scales = [math.ldexp(1.0, int(e)) for e in unit_exponents(np.asarray(amaxes, dtype=np.float64))]
     all_piv, ranks, conv, iters = [], [], [], []
     for b in range(nb):

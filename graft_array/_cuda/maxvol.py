@@ -28,8 +28,15 @@ from . import volume as _volume
 from .interop import as_cupy, like, on_stream_of
 
 
-def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100, xp, device):
-    """Same contract as :func:`graft_array._agnostic.maxvol.run_maxvol` (V finite, (B, n, r))."""
+def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iters=100, xp, device,
+               check_finite=False):
+    """Same contract as :func:`graft_array._agnostic.maxvol.run_maxvol` ((B, n, r); V finite unless
+    ``check_finite``, then None where it has a NaN or an infinity).
+
+    The batched DEIM flags such batches itself in its one pass over V (``bad``), and the flags come back
+    with the ranks in the call's one transfer; the other paths (their kernels assume finite input, and so
+    do the extension and refine) check first with one reduction and one host read.
+    """
     nb, n, r = V.shape
     kk = min(k, r)
     tiles = None
@@ -43,13 +50,17 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
         greedy = _volume.fits_tall(n, r)
     if not (nb and greedy and (k <= r or _rect.fits(n, r, k)) and (not refine or _refine.fits(n, k))):
         return _generic.run_maxvol(V, k, method=method, tile_rows=tile_rows, refine=refine, tol=tol,
-                                   max_iters=max_iters, xp=xp, device=device)
+                                   max_iters=max_iters, xp=xp, device=device, check_finite=check_finite)
+    flagged = method == "deim" and _deim.fits(n, kk) and k <= r and not refine  # the kernel's bad flags suffice
+    if check_finite and not flagged and not bool(xp.all(xp.isfinite(V))):
+        return None
     import cupy
 
     with on_stream_of(V):
         Vc = as_cupy(V)
+        bad = None
         if method == "deim" and _deim.fits(n, kk):
-            piv, rank, _ = _deim.deim_batched(Vc, kk)
+            piv, rank, bad = _deim.deim_batched(Vc, kk)
         elif method == "deim":  # tall: the whole grid on every step, 2 kk + 1 launches
             piv, rank = _deim.deim_tall(Vc, kk)
         elif method == "tournament":
@@ -68,7 +79,12 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
             conv, iters = _refine.refine(Vc, piv, rank, tol, max_iters)
         # one transfer for every batch, on the kernels' stream (the caller warns on rank deficiency)
         xpc = cupy.get_array_module(rank)
-        if conv is None:
+        if conv is None and check_finite and flagged:
+            host = cupy.asnumpy(xpc.stack([rank, bad.astype(xpc.int64)]))
+            if host[1].any():
+                return None
+            ranks, conv, iters = host[0].tolist(), [True] * nb, [0] * nb
+        elif conv is None:
             ranks, conv, iters = cupy.asnumpy(rank).tolist(), [True] * nb, [0] * nb
         else:
             host = cupy.asnumpy(xpc.stack([rank, conv.astype(xpc.int64), iters]))
