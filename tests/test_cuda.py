@@ -557,24 +557,27 @@ def test_shim_fill_rows_of_near_equal_norm_are_every_backends_choice(rng):
     assert differ >= 3  # the cases tell the orders apart
 
 
+def _cuda_maxvol_entry_through_the_shim(monkeypatch):
+    """The cuda maxvol entry on NumPy arrays, every kernel it launches run by the shim; returns the entry's module."""
+    from graft_array._cuda import maxvol as cmaxvol
+    from graft_array._cuda import rect as crect
+    from graft_array._cuda import refine as cref
+    from graft_array._cuda import tournament as ctour
+    from graft_array._cuda import volume as cvol
+
+    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
+    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
+    for mod, name in ((cdeim, "deim_batched"), (cdeim, "deim_tall"), (crect, "rect_extend"),
+                      (cvol, "volume_batched"), (cvol, "volume_tall"), (ctour, "tournament"), (cref, "refine")):
+        monkeypatch.setattr(mod, name, getattr(mod, "emulate_" + name))
+    return cmaxvol
+
+
 @needs_cxx
 def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
     """The cuda entry's plan (DEIM, volume or the tournament, then the extension) with the kernels run by the
     shim, and the tall DEIM (more than 1024 rows) through deim_tall.cu."""
-    from graft_array._cuda import deim as cdeim2
-    from graft_array._cuda import maxvol as cmaxvol
-    from graft_array._cuda import rect as crect
-
-    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
-    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
-    monkeypatch.setattr(cdeim2, "deim_batched", cdeim2.emulate_deim_batched)
-    monkeypatch.setattr(crect, "rect_extend", crect.emulate_rect_extend)
-    from graft_array._cuda import volume as cvol
-
-    monkeypatch.setattr(cvol, "volume_batched", cvol.emulate_volume_batched)
-    from graft_array._cuda import tournament as ctour
-
-    monkeypatch.setattr(ctour, "tournament", ctour.emulate_tournament)
+    cmaxvol = _cuda_maxvol_entry_through_the_shim(monkeypatch)
     V = rng.standard_normal((4, 90, 12))
     for method in ("deim", "volume", "tournament"):
         for k in (6, 12, 30):
@@ -583,15 +586,10 @@ def test_shim_maxvol_rectangular_path_through_the_cuda_entry(monkeypatch, rng):
             np.testing.assert_array_equal(piv, want[0])
             assert ranks == want[1].tolist() and conv == [True] * 4 and iters == [0] * 4
     T = rng.standard_normal((2, 1500, 10))
-    monkeypatch.setattr(cdeim2, "deim_tall", cdeim2.emulate_deim_tall)
     piv, ranks, _, _ = cmaxvol.run_maxvol(T, 10, method="deim", xp=np, device="cpu")
     np.testing.assert_array_equal(piv, run_maxvol(T, 10, method="deim")[0])
-    monkeypatch.setattr(cvol, "volume_tall", cvol.emulate_volume_tall)
     piv, ranks, _, _ = cmaxvol.run_maxvol(T, 10, method="volume", xp=np, device="cpu")
     np.testing.assert_array_equal(piv, run_maxvol(T, 10, method="volume")[0])
-    from graft_array._cuda import refine as cref
-
-    monkeypatch.setattr(cref, "refine", cref.emulate_refine)
     for method in ("deim", "volume", "tournament"):
         got = cmaxvol.run_maxvol(V, 10, method=method, refine=True, tol=1.01, max_iters=40, xp=np, device="cpu")
         want = run_maxvol(V, 10, method=method, refine=True, tol=1.01, max_iters=40)
@@ -1054,19 +1052,10 @@ def test_maxvol_cuda_plan_finds_non_finite_input_without_a_pass_of_its_own(monke
 
     import graft_array as ga
     import graft_array._maxvol as mv
-    from graft_array._cuda import maxvol as cmaxvol
-    from graft_array._cuda import rect as crect
-    from graft_array._cuda import refine as cref
-    from graft_array._cuda import volume as cvol
 
     real = mv.resolve
     monkeypatch.setattr(mv, "resolve", lambda x, backend, func: "cuda" if backend == "cuda" else real(x, backend, func))
-    monkeypatch.setattr(cmaxvol, "as_cupy", lambda V: V)
-    monkeypatch.setattr(cmaxvol, "like", lambda y, x: y)
-    monkeypatch.setattr(cdeim, "deim_batched", cdeim.emulate_deim_batched)
-    monkeypatch.setattr(crect, "rect_extend", crect.emulate_rect_extend)
-    monkeypatch.setattr(cvol, "volume_batched", cvol.emulate_volume_batched)
-    monkeypatch.setattr(cref, "refine", cref.emulate_refine)
+    _cuda_maxvol_entry_through_the_shim(monkeypatch)
     xp = array_api_compat.array_namespace(np.ones(1))  # the namespace maxvol works in on NumPy input
     passes, isfinite = [], xp.isfinite
     monkeypatch.setattr(xp, "isfinite", lambda x: passes.append(x.shape) or isfinite(x))
