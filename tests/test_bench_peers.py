@@ -1,4 +1,5 @@
-"""The benchmarks' peers compute what their tables say: bench_maxvol's LAPACK rows (its "same rows as LU" column)."""
+"""The benchmarks' peers compute what their tables say: bench_maxvol's LAPACK rows (its "same rows as LU" column),
+bench_gpu's extrapolation of a peer timed on part of the batches."""
 
 import importlib
 import warnings
@@ -70,3 +71,24 @@ def test_lu_fmas_is_getrfs_count(bench):
     for n in (1, 2, 7, 32):
         assert bench.lu_fmas(n, n, n) == (n - 1) * n * (2 * n - 1) // 6
     assert bench.lu_fmas(128, 32, 16) == sum((127 - j) * (31 - j) for j in range(16))
+
+
+def test_bench_gpu_scaled_time_counts_a_fixed_cost_once():
+    """A peer timed on m and m / 2 batches: with t(x) = a + b x the estimate for B is a + b B (the plain ratio
+    t(m) B / m would count a B / m times); without a fixed cost both agree; no positive slope (noise): the ratio."""
+    import sys
+
+    path = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, path)
+    try:
+        bench_gpu = importlib.import_module("bench_gpu")
+    finally:
+        sys.path.remove(path)
+        sys.modules.pop("bench_gpu", None)
+    t = lambda x, a, b: a + b * x  # noqa: E731
+    for a, b, m, B in ((2e-3, 1e-7, 10_000, 1_000_000), (0.0, 3e-6, 100, 100_000), (5e-4, 2e-5, 101, 10_000)):
+        got = bench_gpu.scaled_time(t(m, a, b), t(m // 2, a, b), m, B)
+        assert got == pytest.approx(t(B, a, b), rel=1e-9)
+        if a > 0:
+            assert got < t(m, a, b) * B / m
+    assert bench_gpu.scaled_time(1.0, 1.2, 10, 100) == pytest.approx(10.0)  # the half took longer: noise
