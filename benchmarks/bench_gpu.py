@@ -79,12 +79,13 @@ def bandwidth(repeats):
 def scaled_time(t_m, t_half, m, B):
     """Seconds for B batches from the times of m and m // 2 (m < B): the line through both points, so a fixed
     cost (launches, a synchronisation) is counted once, not B / m times; the plain ratio t_m B / m where the
-    two points give no positive slope (noise)."""
+    two points give no line with a positive slope and a fixed cost >= 0 (noise). Never above the plain ratio."""
     half = m // 2
     slope = (t_m - t_half) / (m - half)
-    if slope <= 0:
+    fixed = t_m - slope * m
+    if slope <= 0 or fixed < 0:
         return t_m * B / m
-    return max(t_m - slope * m, 0.0) + slope * B
+    return fixed + slope * B
 
 
 def _time_subset(fn, B, m, repeats):

@@ -40,7 +40,7 @@ def _rows_by_swaps(ipiv, n, k):
        seed=st.integers(0, 2**32 - 1))
 def test_ipiv_rows_equals_the_swaps_one_by_one(bench, B, n, r, levels, seed):
     """Vectorised over the stack, the rows equal LAPACK's interchanges applied per batch, ties (few levels) and
-    singular blocks included; and they are getrf's pivots: V[rows] is the top of L U."""
+    singular blocks included, and the one-matrix lu_rows gives the same rows."""
     rng = np.random.default_rng(seed)
     V3 = rng.integers(0, levels, size=(B, n, r)).astype(np.float64)
     with warnings.catch_warnings():
@@ -92,3 +92,4 @@ def test_bench_gpu_scaled_time_counts_a_fixed_cost_once():
         if a > 0:
             assert got < t(m, a, b) * B / m
     assert bench_gpu.scaled_time(1.0, 1.2, 10, 100) == pytest.approx(10.0)  # the half took longer: noise
+    assert bench_gpu.scaled_time(1.0, 0.4, 100, 1_000_000) == pytest.approx(10_000.0)  # a negative fixed cost

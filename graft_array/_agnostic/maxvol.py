@@ -43,6 +43,7 @@ import math
 import numpy as np
 
 from .._common import default_tile_rows, rank_tol_factor, unit_exponents
+from .criterion import batch_abs_max
 
 __all__ = ["run_maxvol"]
 
@@ -357,8 +358,7 @@ def run_maxvol(V, k, *, method, tile_rows=None, refine=False, tol=1.05, max_iter
     kk = min(k, r)
     eps = float(xp.finfo(V.dtype).eps)
     tiles = default_tile_rows(n, kk) if tile_rows is None else tile_rows
-    amaxes = xp.max(xp.abs(xp.reshape(V, (nb, n * r))), axis=1)  # one reduction and one transfer for all batches
-    amaxes = [float(amaxes[b]) for b in range(nb)]
+    amaxes = batch_abs_max(xp, V).tolist()  # one reduction and one transfer for all batches (NaN / inf: not finite)
     if check_finite and not all(math.isfinite(a) for a in amaxes):
         return None
     scales = [math.ldexp(1.0, int(e)) for e in unit_exponents(np.asarray(amaxes, dtype=np.float64))]

@@ -12,7 +12,9 @@ The kernels take every method where ``min(k, r) <= 64``:
 * then for ``k > r`` the rectangular extension (batches of at most 1024 rows);
 * or, with ``refine=True`` (``k <= r``), Goreinov's swaps (batches of at most 1024 rows).
 
-No host synchronisation inside: the launches depend on the shapes only.
+No host synchronisation inside but the one transfer of the ranks at the end: the launches depend on the
+shapes only. With ``check_finite`` (public ``maxvol``) the batched DEIM's own non-finite flags come back in
+that transfer; the other paths first make one isfinite reduction and read it on the host.
 Everything else (the extension or refine on taller batches, k > 64)
 runs the generic array-API code on the device until its kernel is written
 (issue 12).
