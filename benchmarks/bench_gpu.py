@@ -233,18 +233,23 @@ def select_stages(F, G, repeats, backend="cuda"):
 
     times = {}
 
+    def clocked(fn, *a, **k):
+        """``(fn's result, wall s, device s)`` of one call, the device synchronised first."""
+        cupy.cuda.get_current_stream().synchronize()
+        e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+        t0 = time.perf_counter()
+        e0.record()
+        out = fn(*a, **k)
+        e1.record()
+        e1.synchronize()
+        return out, time.perf_counter() - t0, cupy.cuda.get_elapsed_time(e0, e1) / 1e3
+
     def wrap(label, fn, maxvol=False):
         def timed(*a, **k):
             if maxvol:  # strategies.graft.kernel("maxvol", name) returns the entry that runs it: time that
                 return wrap(label, fn(*a, **k))
-            cupy.cuda.get_current_stream().synchronize()
-            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
-            t0 = time.perf_counter()
-            e0.record()
-            out = fn(*a, **k)
-            e1.record()
-            e1.synchronize()
-            times.setdefault(label, []).append((time.perf_counter() - t0, cupy.cuda.get_elapsed_time(e0, e1) / 1e3))
+            out, wall, dev = clocked(fn, *a, **k)
+            times.setdefault(label, []).append((wall, dev))
             return out
         return timed
 
@@ -262,14 +267,7 @@ def select_stages(F, G, repeats, backend="cuda"):
         times.clear()
         rows = []
         for _ in range(repeats):
-            cupy.cuda.get_current_stream().synchronize()
-            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
-            t0 = time.perf_counter()
-            e0.record()
-            call()
-            e1.record()
-            e1.synchronize()
-            rows.append((time.perf_counter() - t0, cupy.cuda.get_elapsed_time(e0, e1) / 1e3))
+            rows.append(clocked(call)[1:])
     finally:
         for m, attr, fn in reversed(saved):
             setattr(m, attr, fn)

@@ -81,12 +81,6 @@ def ipiv_rows(ipiv, n, k):
     return perm[:, :k]
 
 
-def lu_rows(A):
-    """Row pivots of LAPACK getrf in selection order (lu_factor + ipiv -> permutation)."""
-    _, ipiv = scipy.linalg.lu_factor(A, check_finite=False)
-    return ipiv_rows(ipiv, A.shape[0], min(A.shape))[0]
-
-
 def fortran_copy(V, rows=8192):
     """V (n, r) in Fortran order, copied a block of rows at a time (the order LAPACK needs).
 

@@ -13,18 +13,23 @@ from hypothesis import strategies as st
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
 
-@pytest.fixture(scope="module")
-def bench():
+def _bench(name):
+    """Import benchmarks/<name>.py (scripts, not a package), leaving sys.path and sys.modules as they were."""
     import sys
 
     path = str(Path(__file__).resolve().parent.parent / "benchmarks")
     sys.path.insert(0, path)
     try:
-        yield importlib.import_module("bench_maxvol")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(path)
-        sys.modules.pop("bench_maxvol", None)
+        sys.modules.pop(name, None)
         sys.modules.pop("_timing", None)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench("bench_maxvol")
 
 
 def _rows_by_swaps(ipiv, n, k):
@@ -40,7 +45,7 @@ def _rows_by_swaps(ipiv, n, k):
        seed=st.integers(0, 2**32 - 1))
 def test_ipiv_rows_equals_the_swaps_one_by_one(bench, B, n, r, levels, seed):
     """Vectorised over the stack, the rows equal LAPACK's interchanges applied per batch, ties (few levels) and
-    singular blocks included, and the one-matrix lu_rows gives the same rows."""
+    singular blocks included, and the one-matrix getrf_rows (the tall row's peer) gives the same rows."""
     rng = np.random.default_rng(seed)
     V3 = rng.integers(0, levels, size=(B, n, r)).astype(np.float64)
     with warnings.catch_warnings():
@@ -53,17 +58,17 @@ def test_ipiv_rows_equals_the_swaps_one_by_one(bench, B, n, r, levels, seed):
         np.testing.assert_array_equal(rows[b], _rows_by_swaps(ipiv[b], n, k))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            np.testing.assert_array_equal(bench.lu_rows(V3[b]), rows[b])
+            np.testing.assert_array_equal(bench.getrf_rows(V3[b]), rows[b])
         assert np.unique(rows[b]).size == k
 
 
-def test_lu_rows_are_the_rows_of_the_l_u_factors(bench):
+def test_getrf_rows_are_the_rows_of_the_l_u_factors(bench):
     """Rows in selection order: V[rows] equals the first rows of L U (P^T V = L U)."""
     V = np.random.default_rng(0).standard_normal((40, 8))
     lu, _ = scipy_linalg.lu_factor(V)
     L = np.tril(lu, -1) + np.eye(40, 8)
     U = np.triu(lu)[:8]
-    np.testing.assert_allclose(V[bench.lu_rows(V)], (L @ U)[:8], atol=1e-12)
+    np.testing.assert_allclose(V[bench.getrf_rows(V)], (L @ U)[:8], atol=1e-12)
 
 
 def test_lu_fmas_is_getrfs_count(bench):
@@ -76,15 +81,7 @@ def test_lu_fmas_is_getrfs_count(bench):
 def test_bench_gpu_scaled_time_counts_a_fixed_cost_once():
     """A peer timed on m and m / 2 batches: with t(x) = a + b x the estimate for B is a + b B (the plain ratio
     t(m) B / m would count a B / m times); without a fixed cost both agree; no positive slope (noise): the ratio."""
-    import sys
-
-    path = str(Path(__file__).resolve().parent.parent / "benchmarks")
-    sys.path.insert(0, path)
-    try:
-        bench_gpu = importlib.import_module("bench_gpu")
-    finally:
-        sys.path.remove(path)
-        sys.modules.pop("bench_gpu", None)
+    bench_gpu = _bench("bench_gpu")
     t = lambda x, a, b: a + b * x  # noqa: E731
     for a, b, m, B in ((2e-3, 1e-7, 10_000, 1_000_000), (0.0, 3e-6, 100, 100_000), (5e-4, 2e-5, 101, 10_000)):
         got = bench_gpu.scaled_time(t(m, a, b), t(m // 2, a, b), m, B)
